@@ -4,8 +4,8 @@
     python synthetic.py --output out/synthetic/test.jsonl --size 200 --split test --task-file
     python synthetic.py --output out/synthetic/wrong.jsonl --size 4000 --wrong-answers  # every final answer wrong
 
-A problem is a fully bracketed expression over single digits, e.g. "Evaluate ((7 - 3) * (2 + 5)) - 9.", whose
-every intermediate value lies in 0..99 and whose products have single-digit factors: each step is then one fact a
+A problem is a fully bracketed expression over single digits, e.g. "Evaluate ((7 - 3) * (2 + 5)) - 9.", whose every
+intermediate value lies in 0..max_value and whose products have single-digit factors: each step is then one fact a
 small transformer can learn, and the answer is exact. The assistant turn has the Sky-T1 shape, with the moves that
 make long CoT long: a step that checks an earlier one by the inverse operation, a slip caught by "Wait" and fixed,
 and a final verification, each step a blank-line paragraph of more than 40 characters, the unit perturb.py acts on.
@@ -122,8 +122,7 @@ def solve(expression: Node, rng: random.Random, slip_rate: float, check_rate: fl
         text = f"{rewritten(node.left, False)} {node.op} {rewritten(node.right, False)}"
         return text if top else f"({text})"
 
-    steps = [f"We need to evaluate {render(expression)}. I will work from the innermost brackets outwards, "
-             f"one operation at a time, and check the results as I go."]
+    steps = [f"We need to evaluate {render(expression)}, working from the innermost brackets outwards."]
     facts = []
     ordinals = ["First", "Next", "Then", "After that", "Now", "Next", "Then", "After that", "Now", "Then"]
     for k, node in enumerate(order):
@@ -131,35 +130,29 @@ def solve(expression: Node, rng: random.Random, slip_rate: float, check_rate: fl
         result = OPS[node.op](a, b)
         if not 0 <= result <= max_value:  # only after an uncaught slip; the caller redraws
             raise ValueError("slip left the value range")
-        fact = f"{a} {node.op} {b} = {result}"
         last = k == len(order) - 1
+        ordinal = ordinals[k % len(ordinals)]
         if k == uncaught:
             result = slip(rng, result, max_value)
-            fact = f"{a} {node.op} {b} = {result}"
         elif rng.random() < slip_rate:
             wrong = slip(rng, result, max_value)
             shown[id(node)] = wrong
-            ending = "that is the value of the whole expression" if last else f"the expression becomes {rewritten(expression)}"
-            steps.append(f"{ordinals[k % len(ordinals)]}, {a} {node.op} {b} = {wrong}, so {ending}.")
-            ending = "the value of the whole expression is" if last else "the expression is really"
-            shown[id(node)] = result
-            steps.append(f"Wait, that is not right: {a} {node.op} {b} is {result}, not {wrong}. Fixing that step, "
-                         f"{ending} {rewritten(expression)}.")
-            facts.append(fact)
-            if rng.random() < check_rate:
-                steps.append(f"Let me check the corrected step: {CHECKS[node.op](a, b, result)}, so {fact} holds.")
-            continue
+            ending = "the value of the whole expression" if last else f"so the expression becomes {rewritten(expression)}"
+            steps.append(f"{ordinal}, {a} {node.op} {b} = {wrong}, {ending}.")
+            ordinal = f"Wait, that is not right: {a} {node.op} {b} is {result}, not {wrong}. Fixing it"
         shown[id(node)] = result
+        fact = f"{a} {node.op} {b} = {result}"
         facts.append(fact)
-        ending = "which is the value of the whole expression" if last else f"so the expression becomes {rewritten(expression)}"
-        steps.append(f"{ordinals[k % len(ordinals)]}, {fact}, {ending}.")
+        ending = "the value of the whole expression" if last else f"so the expression becomes {rewritten(expression)}"
+        steps.append(f"{ordinal}, {fact}, {ending}.")
         if rng.random() < check_rate:
             steps.append(f"Let me check that step: {CHECKS[node.op](a, b, result)}, so {fact} holds.")
     answer = carried(expression)
-    steps.append(f"Let me verify the whole computation once more: {', '.join(facts)}. Every step agrees, so the answer is {answer}.")
+    steps.append(f"Let me verify the whole computation: {', '.join(facts)}. So the answer is {answer}.")
     thought = "\n\n".join(steps)
-    solution = (f"Working from the innermost brackets outwards: {', '.join(facts)}. "
-                f"So {render(expression)} = {answer}.\n\n\\boxed{{{answer}}}")
+    # The solution states only the result: the derivation lives in the thought, so perturbing the thought's
+    # structure leaves nothing intact for the model to fall back on.
+    solution = f"{render(expression)} = {answer}.\n\n\\boxed{{{answer}}}"
     response = (f"<|begin_of_thought|>\n\n{thought}\n\n<|end_of_thought|>\n\n"
                 f"<|begin_of_solution|>\n\n{solution}\n\n<|end_of_solution|>")
     return response, answer

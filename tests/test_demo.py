@@ -4,6 +4,7 @@ import json
 import re
 import subprocess
 import sys
+from collections import Counter
 
 import pytest
 
@@ -103,24 +104,55 @@ def test_task_file_cli_writes_what_evaluate_loads(tmp_path):
     assert all(0 <= int(p["answer"]) <= 30 for p in problems)
 
 
-def test_a_short_demo_learns_the_format_and_to_stop(tmp_path):
-    """The end-to-end check, through demo.py -> synthetic, train_full, evaluate: a random model that is trained with
-    broken masking, packing, loss normalisation, saving, generation or stopping does not end up writing well-formed
-    Sky-T1 answers that stop at end of turn. Measured with these settings: 37 of 40 well-formed, loss 8.34 -> 0.28.
-    (Held-out accuracy is still ~5% at this budget: the toy's arithmetic needs far more steps than a CI test has.)"""
+def test_a_short_demo_learns_to_solve_held_out_problems(tmp_path):
+    """The end-to-end check, through demo.py -> synthetic, train_full, evaluate: a random model trained with broken
+    masking, packing, loss normalisation, saving, generation, stopping or grading does not end up solving held-out
+    problems in well-formed Sky-T1 answers that stop at end of turn. Measured with these settings and seeds on the
+    2-core CI machine (2.5 min): 13 of 50 right, 26%. The floor is twice uniform guessing over the 11 possible answers;
+    always answering the most common one would score 20% here. This budget sits where the arithmetic is only starting
+    to be learned (README, "experiment in miniature"): a 2000-step run is far above it, but takes 6 minutes."""
     out = tmp_path / "demo"
-    cmd = [sys.executable, str(REPO / "demo.py"), "--output-dir", str(out), "--train-size", "1500", "--test-size", "40",
-           "--steps", "300", "--min-ops", "1", "--max-ops", "2", "--max-value", "30", "--max-new-tokens", "300"]
+    cmd = [sys.executable, str(REPO / "demo.py"), "--output-dir", str(out), "--train-size", "3000", "--test-size", "50",
+           "--steps", "900"]
     subprocess.run(cmd, check=True, cwd=REPO, timeout=900, capture_output=True)
     report = json.loads((out / "results.json").read_text())
     result = report["results"][0]
     assert report["before_accuracy"] == 0.0
     assert result["last_loss"] < 0.1 * result["first_loss"]
     assert (out / "loss_curve.png").stat().st_size > 0
+    answers = [json.loads(line)["answer"] for line in (out / "data" / "synthetic_test.jsonl").read_text().splitlines()]
+    majority = max(Counter(answers).values()) / len(answers)  # what always answering the most common value would score
+    assert result["accuracy"] >= 2 / 11, f"held-out accuracy {result['accuracy']:.0%} (most common answer: {majority:.0%})"
     shape = re.compile(r"<\|begin_of_thought\|>\n\n.+\n\n<\|end_of_thought\|>\n\n<\|begin_of_solution\|>\n\n.+\\boxed\{\d+\}"
                        r"\n\n<\|end_of_solution\|>", re.S)
     read = lambda name: [json.loads(line) for line in (out / "eval" / name / "samples.jsonl").read_text().splitlines()]
     well_formed = lambda samples: sum(bool(shape.fullmatch(s["response"].strip())) for s in samples)
     assert well_formed(read("before")) == 0
     after = read("correct")
-    assert well_formed(after) >= 0.8 * len(after), f"only {well_formed(after)} of {len(after)} answers are well-formed Sky-T1"
+    assert well_formed(after) >= 0.9 * len(after), f"only {well_formed(after)} of {len(after)} answers are well-formed Sky-T1"
+
+
+def test_first_step_right_reads_the_restatement_and_the_first_operation(tmp_path):
+    task = tmp_path / "task.jsonl"
+    demo.utils.write_jsonl(task, [{"id": "a", "problem": "Evaluate 5 - (6 - 6).", "answer": "5"},
+                                  {"id": "b", "problem": "Evaluate (3 + 3) * (1 + 1).", "answer": "12"},
+                                  {"id": "c", "problem": "Evaluate 4 + 3.", "answer": "7"}])
+    samples = tmp_path / "samples.jsonl"
+    write = lambda responses: demo.utils.write_jsonl(samples, [{"id": i, "response": r} for i, r in zip("abc", responses)])
+    write(["We need to evaluate 5 - (6 - 6), working ...\n\nFirst, 6 - 6 = 1, ...",  # wrong arithmetic, right structure
+           "We need to evaluate (3 + 3) * (1 + 1), working ...\n\nFirst, 3 + 3 = 6, ...",
+           "We need to evaluate 4 + 3, working ...\n\nFirst, 4 + 3 = 7, ..."])
+    assert demo.first_step_right(samples, task) == 1.0
+    write(["We need to evaluate 5 - (6 - 6), working ...\n\nFirst, 5 - 6 = 1, ...",  # outer operation first
+           "We need to evaluate (3 + 3) * (1 + 2), working ...\n\nFirst, 3 + 3 = 6, ...",  # problem miscopied
+           "4 + 3 = 7"])  # no restatement
+    assert demo.first_step_right(samples, task) == 0.0
+
+
+def test_grid_report_table_and_chart(tmp_path):
+    results = [{"condition": c, "label": label, "accuracy": a, "first_step_right": f, "first_loss": 7.0, "last_loss": 0.1,
+                "train_s": 60.0, "eval_s": 5.0} for (c, label, _), a, f in zip(demo.CONDITIONS[:3], (0.3, 0.2, 0.1), (1.0, 0.9, 0.5))]
+    table = demo.grid_table(results, 0.0, demo.Config())
+    assert "| digits 50% | 10.0 | -20.0 | 50 |" in table
+    demo.plot_grid(results, 0.0, tmp_path / "grid.png")
+    assert (tmp_path / "grid.png").stat().st_size > 10_000
