@@ -152,12 +152,11 @@ def first_step_right(samples_file: Path, task_file: Path) -> float:
 
 
 def train(cfg: Config, model_dir: Path, train_file: Path, run_dir: Path) -> dict:
-    summary = train_full.main(train_full.Config(
+    return train_full.main(train_full.Config(
         data=[str(train_file)], model=str(model_dir), output_dir=str(run_dir), lr=cfg.lr, max_steps=cfg.steps,
         samples_per_step=cfg.samples_per_step, max_length=MICRO_BATCH_TOKENS, micro_batch_tokens=MICRO_BATCH_TOKENS,
         # Samples are a few hundred tokens: recomputing activations would only cost time, and fp32 keeps the weights exact.
         gradient_checkpointing=False, save_every=0, keep_checkpoints=1, save_dtype="fp32", seed=cfg.seed))
-    return summary
 
 
 def run_condition(cfg: Config, out: Path, model_dir: Path, task_file: Path, name: str, label: str, how) -> dict:
@@ -178,12 +177,7 @@ def run_condition(cfg: Config, out: Path, model_dir: Path, task_file: Path, name
 
 
 def plot_losses(out: Path, names: list[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = utils.pyplot().subplots(figsize=(7, 4))
     for name in names:
         metrics = utils.read_jsonl(out / "runs" / name / "metrics.jsonl")
         ax.plot([m["step"] for m in metrics], [m["loss"] for m in metrics], label=name, linewidth=1)
@@ -191,19 +185,12 @@ def plot_losses(out: Path, names: list[str], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(path.with_name(path.name + ".tmp.png"), dpi=120)
-    plt.close(fig)
-    path.with_name(path.name + ".tmp.png").replace(path)
+    utils.save_figure(fig, path, dpi=120)
 
 
 def plot_grid(results: list[dict], before: float, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     colours = {"correct": "tab:green", "wrong": "tab:blue", "digits": "tab:blue", "keywords": "tab:blue"}
-    fig, ax = plt.subplots(figsize=(10, 4))
+    fig, ax = utils.pyplot().subplots(figsize=(10, 4))
     x = list(range(len(results)))
     bars = ax.bar([i - 0.2 for i in x], [100 * r["accuracy"] for r in results], width=0.4, label="answer right",
                   color=[colours.get(r["condition"].rstrip("0123456789"), "tab:orange") for r in results])
@@ -217,9 +204,7 @@ def plot_grid(results: list[dict], before: float, path: Path) -> None:
     ax.tick_params(axis="x", labelrotation=35, labelsize=8)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path.with_name(path.name + ".tmp.png"), dpi=120)
-    plt.close(fig)
-    path.with_name(path.name + ".tmp.png").replace(path)
+    utils.save_figure(fig, path, dpi=120)
 
 
 def grid_table(results: list[dict], before: float, cfg: Config) -> str:

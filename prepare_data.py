@@ -501,22 +501,14 @@ def format_table(by_source: dict[str, Counter]) -> str:
 
 
 def plot_lengths(path: Path, tokenized: list[int], kept: list[int], max_tokens: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = utils.pyplot().subplots(figsize=(8, 4))
     bins = np.linspace(0, max(tokenized + [max_tokens]), 60)
     ax.hist(tokenized, bins, color="lightgray", label=f"tokenized ({len(tokenized)})")
     ax.hist(kept, bins, color="tab:blue", label=f"written ({len(kept)})")
     ax.axvline(max_tokens, color="tab:red", linestyle="--", label=f"--max-tokens {max_tokens}")
     ax.set(xlabel="tokens per chat-templated record", ylabel="records", title=path.stem)
     ax.legend()
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+    utils.save_figure(fig, path, dpi=100, bbox_inches="tight")
 
 
 @contextmanager

@@ -81,6 +81,25 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     os.replace(tmp, path)
 
 
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (servers and CI have no display); imported when a report draws."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: str | os.PathLike, **savefig_kwargs) -> None:
+    """Write a figure as PNG via a temporary file and rename, then free it."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    fig.savefig(tmp, format="png", **savefig_kwargs)
+    pyplot().close(fig)
+    os.replace(tmp, path)
+
+
 def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> int:
     """Atomically write records as JSONL; returns how many were written."""
     path = Path(path)
