@@ -1,16 +1,17 @@
 """The whole experiment in miniature, on a CPU: a tiny model learns a synthetic long-CoT task from scratch.
 
-    python demo.py                                   # ~11 min on one core: held-out accuracy 0% -> 25%, first step right 0% -> 100%
-    python demo.py --grid                            # the paper's Table 2 at toy scale (correct vs each perturbation), ~70 min on 2 cores
+    python demo.py                  # ~11 min on one core: held-out accuracy 0% -> 25%, first step right 0% -> 100%
+    python demo.py --grid           # the paper's Table 2 at toy scale (correct vs each perturbation), ~70 min, 2 cores
     python demo.py --grid --conditions correct,shuffle100,digits100 --output-dir /tmp/grid   # a few cells only
 
 Every stage is the repo's own script: synthetic.py writes the data, perturb.py perturbs it, train_full.py trains a tiny
-random Qwen2 (utils.make_tiny_model) from scratch, evaluate.py --backend hf generates greedily and grades held-out
+random Qwen2 (tiny_model.py) from scratch, evaluate.py --backend hf generates greedily and grades held-out
 problems. Full training, not LoRA: a random model has nothing for a low-rank update to adapt, and its frozen random
 embeddings and LM head would have to carry the whole task. A run that learns therefore also checks the plumbing end
 to end: masking, packing, loss normalisation, checkpointing, generation, stopping at <|im_end|> and grading.
 Rerunning the same command resumes: finished conditions are read back, not redone.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,10 +19,8 @@ import json
 import multiprocessing
 import os
 import re
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -29,6 +28,7 @@ import torch
 import evaluate
 import perturb
 import synthetic
+import tiny_model
 import train_full
 import utils
 
@@ -53,87 +53,84 @@ PROMPT_STYLE = "none"  # the bare problem: Sky-T1's system prompt would be most 
 MICRO_BATCH_TOKENS = 512
 
 
-@dataclass
-class Config:
-    output_dir: str | None = None  # default out/demo, or out/grid with --grid
-    grid: bool = False  # train on the correct set and on every perturbation, then tabulate and plot
-    conditions: str = ",".join(name for name, _, _ in CONDITIONS)  # with --grid: which cells to run
-    train_size: int = 16000  # distinct training problems, each seen once: 3000 seen 2.7 times learned less (26% vs 37%)
-    test_size: int = 100  # held-out problems (disjoint from training by construction)
-    min_ops: int = 2  # operations per problem: 2-3 gives thoughts of 4-9 steps, responses of ~110-350 tokens
-    max_ops: int = 3
-    max_value: int = 10  # largest intermediate value: the arithmetic facts are what a tiny model learns last
-    vocab_size: int = 1024  # tokenizer and embedding rows: the LM head is most of a tiny model's compute (4096 runs 1.4x slower)
-    hidden_size: int = 128  # model width
-    layers: int = 2  # decoder layers
-    steps: int = 4000  # optimizer steps: the format is learned in ~300, copying and bracket choice by ~2000, arithmetic last
-    samples_per_step: int = 4  # small batches, many steps: 2000 x 4 did no worse than 1000 x 8 at equal compute (26% vs 24%)
-    lr: float = 3e-3  # from-scratch training takes a far larger rate than fine-tuning (paper: 1e-5)
-    max_new_tokens: int = 400  # generation budget; the longest training response is ~350 tokens
-    seed: int = 0  # data, model init and data order
-    jobs: int = 0  # with --grid: cells trained at once, one core each (0: one per core)
-
-
-def parse_args(argv: list[str] | None = None) -> Config:
-    d = Config()
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output-dir", default=None, help="where data, model, runs, tables and plots go (default out/demo or out/grid)")
-    p.add_argument("--grid", action="store_true", help="train on the correct set and on each perturbation (the paper's Table 2)")
-    p.add_argument("--conditions", default=d.conditions, help="with --grid: comma list of cells to run")
-    p.add_argument("--train-size", type=int, default=d.train_size, help="training problems")
-    p.add_argument("--test-size", type=int, default=d.test_size, help="held-out problems evaluated before and after")
-    p.add_argument("--min-ops", type=int, default=d.min_ops, help="fewest operations per problem")
-    p.add_argument("--max-ops", type=int, default=d.max_ops, help="most operations per problem")
-    p.add_argument("--max-value", type=int, default=d.max_value, help="largest intermediate value (fewer facts = faster learning)")
-    p.add_argument("--vocab-size", type=int, default=d.vocab_size, help="tokenizer vocabulary of the tiny model")
-    p.add_argument("--hidden-size", type=int, default=d.hidden_size, help="width of the tiny model")
-    p.add_argument("--layers", type=int, default=d.layers, help="decoder layers of the tiny model")
-    p.add_argument("--steps", type=int, default=d.steps, help="optimizer steps per training run")
-    p.add_argument("--samples-per-step", type=int, default=d.samples_per_step, help="batch size in samples")
-    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (warmup, then cosine)")
-    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="generation budget per held-out problem")
-    p.add_argument("--seed", type=int, default=d.seed, help="fixes data, initial weights and data order")
-    p.add_argument("--jobs", type=int, default=d.jobs, help="with --grid: cells trained at once, one core each (default: one per core)")
-    cfg = Config(**vars(p.parse_args(argv)))
+    p.add_argument("--output-dir", help="data, model, runs, tables and plots (default out/demo, or out/grid)")
+    p.add_argument("--grid", action="store_true", help="train on the correct set and on each perturbation (Table 2)")
+    p.add_argument(
+        "--conditions", default=",".join(name for name, _, _ in CONDITIONS), help="with --grid: comma list of cells"
+    )
+    # the task: 2-3 operations give thoughts of 4-9 steps and responses of ~110-350 tokens
+    p.add_argument(
+        "--train-size", type=int, default=16000, help="training problems, each seen once (3000 seen 2.7x: 26%% vs 37%%)"
+    )
+    p.add_argument(
+        "--test-size", type=int, default=100, help="held-out problems, disjoint from training by construction"
+    )
+    p.add_argument("--min-ops", type=int, default=2, help="fewest operations per problem")
+    p.add_argument("--max-ops", type=int, default=3, help="most operations per problem")
+    p.add_argument("--max-value", type=int, default=10, help="largest intermediate value: arithmetic is learned last")
+    # the model: the LM head is most of a tiny model's compute (vocab 4096 runs 1.4x slower)
+    p.add_argument("--vocab-size", type=int, default=1024, help="tokenizer and embedding rows of the tiny model")
+    p.add_argument("--hidden-size", type=int, default=128, help="width of the tiny model")
+    p.add_argument("--layers", type=int, default=2, help="decoder layers of the tiny model")
+    # training: the format is learned in ~300 steps, copying and bracket choice by ~2000, arithmetic last
+    p.add_argument("--steps", type=int, default=4000, help="optimizer steps per training run")
+    p.add_argument("--samples-per-step", type=int, default=4, help="2000 x 4 did no worse than 1000 x 8 (26%% vs 24%%)")
+    p.add_argument(
+        "--lr", type=float, default=3e-3, help="from scratch takes a far larger rate than fine-tuning (1e-5)"
+    )
+    p.add_argument("--max-new-tokens", type=int, default=400, help="generation budget; longest response ~350 tokens")
+    p.add_argument("--seed", type=int, default=0, help="fixes data, initial weights and data order")
+    p.add_argument(
+        "--jobs", type=int, default=0, help="with --grid: cells trained at once, one core each (0: all cores)"
+    )
+    args = p.parse_args(argv)
     known = {name for name, _, _ in CONDITIONS}
-    unknown = [c for c in cfg.conditions.split(",") if c not in known]
+    unknown = [c for c in args.conditions.split(",") if c not in known]
     if unknown:
         p.error(f"--conditions: unknown {', '.join(unknown)} (known: {', '.join(known)})")
-    return cfg
+    return args
 
 
-def check_config(out: Path, cfg: Config) -> None:
+def check_config(out: Path, args: argparse.Namespace) -> None:
     """A folder holds one experiment: refuse to mix results made with other settings. The cells may change, so
     `demo.py --grid --output-dir out/demo` reuses the demo's model, evaluation before training and correct cell."""
     path = out / "demo_config.json"
-    current = {k: v for k, v in asdict(cfg).items() if k not in ("grid", "conditions", "output_dir", "jobs")}
+    current = {k: v for k, v in vars(args).items() if k not in ("grid", "conditions", "output_dir", "jobs")}
     if path.exists():
         saved = json.loads(path.read_text(encoding="utf-8"))
         changed = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in current.items() if saved.get(k) != v]
         if changed:
-            raise SystemExit(f"{path}: this folder holds a run with other settings ({'; '.join(changed)}); use another --output-dir")
+            raise SystemExit(
+                f"{path}: this folder holds a run with other settings ({'; '.join(changed)}); use another --output-dir"
+            )
     utils.atomic_write_text(path, json.dumps(current, indent=2) + "\n")
 
 
-def make_training_set(cfg: Config, data: Path, name: str, how) -> Path:
+def make_training_set(args: argparse.Namespace, data: Path, name: str, how) -> Path:
     path = data / f"train_{name}.jsonl"
     if path.exists():
         return path
     if how in ("correct", "wrong"):
-        utils.write_jsonl(path, synthetic.generate(cfg.train_size, cfg.seed, "train", cfg.min_ops, cfg.max_ops, cfg.max_value,
-                                                   wrong_answers=how == "wrong", prompt_style=PROMPT_STYLE))
+        shape = (args.min_ops, args.max_ops, args.max_value)
+        records = synthetic.generate(
+            args.train_size, args.seed, "train", *shape, wrong_answers=how == "wrong", prompt_style=PROMPT_STYLE
+        )
+        utils.write_jsonl(path, records)
     else:
         kind, ratio = how
-        source = make_training_set(cfg, data, "correct", "correct")
-        perturb.main(perturb.parse_args(["--input", str(source), "--output", str(path), "--kind", kind, "--ratio", str(ratio),
-                                         "--seed", str(cfg.seed)]))
+        source = make_training_set(args, data, "correct", "correct")
+        argv = ["--input", str(source), "--output", str(path), "--kind", kind, "--ratio", str(ratio)]
+        perturb.main(perturb.parse_args(argv + ["--seed", str(args.seed)]))
     return path
 
 
-def evaluate_model(cfg: Config, model_dir: Path, task_file: Path, output_dir: Path) -> float:
-    args = ["--model", str(model_dir), "--tasks", str(task_file), "--backend", "hf", "--prompt-style", PROMPT_STYLE,
-            "--max-tokens", str(cfg.max_new_tokens), "--batch-size", "50", "--workers", "1", "--output-dir", str(output_dir)]
-    return evaluate.main(evaluate.parse_args(args))[task_file.stem]["accuracy"]
+def evaluate_model(args: argparse.Namespace, model_dir: Path, task_file: Path, output_dir: Path) -> float:
+    argv = ["--model", str(model_dir), "--tasks", str(task_file), "--backend", "hf", "--prompt-style", PROMPT_STYLE]
+    argv += ["--max-tokens", str(args.max_new_tokens), "--batch-size", "50", "--workers", "1"]
+    argv += ["--output-dir", str(output_dir)]
+    return evaluate.main(evaluate.parse_args(argv))[task_file.stem]["accuracy"]
 
 
 def first_step_right(samples_file: Path, task_file: Path) -> float:
@@ -147,31 +144,43 @@ def first_step_right(samples_file: Path, task_file: Path) -> float:
         innermost = re.search(r"\((\d+ [-+*] \d+)\)", expression)
         _, restated, rest = sample["response"].partition(f"evaluate {expression},")
         first_fact = re.search(r"(\d+ [-+*] \d+) =", rest)
-        right += bool(restated and first_fact and first_fact.group(1) == (innermost.group(1) if innermost else expression))
+        right += bool(
+            restated and first_fact and first_fact.group(1) == (innermost.group(1) if innermost else expression)
+        )
     return right / len(samples)
 
 
-def train(cfg: Config, model_dir: Path, train_file: Path, run_dir: Path) -> dict:
-    return train_full.main(train_full.Config(
-        data=[str(train_file)], model=str(model_dir), output_dir=str(run_dir), lr=cfg.lr, max_steps=cfg.steps,
-        samples_per_step=cfg.samples_per_step, max_length=MICRO_BATCH_TOKENS, micro_batch_tokens=MICRO_BATCH_TOKENS,
-        # Samples are a few hundred tokens: recomputing activations would only cost time, and fp32 keeps the weights exact.
-        gradient_checkpointing=False, save_every=0, keep_checkpoints=1, save_dtype="fp32", seed=cfg.seed))
+def train(args: argparse.Namespace, model_dir: Path, train_file: Path, run_dir: Path) -> dict:
+    # Samples are a few hundred tokens: recomputing activations would only cost time, and fp32 keeps the weights exact.
+    argv = ["--data", str(train_file), "--model", str(model_dir), "--output-dir", str(run_dir), "--lr", str(args.lr)]
+    argv += ["--max-steps", str(args.steps), "--samples-per-step", str(args.samples_per_step), "--seed", str(args.seed)]
+    argv += ["--max-length", str(MICRO_BATCH_TOKENS), "--micro-batch-tokens", str(MICRO_BATCH_TOKENS)]
+    argv += ["--no-gradient-checkpointing", "--save-every", "0", "--keep-checkpoints", "1", "--save-dtype", "fp32"]
+    return train_full.main(train_full.parse_args(argv))
 
 
-def run_condition(cfg: Config, out: Path, model_dir: Path, task_file: Path, name: str, label: str, how) -> dict:
+def run_condition(
+    args: argparse.Namespace, out: Path, model_dir: Path, task_file: Path, name: str, label: str, how
+) -> dict:
     result_file = out / "runs" / name / "result.json"
     if result_file.exists():
         print(f"{name}: already done, reading {result_file}")
         return json.loads(result_file.read_text(encoding="utf-8"))
     t0 = time.time()
-    train_file = make_training_set(cfg, out / "data", name, how)
-    summary = train(cfg, model_dir, train_file, out / "runs" / name)
+    train_file = make_training_set(args, out / "data", name, how)
+    summary = train(args, model_dir, train_file, out / "runs" / name)
     train_s = time.time() - t0
-    accuracy = evaluate_model(cfg, out / "runs" / name / "final", task_file, out / "eval" / name)
-    result = {"condition": name, "label": label, "steps": summary["steps"], "first_loss": summary["first_loss"],
-              "last_loss": summary["last_loss"], "accuracy": accuracy, "train_s": round(train_s, 1),
-              "eval_s": round(time.time() - t0 - train_s, 1)}
+    accuracy = evaluate_model(args, out / "runs" / name / "final", task_file, out / "eval" / name)
+    result = {
+        "condition": name,
+        "label": label,
+        "steps": summary["steps"],
+        "first_loss": summary["first_loss"],
+        "last_loss": summary["last_loss"],
+        "accuracy": accuracy,
+        "train_s": round(train_s, 1),
+        "eval_s": round(time.time() - t0 - train_s, 1),
+    }
     utils.atomic_write_text(result_file, json.dumps(result, indent=2) + "\n")
     return result
 
@@ -192,93 +201,128 @@ def plot_grid(results: list[dict], before: float, path: Path) -> None:
     colours = {"correct": "tab:green", "wrong": "tab:blue", "digits": "tab:blue", "keywords": "tab:blue"}
     fig, ax = utils.pyplot().subplots(figsize=(10, 4))
     x = list(range(len(results)))
-    bars = ax.bar([i - 0.2 for i in x], [100 * r["accuracy"] for r in results], width=0.4, label="answer right",
-                  color=[colours.get(r["condition"].rstrip("0123456789"), "tab:orange") for r in results])
+    bars = ax.bar(
+        [i - 0.2 for i in x],
+        [100 * r["accuracy"] for r in results],
+        width=0.4,
+        label="answer right",
+        color=[colours.get(r["condition"].rstrip("0123456789"), "tab:orange") for r in results],
+    )
     ax.bar_label(bars, fmt="%.0f", fontsize=7)
-    bars = ax.bar([i + 0.2 for i in x], [100 * r["first_step_right"] for r in results], width=0.4, color="lightgrey",
-                  edgecolor="grey", label="first step right (restates the problem, starts at the right bracket)")
+    bars = ax.bar(
+        [i + 0.2 for i in x],
+        [100 * r["first_step_right"] for r in results],
+        width=0.4,
+        color="lightgrey",
+        edgecolor="grey",
+        label="first step right (restates the problem, starts at the right bracket)",
+    )
     ax.bar_label(bars, fmt="%.0f", fontsize=7)
     ax.set_xticks(x, [r["label"] for r in results])
     ax.axhline(100 * before, color="grey", linestyle="--", linewidth=1, label=f"before training ({100 * before:.0f}%)")
-    ax.set(ylabel="held-out problems (%)", ylim=(0, 110), title="Toy Table 2: green = correct, blue = content, orange = structure")
+    ax.set(
+        ylabel="held-out problems (%)",
+        ylim=(0, 110),
+        title="Toy Table 2: green = correct, blue = content, orange = structure",
+    )
     ax.tick_params(axis="x", labelrotation=35, labelsize=8)
     ax.legend(fontsize=8)
     fig.tight_layout()
     utils.save_figure(fig, path, dpi=120)
 
 
-def grid_table(results: list[dict], before: float, cfg: Config) -> str:
+def grid_table(results: list[dict], before: float, args: argparse.Namespace) -> str:
     correct = next((r["accuracy"] for r in results if r["condition"] == "correct"), None)
-    lines = [f"Held-out accuracy on {cfg.test_size} synthetic problems, greedy; before training: {100 * before:.1f}%.",
-             f"Model: random Qwen2, hidden {cfg.hidden_size}, {cfg.layers} layers, trained from scratch; {cfg.steps} steps x "
-             f"{cfg.samples_per_step} samples, lr {cfg.lr}, {cfg.train_size} training problems, seed {cfg.seed}.", "",
-             "| training set | accuracy (%) | vs correct | first step right (%) | train loss first -> last | train + eval time |",
-             "|---|---:|---:|---:|---|---:|"]
+    lines = [
+        f"Held-out accuracy on {args.test_size} synthetic problems, greedy; before training: {100 * before:.1f}%.",
+        f"Model: random Qwen2, hidden {args.hidden_size}, {args.layers} layers, trained from scratch; "
+        f"{args.steps} steps x "
+        f"{args.samples_per_step} samples, lr {args.lr}, {args.train_size} training problems, seed {args.seed}.",
+        "",
+        "| training set | accuracy (%) | vs correct | first step right (%) | train loss first -> last "
+        "| train + eval time |",
+        "|---|---:|---:|---:|---|---:|",
+    ]
     for r in results:
         delta = f"{100 * (r['accuracy'] - correct):+.1f}" if correct is not None else ""
-        lines.append(f"| {r['label']} | {100 * r['accuracy']:.1f} | {delta} | {100 * r['first_step_right']:.0f} | "
-                     f"{r['first_loss']:.3f} -> {r['last_loss']:.3f} | "
-                     f"{utils.format_duration(r['train_s'] + r['eval_s'])} |")
+        lines.append(
+            f"| {r['label']} | {100 * r['accuracy']:.1f} | {delta} | {100 * r['first_step_right']:.0f} | "
+            f"{r['first_loss']:.3f} -> {r['last_loss']:.3f} | "
+            f"{utils.format_duration(r['train_s'] + r['eval_s'])} |"
+        )
     return "\n".join(lines) + "\n"
 
 
-def main(cfg: Config) -> dict:
+def main(args: argparse.Namespace) -> dict:
     # ---------------------------------------------------------------- setup
     t_start = time.time()
     # The model's matrices are too small to split across threads, and a second OpenMP thread that waits for a busy core
     # makes every op stall: measured 0.15 s per 750-token step on one thread, 0.1-2.4 s on two beside another process.
     torch.set_num_threads(1)
-    out = Path(cfg.output_dir or ("out/grid" if cfg.grid else "out/demo"))
+    out = Path(args.output_dir or ("out/grid" if args.grid else "out/demo"))
     out.mkdir(parents=True, exist_ok=True)
-    check_config(out, cfg)
-    names = cfg.conditions.split(",") if cfg.grid else ["correct"]
+    check_config(out, args)
+    names = args.conditions.split(",") if args.grid else ["correct"]
     chosen = [c for c in CONDITIONS if c[0] in names]
 
-    # ---------------------------------------------------------------- data: held-out problems and the correct training set
+    # ---------------------------------------------------------------- data: held-out problems, the correct training set
     task_file = out / "data" / "synthetic_test.jsonl"
     if not task_file.exists():
-        utils.write_jsonl(task_file, synthetic.task_records(cfg.test_size, cfg.seed, cfg.min_ops, cfg.max_ops, cfg.max_value))
-    correct_file = make_training_set(cfg, out / "data", "correct", "correct")
+        utils.write_jsonl(
+            task_file, synthetic.task_records(args.test_size, args.seed, args.min_ops, args.max_ops, args.max_value)
+        )
+    correct_file = make_training_set(args, out / "data", "correct", "correct")
 
-    # ---------------------------------------------------------------- model: random weights, tokenizer that knows the task's words
+    # ---------------------------------------------------------------- model: random weights, a tokenizer of the task
     model_dir = out / "model"
     if not (model_dir / "config.json").exists():
         texts = [m["content"] for r in utils.read_jsonl(correct_file)[:1000] for m in r["messages"]]
-        utils.save_dir_atomically(model_dir, lambda tmp: utils.make_tiny_model(
-            tmp, vocab_size=cfg.vocab_size, tokenizer_vocab=cfg.vocab_size, hidden_size=cfg.hidden_size, layers=cfg.layers, seed=cfg.seed, extra_texts=texts))
-    before = evaluate_model(cfg, model_dir, task_file, out / "eval" / "before")
+        shape = {"vocab_size": args.vocab_size, "hidden_size": args.hidden_size, "layers": args.layers}
+
+        def write(tmp: Path):
+            tiny_model.make_tiny_model(tmp, **shape, seed=args.seed, tokenizer_vocab=args.vocab_size, extra_texts=texts)
+
+        utils.save_dir_atomically(model_dir, write)
+    before = evaluate_model(args, model_dir, task_file, out / "eval" / "before")
 
     # ---------------------------------------------------------------- train and evaluate each condition
-    jobs = min(cfg.jobs or os.cpu_count() or 1, len(chosen))
+    jobs = min(args.jobs or os.cpu_count() or 1, len(chosen))
     if jobs == 1:
-        results = [run_condition(cfg, out, model_dir, task_file, *condition) for condition in chosen]
+        results = [run_condition(args, out, model_dir, task_file, *condition) for condition in chosen]
     else:  # the cells are independent, and one thread per run is fastest for a model this small (see setup)
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=torch.set_num_threads,
-                                 initargs=(1,)) as pool:
-            results = list(pool.map(run_condition, *zip(*[(cfg, out, model_dir, task_file, *c) for c in chosen])))
+        with ProcessPoolExecutor(
+            jobs, mp_context=multiprocessing.get_context("spawn"), initializer=torch.set_num_threads, initargs=(1,)
+        ) as pool:
+            results = list(pool.map(run_condition, *zip(*[(args, out, model_dir, task_file, *c) for c in chosen])))
 
     # ---------------------------------------------------------------- report
     for r in results:  # read from the saved answers, so cells finished before a rerun are measured the same way
         r["first_step_right"] = first_step_right(out / "eval" / r["condition"] / "samples.jsonl", task_file)
     wall = time.time() - t_start
     plot_losses(out, [r["condition"] for r in results], out / "loss_curve.png")
-    report = {"before_accuracy": before, "results": results, "wall_s": round(wall, 1), "config": asdict(cfg)}
+    report = {"before_accuracy": before, "results": results, "wall_s": round(wall, 1), "config": vars(args)}
     utils.atomic_write_text(out / "results.json", json.dumps(report, indent=2) + "\n")
-    if cfg.grid:
-        table = grid_table(results, before, cfg)
+    if args.grid:
+        table = grid_table(results, before, args)
         utils.atomic_write_text(out / "grid_results.md", table)
         plot_grid(results, before, out / "grid.png")
         print(table)
-        print(f"wall time {utils.format_duration(wall)}; wrote {out / 'grid_results.md'}, {out / 'grid.png'}, {out / 'results.json'}")
+        wrote = ", ".join(str(out / name) for name in ("grid_results.md", "grid.png", "results.json"))
+        print(f"wall time {utils.format_duration(wall)}; wrote {wrote}")
     else:
         r = results[0]
-        print(f"{'steps':<28}{r['steps']}\n{'train loss first -> last':<28}{r['first_loss']:.3f} -> {r['last_loss']:.3f}\n"
-              f"{'held-out accuracy before':<28}{100 * before:.1f}%\n{'held-out accuracy after':<28}{100 * r['accuracy']:.1f}%\n"
-              f"{'first step right':<28}{100 * r['first_step_right']:.1f}% (restates the problem, starts at the innermost bracket)\n"
-              f"{'wall time':<28}{utils.format_duration(wall)}")
+        rows = [
+            ["steps", r["steps"]],
+            ["train loss first -> last", f"{r['first_loss']:.3f} -> {r['last_loss']:.3f}"],
+            ["held-out accuracy before", f"{100 * before:.1f}%"],
+            ["held-out accuracy after", f"{100 * r['accuracy']:.1f}%"],
+            ["first step right", f"{100 * r['first_step_right']:.1f}% (restates the problem, starts inside out)"],
+            ["wall time", utils.format_duration(wall)],
+        ]
+        print("\n".join(f"{name:<28}{value}" for name, value in rows))
         print(f"wrote {out / 'results.json'} and {out / 'loss_curve.png'}")
     return report
 
 
 if __name__ == "__main__":
-    main(parse_args(sys.argv[1:]))
+    main(parse_args())

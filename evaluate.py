@@ -10,6 +10,7 @@ unbiased pass@k, LiveCodeBench by difficulty) and prints a table. Rerun the same
 A custom task is a JSONL file of {"id", "problem", "answer"} (maths) or {"id", "problem", "tests"[, "starter_code"]}
 (code; tests = [{"input", "output", "testtype": "stdin"|"functional"}]). Data sources: data/eval/README.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,6 @@ import os
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed, wait
 from pathlib import Path
 from typing import Iterator
@@ -32,26 +31,14 @@ from tqdm import tqdm
 
 import grading
 import sandbox
-from utils import (DATA_DIR, SKY_T1_SYSTEM_PROMPT, DataError, append_jsonl, atomic_write_text, iter_json_records, load_model,
-                   load_tokenizer, pick_attention, pick_device, pick_dtype)
+import utils
+from markup import PROMPT_STYLES, eval_messages
+from utils import DataError
 
 BUILTIN_TASKS = ("aime24", "amc23", "math500", "olympiadbench", "livecodebench")
-# (system prompt, maths user turn). sky-t1 is what SkyThought evaluates Sky-T1 with (skythought/evals/tasks/*.yaml).
-PROMPT_STYLES = {
-    "sky-t1": (SKY_T1_SYSTEM_PROMPT, "Return your final response within \\boxed{{}}. {problem}"),
-    "step-by-step": (None, "{problem}\nPlease reason step by step, and put your final answer within \\boxed{{}}."),
-    "none": (None, "{problem}"),
-}
-# SkyThought's LiveCodeBench instructions; stdin programs are run as scripts, functional ones as a class method.
-STDIN_INSTRUCTION = ("Generate an executable Python function generated from the given prompt. The function should take stdin "
-                     "as input and print the output. Simply call the function after the definition.")
-FUNCTIONAL_INSTRUCTION = ("Generate an executable Python function generated from the given prompt. Return the function body "
-                          "without invoking it at the final solution.")
-CODE_FORMAT = "Put your final solution in a single ```python code block."
-# Settings that change what a sample is: a rerun into the same folder must match them. --n may differ (samples are indexed).
+# Settings that change what a sample is: a rerun into the same folder must match them.
+# --n may differ (samples are indexed).
 GENERATION_KEYS = ("model", "adapter", "responses", "prompt_style", "temperature", "top_p", "max_tokens", "seed")
-RETRYABLE_HTTP = {408, 409, 429, 500, 502, 503, 504}
-RETRY_BASE_S = 1.0  # first backoff; doubles per attempt, capped at a minute
 VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # max_lora_rank values vLLM accepts
 
 
@@ -60,26 +47,53 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", help="HF name or folder (vllm, hf), or the name the server knows it by (openai)")
     p.add_argument("--adapter", help="LoRA adapter folder, evaluated on top of --model without merging")
     p.add_argument("--responses", help="JSONL of {task, id, response[, sample]}: score existing generations, no model")
-    p.add_argument("--tasks", required=True, help=f"comma list of built-in tasks ({','.join(BUILTIN_TASKS)}) or custom task files")
-    p.add_argument("--backend", choices=["vllm", "hf", "openai"], default="vllm",
-                   help="vllm: fast on GPU; hf: plain transformers, works on CPU; openai: any OpenAI-compatible server")
+    p.add_argument(
+        "--tasks", required=True, help=f"comma list of built-in tasks ({','.join(BUILTIN_TASKS)}) or custom task files"
+    )
+    p.add_argument(
+        "--backend",
+        choices=["vllm", "hf", "openai"],
+        default="vllm",
+        help="vllm: fast on GPU; hf: plain transformers, works on CPU; openai: any OpenAI-compatible server",
+    )
     p.add_argument("--n", type=int, default=1, help="samples per problem; pass@k is reported for k <= n")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy, SkyThought's setting for one sample")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
-    p.add_argument("--max-tokens", type=int, default=32768, help="generation budget per sample; long CoT needs tens of thousands")
-    p.add_argument("--seed", type=int, default=0, help="base of the per-sample seeds, so a resumed run draws the same samples")
-    p.add_argument("--prompt-style", choices=list(PROMPT_STYLES), default="sky-t1",
-                   help="sky-t1: the paper's system prompt and templates; step-by-step: plain \\boxed{} instruction; none: bare problem")
-    p.add_argument("--output-dir", help="samples and results go here (default out/eval/<model or responses name>); rerun to resume")
+    p.add_argument(
+        "--max-tokens", type=int, default=32768, help="generation budget per sample; long CoT needs tens of thousands"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="base of the per-sample seeds, so a resumed run draws the same samples"
+    )
+    p.add_argument(
+        "--prompt-style",
+        choices=list(PROMPT_STYLES),
+        default="sky-t1",
+        help="sky-t1: the paper's system prompt and templates; step-by-step: plain \\boxed{} instruction; "
+        "none: bare problem",
+    )
+    p.add_argument(
+        "--output-dir", help="samples and results go here (default out/eval/<model or responses name>); rerun to resume"
+    )
     p.add_argument("--limit", type=int, help="only the first N problems of each task, for quick checks")
-    p.add_argument("--workers", type=int, default=os.cpu_count(), help="scoring processes: sympy and test programs are CPU-bound")
+    p.add_argument(
+        "--workers", type=int, default=os.cpu_count(), help="scoring processes: sympy and test programs are CPU-bound"
+    )
     p.add_argument("--batch-size", type=int, default=8, help="hf: sequences generated together")
     p.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm: GPUs the model is split over")
     p.add_argument("--base-url", default="http://localhost:8000/v1", help="openai: server root (vllm serve's default)")
-    p.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY", "EMPTY"), help="openai: bearer token (default $OPENAI_API_KEY)")
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("OPENAI_API_KEY", "EMPTY"),
+        help="openai: bearer token (default $OPENAI_API_KEY)",
+    )
     p.add_argument("--concurrency", type=int, default=32, help="openai: requests in flight; servers batch them")
-    p.add_argument("--max-retries", type=int, default=5, help="openai: retries on 429/5xx/network errors, with exponential backoff")
-    p.add_argument("--request-timeout", type=float, default=3600.0, help="openai: seconds per request; long CoT is slow")
+    p.add_argument(
+        "--max-retries", type=int, default=5, help="openai: retries on 429/5xx/network errors, with exponential backoff"
+    )
+    p.add_argument(
+        "--request-timeout", type=float, default=3600.0, help="openai: seconds per request; long CoT is slow"
+    )
     cfg = p.parse_args(argv)
     if (cfg.model is None) == (cfg.responses is None):
         p.error("give exactly one of --model (generate and score) or --responses (score existing generations)")
@@ -88,7 +102,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if cfg.adapter and cfg.backend == "openai":
         p.error("--adapter with --backend openai: load the adapter in the server and pass its served name as --model")
     if cfg.model and cfg.backend == "vllm" and importlib.util.find_spec("vllm") is None:
-        raise SystemExit("--backend vllm: vllm is not installed (pip install -r requirements-gpu.txt), or use --backend hf")
+        raise SystemExit(
+            "--backend vllm: vllm is not installed (pip install -r requirements-gpu.txt), or use --backend hf"
+        )
     return cfg
 
 
@@ -106,8 +122,14 @@ def code_problem(pid: str, record: dict) -> dict:
             raise ValueError(f"field 'tests[{i}].testtype' must be 'stdin' or 'functional'")
     if len({test["testtype"] for test in tests}) > 1:
         raise ValueError("field 'tests' mixes 'stdin' and 'functional' tests")
-    return {"id": pid, "kind": "code", "problem": record["problem"], "tests": tests,
-            "starter_code": record.get("starter_code") or "", "difficulty": record.get("difficulty")}
+    return {
+        "id": pid,
+        "kind": "code",
+        "problem": record["problem"],
+        "tests": tests,
+        "starter_code": record.get("starter_code") or "",
+        "difficulty": record.get("difficulty"),
+    }
 
 
 def builtin_problem(task: str, record: dict) -> dict:
@@ -126,19 +148,25 @@ def custom_problem(record: dict) -> dict:
     if "answer" in record:
         if record["answer"] is None:
             raise ValueError("field 'answer' is null")
+        if not isinstance(record["answer"], (str, int, float, list)):
+            raise ValueError("field 'answer' must be a string, number or list")
         return {"id": str(pid), "kind": "math", "problem": record["problem"], "answer": record["answer"]}
     if "tests" not in record:
         raise ValueError("field 'answer' (maths) or 'tests' (code) missing")
+    if not isinstance(record.get("starter_code") or "", str):
+        raise ValueError("field 'starter_code' must be a string")
     return code_problem(str(pid), record)
 
 
 def load_task(spec: str) -> tuple[str, list[dict]]:
     builtin = spec in BUILTIN_TASKS
     if not builtin and not (spec.endswith((".jsonl", ".json")) or Path(spec).exists()):
-        raise DataError(f"--tasks: unknown task '{spec}' (built-in: {', '.join(BUILTIN_TASKS)}; or a path to a .jsonl task file)")
-    path = DATA_DIR / "eval" / f"{spec}.jsonl" if builtin else Path(spec)
+        raise DataError(
+            f"--tasks: unknown task '{spec}' (built-in: {', '.join(BUILTIN_TASKS)}; or a path to a .jsonl task file)"
+        )
+    path = utils.DATA_DIR / "eval" / f"{spec}.jsonl" if builtin else Path(spec)
     problems, seen = [], set()
-    for line, record in iter_json_records(path):
+    for line, record in utils.iter_json_records(path):
         try:
             problem = builtin_problem(spec, record) if builtin else custom_problem(record)
         except KeyError as e:
@@ -154,20 +182,6 @@ def load_task(spec: str) -> tuple[str, list[dict]]:
     return (spec if builtin else path.stem), problems
 
 
-def build_messages(problem: dict, style: str) -> list[dict]:
-    system, math_template = PROMPT_STYLES[style]
-    if problem["kind"] == "math":
-        user = math_template.format(problem=problem["problem"])
-    else:
-        user = problem["problem"]
-        if problem["starter_code"]:
-            user += f"\n\nUse the following starter code:\n```python\n{problem['starter_code']}\n```"
-        if style != "none":
-            instruction = STDIN_INSTRUCTION if problem["tests"][0]["testtype"] == "stdin" else FUNCTIONAL_INSTRUCTION
-            user = f"{instruction} {user}\n\n{CODE_FORMAT}"
-    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
-
-
 def sample_seed(base: int, task: str, pid: str, sample: int) -> int:
     """A seed per sample, independent of batching, so a resumed run regenerates exactly what a kill lost."""
     digest = hashlib.sha256(f"{base}/{task}/{pid}/{sample}".encode()).digest()
@@ -177,12 +191,14 @@ def sample_seed(base: int, task: str, pid: str, sample: int) -> int:
 def load_responses(path: str, tasks: dict[str, list[dict]]) -> dict[tuple, dict]:
     ids = {name: {p["id"] for p in problems} for name, problems in tasks.items()}
     responses, next_sample = {}, {}
-    for line, record in iter_json_records(path):
+    for line, record in utils.iter_json_records(path):
         where = f"{path}:{line}"
         for field in ("task", "id", "response"):
             if field not in record:
                 raise DataError(f"{where}: field '{field}' missing")
         task, pid = record["task"], str(record["id"])
+        if not isinstance(task, str):
+            raise DataError(f"{where}: field 'task' must be a string")
         if task not in ids:
             raise DataError(f"{where}: unknown task '{task}' (not among --tasks: {', '.join(ids)})")
         if pid not in ids[task]:
@@ -195,16 +211,19 @@ def load_responses(path: str, tasks: dict[str, list[dict]]) -> dict[tuple, dict]
         if (task, pid, sample) in responses:
             raise DataError(f"{where}: duplicate sample {sample} of task '{task}' id '{pid}'")
         next_sample[(task, pid)] = max(next_sample.get((task, pid), 0), sample + 1)
-        responses[(task, pid, sample)] = {"task": task, "id": pid, "sample": sample, "prompt": record.get("prompt"),
-                                          "response": record["response"], "tokens": record.get("tokens")}
+        key = {"task": task, "id": pid, "sample": sample}
+        responses[(task, pid, sample)] = generation(key, record.get("prompt"), record["response"], record.get("tokens"))
     return responses
 
 
-# ----------------------------------------------------------------------------- backends: each yields generations as they finish
+# ----------------------------------------------------------------------------- backends
+# Each yields generations as they finish.
 
 
 def generation(job: dict, prompt, response: str, tokens: int | None) -> dict:
-    return {"task": job["task"], "id": job["id"], "sample": job["sample"], "prompt": prompt, "response": response, "tokens": tokens}
+    """One generated sample as generations.jsonl keeps it; --responses records are read into the same shape."""
+    gen = {key: job[key] for key in ("task", "id", "sample")}
+    return gen | {"prompt": prompt, "response": response, "tokens": tokens}
 
 
 def tokenizer_source(cfg) -> str:
@@ -212,7 +231,8 @@ def tokenizer_source(cfg) -> str:
     return cfg.adapter if cfg.adapter and (Path(cfg.adapter) / "tokenizer_config.json").exists() else cfg.model
 
 
-def render(tokenizer, messages: list[dict]) -> str:
+def prompt_text(tokenizer, messages: list[dict]) -> str:
+    """The chat prompt as the model reads it: the chat template applied, ending where the assistant begins."""
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
@@ -225,10 +245,10 @@ def stop_token_ids(tokenizer, extra=()) -> list[int]:
 def generate_hf(cfg, jobs: list[dict]) -> Iterator[dict]:
     import torch
 
-    tokenizer = load_tokenizer(tokenizer_source(cfg))
+    tokenizer = utils.load_tokenizer(tokenizer_source(cfg))
     tokenizer.padding_side = "left"  # generation appends on the right, so prompts must end flush
-    device = pick_device()
-    model = load_model(cfg.model, device, pick_dtype(device), pick_attention("auto", device))
+    device = utils.pick_device()
+    model = utils.load_model(cfg.model, device, utils.pick_dtype(device), utils.pick_attention("auto", device))
     if cfg.adapter:
         from peft import PeftModel
 
@@ -236,16 +256,26 @@ def generate_hf(cfg, jobs: list[dict]) -> Iterator[dict]:
     model.eval()
     model_eos = model.generation_config.eos_token_id
     stops = stop_token_ids(tokenizer, model_eos if isinstance(model_eos, list) else [model_eos])
-    # Explicit top_k/repetition_penalty so a checkpoint's generation_config (Qwen: top_k 20, penalty 1.05) does not leak in.
-    sampling = {"do_sample": True, "temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": 0} if cfg.temperature > 0 else {"do_sample": False}
+    # Explicit top_k/repetition_penalty so a checkpoint's generation_config (Qwen: top_k 20, penalty 1.05)
+    # does not leak in.
+    if cfg.temperature > 0:
+        sampling = {"do_sample": True, "temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": 0}
+    else:
+        sampling = {"do_sample": False}
     for start in range(0, len(jobs), cfg.batch_size):
         batch = jobs[start : start + cfg.batch_size]
-        prompts = [render(tokenizer, job["messages"]) for job in batch]
+        prompts = [prompt_text(tokenizer, job["messages"]) for job in batch]
         encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
         torch.manual_seed(batch[0]["seed"])
         with torch.no_grad():
-            out = model.generate(**encoded, max_new_tokens=cfg.max_tokens, eos_token_id=stops, pad_token_id=tokenizer.pad_token_id,
-                                 repetition_penalty=1.0, **sampling)
+            out = model.generate(
+                **encoded,
+                max_new_tokens=cfg.max_tokens,
+                eos_token_id=stops,
+                pad_token_id=tokenizer.pad_token_id,
+                repetition_penalty=1.0,
+                **sampling,
+            )
         for job, prompt, row in zip(batch, prompts, out[:, encoded["input_ids"].shape[1] :].tolist()):
             length = next((i + 1 for i, t in enumerate(row) if t in stops), len(row))
             yield generation(job, prompt, tokenizer.decode(row[:length], skip_special_tokens=True), length)
@@ -255,14 +285,17 @@ def generate_vllm(cfg, jobs: list[dict]) -> Iterator[dict]:
     from transformers import AutoConfig
     from vllm import LLM, SamplingParams
 
-    tokenizer = load_tokenizer(tokenizer_source(cfg))
-    prompts = [render(tokenizer, job["messages"]) for job in jobs]
+    tokenizer = utils.load_tokenizer(tokenizer_source(cfg))
+    prompts = [prompt_text(tokenizer, job["messages"]) for job in jobs]
     # Token ids, not text: vLLM would add a second BOS to templates that already start with one (Llama 3).
     prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     max_len = cfg.max_tokens + max(map(len, prompt_ids))
     model_limit = getattr(AutoConfig.from_pretrained(cfg.model), "max_position_embeddings", None)
     if model_limit and max_len > model_limit:
-        print(f"note: max_model_len {max_len} > the model's {model_limit}; long samples stop at {model_limit} tokens", file=sys.stderr)
+        print(
+            f"note: max_model_len {max_len} > the model's {model_limit}; long samples stop at {model_limit} tokens",
+            file=sys.stderr,
+        )
         max_len = model_limit
     lora_request, lora_args = None, {}
     if cfg.adapter:
@@ -271,43 +304,43 @@ def generate_vllm(cfg, jobs: list[dict]) -> Iterator[dict]:
         rank = json.loads((Path(cfg.adapter) / "adapter_config.json").read_text(encoding="utf-8"))["r"]
         lora_args = {"enable_lora": True, "max_lora_rank": next(r for r in VLLM_LORA_RANKS if r >= rank)}
         lora_request = LoRARequest("adapter", 1, str(Path(cfg.adapter).resolve()))
-    llm = LLM(model=cfg.model, tokenizer=tokenizer_source(cfg), tensor_parallel_size=cfg.tensor_parallel_size,
-              max_model_len=max_len, seed=cfg.seed, **lora_args)
+    llm = LLM(
+        model=cfg.model,
+        tokenizer=tokenizer_source(cfg),
+        tensor_parallel_size=cfg.tensor_parallel_size,
+        max_model_len=max_len,
+        seed=cfg.seed,
+        **lora_args,
+    )
     stops = stop_token_ids(tokenizer)
-    params = [SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=min(cfg.max_tokens, max_len - len(ids)),
-                             seed=job["seed"], stop_token_ids=stops) for job, ids in zip(jobs, prompt_ids)]
+    params = [
+        SamplingParams(
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            max_tokens=min(cfg.max_tokens, max_len - len(ids)),
+            seed=job["seed"],
+            stop_token_ids=stops,
+        )
+        for job, ids in zip(jobs, prompt_ids)
+    ]
     outputs = llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params, lora_request=lora_request)
     for job, prompt, out in zip(jobs, prompts, outputs):
         yield generation(job, prompt, out.outputs[0].text, len(out.outputs[0].token_ids))
 
 
-def chat_completion(cfg, messages: list[dict], seed: int) -> tuple[str, int | None]:
-    url = cfg.base_url.rstrip("/") + "/chat/completions"
-    body = {"model": cfg.model, "messages": messages, "max_tokens": cfg.max_tokens, "temperature": cfg.temperature,
-            "top_p": cfg.top_p, "seed": seed}
-    request = urllib.request.Request(url, data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json", "Authorization": f"Bearer {cfg.api_key}"})
-    for attempt in range(cfg.max_retries + 1):
-        try:
-            with urllib.request.urlopen(request, timeout=cfg.request_timeout) as reply:
-                data = json.load(reply)
-            return data["choices"][0]["message"].get("content") or "", data.get("usage", {}).get("completion_tokens")
-        except urllib.error.HTTPError as e:
-            if e.code not in RETRYABLE_HTTP:
-                raise SystemExit(f"{url}: HTTP {e.code}: {e.read()[:300].decode(errors='replace')}") from None
-            error = f"HTTP {e.code}"
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
-            error = str(e)
-        except (KeyError, IndexError, json.JSONDecodeError) as e:
-            raise SystemExit(f"{url}: not a chat completion reply ({type(e).__name__}: {e})") from None
-        if attempt < cfg.max_retries:
-            time.sleep(min(RETRY_BASE_S * 2**attempt, 60.0))
-    raise SystemExit(f"{url}: gave up after {cfg.max_retries + 1} attempts ({error})")
-
-
 def generate_openai(cfg, jobs: list[dict]) -> Iterator[dict]:
+    connection = {"api_key": cfg.api_key, "timeout": cfg.request_timeout, "retries": cfg.max_retries}
+    sampling = {"max_tokens": cfg.max_tokens, "temperature": cfg.temperature, "top_p": cfg.top_p}
+
     def one(job):
-        return generation(job, job["messages"], *chat_completion(cfg, job["messages"], job["seed"]))
+        messages = job["messages"]
+        try:
+            text, tokens = utils.chat_completion(
+                cfg.base_url, cfg.model, messages, **connection, **sampling, seed=job["seed"]
+            )
+        except utils.ChatCompletionError as e:  # one line naming the URL and the error (an HTML error page's too)
+            raise SystemExit(str(e)) from None
+        return generation(job, messages, text, tokens)
 
     pool = ThreadPoolExecutor(cfg.concurrency)
     try:
@@ -338,7 +371,7 @@ def read_resumable(path: Path) -> list[dict]:
             complete = f"{complete}\n{tail}" if complete else tail
         except json.JSONDecodeError:
             pass
-        atomic_write_text(path, complete + "\n" if complete else "")
+        utils.atomic_write_text(path, complete + "\n" if complete else "")
     return records
 
 
@@ -356,7 +389,9 @@ def exit_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def generate_and_score(cfg, problems: dict[tuple, dict], unscored: list[dict], jobs: list[dict], out_dir: Path) -> list[dict]:
+def generate_and_score(
+    cfg, problems: dict[tuple, dict], unscored: list[dict], jobs: list[dict], out_dir: Path
+) -> list[dict]:
     """Score in worker processes while generation goes on; append every sample the moment it is final."""
     total = len(unscored) + len(jobs)
     if total == 0:
@@ -366,7 +401,9 @@ def generate_and_score(cfg, problems: dict[tuple, dict], unscored: list[dict], j
     # clean and forks every worker from one copy of the preloaded modules.
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([__name__, "grading", "sandbox"])
-    pool = ProcessPoolExecutor(min(cfg.workers, total), mp_context=context, initializer=exit_with_parent, initargs=(os.getpid(),))
+    pool = ProcessPoolExecutor(
+        min(cfg.workers, total), mp_context=context, initializer=exit_with_parent, initargs=(os.getpid(),)
+    )
     bar = tqdm(total=total, desc="score", unit="sample", position=1 if jobs else 0)
     pending = {}
 
@@ -383,7 +420,7 @@ def generate_and_score(cfg, problems: dict[tuple, dict], unscored: list[dict], j
             record = {**gen, "extracted": result["extracted"], "correct": bool(result["correct"])}
             if "verdicts" in result:
                 record["verdicts"] = result["verdicts"]
-            append_jsonl(samples_file, record)
+            utils.append_jsonl(samples_file, record)
             scored.append(record)
             bar.update()
 
@@ -395,7 +432,7 @@ def generate_and_score(cfg, problems: dict[tuple, dict], unscored: list[dict], j
             # Raw generations are kept apart, so a kill while scoring does not throw away GPU hours.
             with open(out_dir / "generations.jsonl", "a", encoding="utf-8") as generations_file:
                 for gen in tqdm(backend(cfg, jobs), total=len(jobs), desc="generate", unit="sample", position=0):
-                    append_jsonl(generations_file, gen)
+                    utils.append_jsonl(generations_file, gen)
                     submit(gen)
                     collect(block=False)
         collect(block=True)
@@ -408,34 +445,53 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 if n - c < k else 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
 def summarise(problems: list[dict], correct: dict[str, list[bool]]) -> dict:
     """Per-task numbers; problems may have different sample counts (--responses), so n is the smallest."""
     rated = [(p, correct[p["id"]]) for p in problems if correct.get(p["id"])]
     n = min(len(c) for _, c in rated)
-    mean = lambda xs: sum(xs) / len(xs)
-    summary = {"problems": len(rated), "n": n, "accuracy": mean([sum(c) / len(c) for _, c in rated]),
-               "pass@k": {str(k): mean([pass_at_k(len(c), sum(c), k) for _, c in rated]) for k in range(1, n + 1)}}
-    levels = {level: [sum(c) / len(c) for p, c in rated if p.get("difficulty") == level] for level in ("easy", "medium", "hard")}
+    summary = {
+        "problems": len(rated),
+        "n": n,
+        "accuracy": _mean([sum(c) / len(c) for _, c in rated]),
+        "pass@k": {str(k): _mean([pass_at_k(len(c), sum(c), k) for _, c in rated]) for k in range(1, n + 1)},
+    }
+    levels = {
+        level: [sum(c) / len(c) for p, c in rated if p.get("difficulty") == level]
+        for level in ("easy", "medium", "hard")
+    }
     levels = {level: accuracies for level, accuracies in levels.items() if accuracies}
     if levels:  # LiveCodeBench's overall score: the three levels weighted by their problem counts
-        summary["difficulty"] = {level: {"problems": len(a), "accuracy": mean(a)} for level, a in levels.items()}
-        summary["difficulty_weighted_accuracy"] = mean([a for accuracies in levels.values() for a in accuracies])
+        summary["difficulty"] = {level: {"problems": len(a), "accuracy": _mean(a)} for level, a in levels.items()}
+        summary["difficulty_weighted_accuracy"] = _mean([a for accuracies in levels.values() for a in accuracies])
     return summary
 
 
-def format_table(results: dict) -> str:
-    # The JSON has every k <= n; the table shows powers of two and n.
-    ks = sorted({int(k) for r in results.values() for k in r["pass@k"] if int(k) & (int(k) - 1) == 0 or int(k) == r["n"]} - {1})
-    lines = [f"{'task':<22}{'problems':>9}{'n':>5}{'accuracy':>10}" + "".join(f"{'pass@' + str(k):>10}" for k in ks)]
+def results_table(results: dict) -> str:
+    """The printed summary: per task its problems, n, accuracy and pass@k for the powers of two and n (results.json
+    has every k <= n), then LiveCodeBench's difficulty levels under it."""
+    shown = set()
+    for r in results.values():
+        shown |= {int(k) for k in r["pass@k"] if int(k) & (int(k) - 1) == 0 or int(k) == r["n"]}
+    ks = sorted(shown - {1})
+    blank = [""] * len(ks)
+    rows = []
     for task, r in results.items():
-        cells = "".join(f"{100 * r['pass@k'][str(k)]:>10.1f}" if str(k) in r["pass@k"] else f"{'':>10}" for k in ks)
-        lines.append(f"{task:<22}{r['problems']:>9}{r['n']:>5}{100 * r['accuracy']:>10.1f}{cells}")
+        passes = [_percent(r["pass@k"][str(k)]) if str(k) in r["pass@k"] else "" for k in ks]
+        rows.append([task, r["problems"], r["n"], _percent(r["accuracy"]), *passes])
         for level, v in r.get("difficulty", {}).items():
-            lines.append(f"{'  ' + level:<22}{v['problems']:>9}{'':>5}{100 * v['accuracy']:>10.1f}")
+            rows.append([f"  {level}", v["problems"], "", _percent(v["accuracy"]), *blank])
         if "difficulty_weighted_accuracy" in r:
-            lines.append(f"{'  easy+medium+hard':<22}{sum(v['problems'] for v in r['difficulty'].values()):>9}{'':>5}"
-                         f"{100 * r['difficulty_weighted_accuracy']:>10.1f}")
-    return "\n".join(lines)
+            problems = sum(v["problems"] for v in r["difficulty"].values())
+            rows.append(["  easy+medium+hard", problems, "", _percent(r["difficulty_weighted_accuracy"]), *blank])
+    return utils.format_table(["task", "problems", "n", "accuracy", *(f"pass@{k}" for k in ks)], rows)
+
+
+def _percent(fraction: float) -> str:
+    return f"{100 * fraction:.1f}"
 
 
 # ----------------------------------------------------------------------------- main
@@ -449,9 +505,11 @@ def check_config(out_dir: Path, cfg) -> None:
         saved = json.loads(path.read_text(encoding="utf-8"))
         changed = [f"{k} {saved.get(k)!r} -> {current[k]!r}" for k in GENERATION_KEYS if saved.get(k) != current[k]]
         if changed:
-            raise SystemExit(f"{path}: this folder holds samples made with other settings ({'; '.join(changed)}); "
-                             "use another --output-dir so samples are not mixed")
-    atomic_write_text(path, json.dumps(current, indent=2) + "\n")
+            raise SystemExit(
+                f"{path}: this folder holds samples made with other settings ({'; '.join(changed)}); "
+                "use another --output-dir so samples are not mixed"
+            )
+    utils.atomic_write_text(path, json.dumps(current, indent=2) + "\n")
 
 
 def main(cfg) -> dict:
@@ -473,21 +531,37 @@ def main(cfg) -> dict:
         wanted = [key for key in responses if key[:2] in problems]
         for name in selected:
             if not any(key[0] == name for key in wanted):
-                raise SystemExit(f"{cfg.responses}: no responses for task '{name}'" + (f" in its first {cfg.limit} problems" if cfg.limit else ""))
-    run_name = Path(cfg.responses).stem if cfg.responses else Path(cfg.model).name + (f"+{Path(cfg.adapter).name}" if cfg.adapter else "")
+                where = f" in its first {cfg.limit} problems" if cfg.limit else ""
+                raise SystemExit(f"{cfg.responses}: no responses for task '{name}'{where}")
+    if cfg.responses:
+        run_name = Path(cfg.responses).stem
+    elif cfg.adapter:
+        run_name = f"{Path(cfg.model).name}+{Path(cfg.adapter).name}"
+    else:
+        run_name = Path(cfg.model).name
     out_dir = Path(cfg.output_dir or Path("out") / "eval" / run_name)
     out_dir.mkdir(parents=True, exist_ok=True)
     check_config(out_dir, cfg)
 
-    generated = responses if responses is not None else {
-        (g["task"], g["id"], g["sample"]): g for g in read_resumable(out_dir / "generations.jsonl")}
+    if responses is not None:
+        generated = responses
+    else:
+        generated = {(g["task"], g["id"], g["sample"]): g for g in read_resumable(out_dir / "generations.jsonl")}
     done = {(r["task"], r["id"], r["sample"]): r for r in read_resumable(out_dir / "samples.jsonl")}
     unscored = [generated[key] for key in wanted if key not in done and key in generated]
-    jobs = [{"task": t, "id": pid, "sample": s, "seed": sample_seed(cfg.seed, t, pid, s),
-             "messages": build_messages(problems[(t, pid)], cfg.prompt_style)}
-            for t, pid, s in wanted if (t, pid, s) not in done and (t, pid, s) not in generated]
-    print(f"{len(wanted)} samples: {len(wanted) - len(unscored) - len(jobs)} done, {len(unscored)} to score, {len(jobs)} to generate",
-          file=sys.stderr)
+    jobs = [
+        {
+            "task": t,
+            "id": pid,
+            "sample": s,
+            "seed": sample_seed(cfg.seed, t, pid, s),
+            "messages": eval_messages(problems[(t, pid)], cfg.prompt_style),
+        }
+        for t, pid, s in wanted
+        if (t, pid, s) not in done and (t, pid, s) not in generated
+    ]
+    finished = len(wanted) - len(unscored) - len(jobs)
+    print(f"{len(wanted)} samples: {finished} done, {len(unscored)} to score, {len(jobs)} to generate", file=sys.stderr)
     for record in generate_and_score(cfg, problems, unscored, jobs, out_dir):
         done[(record["task"], record["id"], record["sample"])] = record
 
@@ -495,8 +569,8 @@ def main(cfg) -> dict:
     for t, pid, s in wanted:
         correct[t].setdefault(pid, []).append(done[(t, pid, s)]["correct"])
     results = {name: summarise(ps, correct[name]) for name, ps in selected.items()}
-    atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2) + "\n")
-    print(format_table(results))
+    utils.atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2) + "\n")
+    print(results_table(results))
     print(f"wrote {out_dir / 'results.json'} and {out_dir / 'samples.jsonl'}")
     return results
 

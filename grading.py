@@ -16,6 +16,7 @@ How a comparison is decided:
      threads and from (daemonic) multiprocessing workers: every process lazily starts its own helper.
      Answers longer than MAX_SYMBOLIC_CHARS are never sent to sympy.
 """
+
 import json
 import os
 import re
@@ -26,6 +27,8 @@ import sys
 import threading
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
+
+from markup import solution_part
 
 MAX_ANSWER_CHARS = 2000  # longer "answers" are judged wrong unread: some regexes are quadratic in length
 MAX_SYMBOLIC_CHARS = 1000  # the longest bundled gold is ~300 chars; longer predictions are rambling, not answers
@@ -59,7 +62,7 @@ def _all_boxed(text: str) -> list[str]:
     for m in boxes:
         brace = _SPACES_RE.match(text, m.end()).end()
         if text.startswith("{", brace):
-            content = text[brace + 1:closing[brace]] if brace in closing else None
+            content = text[brace + 1 : closing[brace]] if brace in closing else None
         else:
             token = _BOX_TOKEN_RE.match(text, m.end())
             content = token[1] if token else None
@@ -72,16 +75,6 @@ def extract_boxed(text: str) -> str | None:
     """Content of the last non-empty box: models restate the final answer after earlier drafts."""
     boxes = _all_boxed(text)
     return boxes[-1] if boxes else None
-
-
-def _solution_part(text: str) -> str | None:
-    """The Sky-T1 solution block (or the text after </think>); None when the response has neither."""
-    start = text.rfind("<|begin_of_solution|>")
-    if start >= 0:
-        return text[start + len("<|begin_of_solution|>"):].split("<|end_of_solution|>")[0]
-    if "</think>" in text:
-        return text.rsplit("</think>", 1)[1]
-    return None
 
 
 def _inline_math(text: str, last: bool) -> str | None:
@@ -110,7 +103,7 @@ def extract_answer(text: str) -> str | None:
     (a truncated solution may only have one in the thoughts); then the last $..$ of the solution block."""
     if not text:
         return None
-    solution = _solution_part(text)
+    solution = solution_part(text)
     region = text if solution is None else solution
     answer = extract_boxed(region) or _phrase_answer(region)
     if answer is None and solution is not None:
@@ -120,8 +113,10 @@ def extract_answer(text: str) -> str | None:
 
 # ---------------------------------------------------------------- normalisation
 
-_UNIT_WORDS = (r"cm|mm|km|meters?|inch(?:es)?|feet|foot|ft|miles?|units?|square|sq|degrees?|cents?|dollars?"
-               r"|hours?|minutes?|min|seconds?|sec|days?|weeks?|years?|km/h|mph|pounds?|kg|grams?")
+_UNIT_WORDS = (
+    r"cm|mm|km|meters?|inch(?:es)?|feet|foot|ft|miles?|units?|square|sq|degrees?|cents?|dollars?"
+    r"|hours?|minutes?|min|seconds?|sec|days?|weeks?|years?|km/h|mph|pounds?|kg|grams?"
+)
 _REWRITES = [  # (pattern, replacement) applied in order; order matters (e.g. \text unwrapped before units)
     (re.compile(r"(?<!\\)\\[!,;:> ]|\\q?quad(?![a-zA-Z])|~|\\displaystyle"), " "),  # not the \\ row break
     (re.compile(r"\\(?:left|right|[bB]igg?[lr]?)(?![a-zA-Z])"), ""),
@@ -136,6 +131,7 @@ _FRAC_SHORT_RE = re.compile(r"\\frac(\{[^{}]*\}|\w)(\{[^{}]*\}|\w)")
 _LHS_RE = re.compile(r"^(?:(?:\\[a-zA-Z]+ ?)?[a-zA-Z][a-zA-Z ]*(?:_\{?\w+\}?)?(?:\([a-z]\))?=(?!=)|[a-zA-Z]\\in)")
 _WORD_RE = re.compile(r"[A-Za-z]+")
 _PROSE_RE = re.compile(r"(?<![\\a-zA-Z{])[a-zA-Z]{4,}")  # a word outside \commands and {pmatrix}
+_DEPTH_CHANGE = {"(": 1, "[": 1, "{": 1, ")": -1, "]": -1, "}": -1}
 _DECIMAL_RE = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)")
 _FRACTION_RE = re.compile(r"([+-]?\d+)/(\d+)")
 _LATEX_FRACTION_RE = re.compile(r"([+-]?)(\d*)\\frac\{(\d+\.?\d*)\}\{(\d+\.?\d*)\}")
@@ -143,8 +139,15 @@ _LATEX_FRACTION_RE = re.compile(r"([+-]?)(\d*)\\frac\{(\d+\.?\d*)\}\{(\d+\.?\d*)
 
 def _squeeze_spaces(s: str) -> str:
     # Spaces carry meaning only between a command and a letter (\pi r, \lfloor m).
-    return re.sub(r"(\\[a-zA-Z]+)?\s+(?=([a-zA-Z])?)",
-                  lambda m: m[1] + " " if m[1] and m[2] else (m[1] or ""), s)
+    return re.sub(r"(\\[a-zA-Z]+)?\s+(?=([a-zA-Z])?)", _squeezed, s)
+
+
+def _squeezed(m: re.Match) -> str:
+    """A run of spaces: one space after a command followed by a letter, nothing otherwise (the command stays)."""
+    command, letter = m[1] or "", m[2]
+    if command and letter:
+        return command + " "
+    return command
 
 
 def _brace(group: str) -> str:
@@ -171,7 +174,7 @@ def _split_top_level(s: str) -> list[str]:
     """Split on commas/semicolons outside any brackets; '(3,4]' and '\\{1,2\\}' stay whole."""
     items, depth, start = [], 0, 0
     for i, c in enumerate(s):
-        depth += 1 if c in "([{" else -1 if c in ")]}" else 0
+        depth += _DEPTH_CHANGE.get(c, 0)
         if depth == 0 and c in ",;":
             items.append(s[start:i])
             start = i + 1
@@ -185,7 +188,7 @@ def _enclosing(s: str) -> bool:
         return False
     depth = 0
     for i, c in enumerate(s):
-        depth += 1 if c in "([{" else -1 if c in ")]}" else 0
+        depth += _DEPTH_CHANGE.get(c, 0)
         if depth == 0:
             return i == len(s) - 1
     return False
@@ -216,6 +219,7 @@ def _numeric_values(s: str) -> set[Fraction] | None:
 
 # ---------------------------------------------------------------- fast comparison
 
+
 def _compare_atoms(pred: str, gold: str) -> bool | None:
     """True/False when cheap rules settle it, None when only symbolic math can."""
     pred, gold = _clean(pred), _clean(gold)
@@ -245,7 +249,9 @@ def _compare_lists(pred_items: list[str], gold_items: list[str], ordered: bool) 
         return False if ordered or numeric else None
     if ordered:
         verdicts = [_compare_atoms(p, g) for p, g in zip(pred_items, gold_items)]
-        return False if False in verdicts else True if all(verdicts) else None
+        if False in verdicts:
+            return False
+        return True if all(verdicts) else None
     unmatched = list(pred_items)
     for gold_item in gold_items:  # greedy matching is exact because equality is transitive
         verdicts = [_compare_atoms(p, gold_item) for p in unmatched]
@@ -257,6 +263,7 @@ def _compare_lists(pred_items: list[str], gold_items: list[str], ordered: bool) 
 
 # ---------------------------------------------------------------- symbolic comparison (helper process)
 
+
 class _SymbolicTimeout(BaseException):
     """BaseException so that sympy's and math-verify's `except Exception` cannot swallow it."""
 
@@ -266,6 +273,7 @@ def _serve_symbolic() -> None:
     import functools
     import logging
     import resource
+
     from math_verify import parse, verify
 
     @functools.lru_cache(maxsize=4096)  # a gold is compared with every sample drawn for its problem
@@ -315,12 +323,15 @@ class _SymbolicHelper:
     def _start(self) -> None:
         here = os.path.dirname(os.path.abspath(__file__))
         code = f"import sys; sys.path.insert(0, {here!r}); import grading; grading._serve_symbolic()"
-        self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
         if self._readline(HELPER_STARTUP_S) != "ready":
             self._stop()
-            raise RuntimeError("grading.py: the math-verify helper process did not start "
-                               "(is math-verify installed? see its stderr above)")
+            raise RuntimeError(
+                "grading.py: the math-verify helper process did not start "
+                "(is math-verify installed? see its stderr above)"
+            )
 
     def equal(self, pred: str, gold: str, timeout: float) -> bool:
         with self.lock:
@@ -345,6 +356,7 @@ def _symbolic_equal(pred: str, gold: str, timeout: float) -> bool:
 
 
 # ---------------------------------------------------------------- public API
+
 
 def _gold_text(gold) -> str | list[str]:
     if isinstance(gold, list):
@@ -394,7 +406,7 @@ def grade_math(response: str | None, gold, timeout: float = 5.0) -> dict:
     correct = math_equal(extracted, gold, timeout)
     if not correct and isinstance(gold, list) and len(gold) > 1 and response:
         # Multi-answer problems are often answered with one box per answer.
-        boxes = _all_boxed(_solution_part(response) or response)[-len(gold):]
+        boxes = _all_boxed(solution_part(response) or response)[-len(gold) :]
         joined = ", ".join(boxes)
         if len(boxes) == len(gold) and math_equal(joined, gold, timeout):
             extracted, correct = joined, True

@@ -6,11 +6,11 @@
     python perturb.py --input data/train.jsonl --output out/cot_delete33.jsonl --kind delete --ratio 0.33 \\
         --splitter llm --llm-url http://localhost:8000/v1 --llm-model meta-llama/Llama-3.3-70B-Instruct
 
-Only the last assistant turn changes, and in it only the thought: the text between <|begin_of_thought|> and
-<|end_of_thought|> (Sky-T1), or before </think> (R1; the opening <think> may be absent, as when the chat
-template supplies it). A response with neither markup is all thought except a clear final block, which is
-kept as the solution: from the last paragraph holding "\\boxed{" or "final answer", or a trailing fenced code
-block, to the end. The report counts records per case (sky_t1, r1, final_block, none).
+Only the last assistant turn changes, and in it only the thought (markup.split_thought): the text between
+<|begin_of_thought|> and <|end_of_thought|> (Sky-T1), or before </think> (R1; the opening <think> may be absent, as
+when the chat template supplies it). A response with neither markup is all thought except a clear final block, which
+is kept as the solution: from the last paragraph holding "\\boxed{" or "final answer", or a trailing fenced code
+block, to the end. The report counts records per case (sky-t1, r1, final_block, none).
 
 Kinds. digits: each digit character is redrawn uniformly with probability --ratio (--digit-mode number:
 each number becomes a random integer 0-10, as the authors' corrupt_data.py did). keywords: a --ratio
@@ -20,58 +20,99 @@ Every record draws from random.Random(sha256(f"{seed}:{id}:{kind}")), so outputs
 or threads. Each output record gets a `perturbation` summary; the other fields are kept as they were (a
 record without `id` gets a hash of its conversation), so an `n_tokens` field still counts the original text.
 """
+
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
-import http.client
 import json
-import os
 import random
 import re
 import sys
-import time
-import urllib.request
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 from tqdm import tqdm
 
-from utils import DataError, iter_json_records, to_messages, write_jsonl
+import utils
+from markup import BLANK_LINES, split_thought
+from sft import to_messages
+from utils import DataError, iter_json_records, write_jsonl
 
 KINDS = ("digits", "keywords", "shuffle", "delete", "insert")
 STRUCTURE_KINDS = ("shuffle", "delete", "insert")
 # Reasoning keywords of backtracking, reflection and verification; whole words or phrases, case-insensitive.
-DEFAULT_KEYWORDS = ("wait", "alternatively", "let me think again", "but", "hmm", "double-check", "double check",
-                    "verify", "let me check", "let me reconsider", "on second thought", "however", "actually")
+DEFAULT_KEYWORDS = (
+    "wait",
+    "alternatively",
+    "let me think again",
+    "but",
+    "hmm",
+    "double-check",
+    "double check",
+    "verify",
+    "let me check",
+    "let me reconsider",
+    "on second thought",
+    "however",
+    "actually",
+)
 STEP_MARK = "[STEP]"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input", required=True, help="training JSONL/JSON in any shape utils.to_messages accepts")
+    p.add_argument("--input", required=True, help="training JSONL/JSON in any shape sft.to_messages accepts")
     p.add_argument("--output", required=True, help="perturbed JSONL, written atomically")
-    p.add_argument("--kind", required=True, choices=KINDS,
-                   help="content (digits, keywords) or structure (shuffle, delete, insert)")
-    p.add_argument("--ratio", type=float, required=True,
-                   help="fraction of digits / keyword sentences / steps to perturb; 0 is the identity")
+    p.add_argument(
+        "--kind", required=True, choices=KINDS, help="content (digits, keywords) or structure (shuffle, delete, insert)"
+    )
+    p.add_argument(
+        "--ratio",
+        type=float,
+        required=True,
+        help="fraction of digits / keyword sentences / steps to perturb; 0 is the identity",
+    )
     p.add_argument("--seed", type=int, default=0, help="with the record id, fixes every random choice")
-    p.add_argument("--digit-mode", choices=("digit", "number"), default="digit",
-                   help="digit: the paper's text (each digit redrawn); number: the authors' code (each number -> randint(0, 10))")
-    p.add_argument("--spare-solution", action=argparse.BooleanOptionalAction, default=False,
-                   help="digits only: keep the solution block intact; off by default because the authors' corrupt_data.py "
-                        "corrupted the whole response, final answer included")
+    p.add_argument(
+        "--digit-mode",
+        choices=("digit", "number"),
+        default="digit",
+        help="digit: the paper's text (each digit redrawn); number: the authors' code (each number -> randint(0, 10))",
+    )
+    p.add_argument(
+        "--spare-solution",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="digits only: keep the solution block intact; off by default because the authors' corrupt_data.py "
+        "corrupted the whole response, final answer included",
+    )
     p.add_argument("--keywords-file", help="one keyword or phrase per line (# comments) instead of the built-in list")
-    p.add_argument("--min-step-chars", type=int, default=40,
-                   help="blank-line fragments shorter than this join a neighbour, so a step is a thought, not a formula line")
-    p.add_argument("--splitter", choices=("blank", "llm"), default="blank",
-                   help="blank: split at blank lines (Sky-T1 asks for them between steps); llm: ask a model, as the paper did")
+    p.add_argument(
+        "--min-step-chars",
+        type=int,
+        default=40,
+        help="blank-line fragments shorter than this join a neighbour, so a step is a thought, not a formula line",
+    )
+    p.add_argument(
+        "--splitter",
+        choices=("blank", "llm"),
+        default="blank",
+        help="blank: split at blank lines (Sky-T1 asks for them between steps); llm: ask a model, as the paper did",
+    )
     p.add_argument("--llm-url", help="OpenAI-compatible base URL, e.g. http://localhost:8000/v1 (vLLM, SGLang, ...)")
     p.add_argument("--llm-model", default="meta-llama/Llama-3.3-70B-Instruct", help="model name the server expects")
     p.add_argument("--llm-workers", type=int, default=8, help="concurrent requests; servers batch them")
-    p.add_argument("--llm-timeout", type=float, default=600.0, help="seconds per request; long thoughts take minutes to copy")
-    p.add_argument("--llm-retries", type=int, default=3, help="retries per record on network/HTTP errors before falling back")
+    p.add_argument(
+        "--llm-timeout", type=float, default=600.0, help="seconds per request; long thoughts take minutes to copy"
+    )
+    p.add_argument(
+        "--llm-retries",
+        type=int,
+        default=3,
+        help="retries per record on network errors and HTTP 408/429/5xx before falling back",
+    )
     cfg = p.parse_args(argv)
     if not 0.0 <= cfg.ratio <= 1.0:
         p.error("--ratio must be within [0, 1]")
@@ -80,49 +121,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return cfg
 
 
-# ----------------------------------------------------------------------------- response anatomy
-
-
-@dataclass
-class Parts:
-    """head + thought + tail == the response, byte for byte; only `thought` is ever perturbed by structure kinds."""
-
-    head: str
-    thought: str
-    tail: str
-    markup: str  # sky_t1 | r1 | final_block | none
-
-
-def split_response(text: str) -> Parts:
-    begin, end = text.find("<|begin_of_thought|>"), text.find("<|end_of_thought|>")
-    if begin != -1 or end != -1:
-        start = 0 if begin == -1 else begin + len("<|begin_of_thought|>")
-        stop, markup = (len(text) if end == -1 else end), "sky_t1"
-    elif "</think>" in text:
-        open_at = text.find("<think>")
-        start, stop, markup = (0 if open_at == -1 else open_at + len("<think>")), text.find("</think>"), "r1"
-    else:
-        stop = _final_block_start(text)
-        start, markup = 0, ("none" if stop is None else "final_block")
-        stop = len(text) if stop is None else stop
-    body = text[start:stop]
-    lead, trail = len(body) - len(body.lstrip()), len(body) - len(body.rstrip())
-    return Parts(text[: start + lead], body.strip(), text[max(stop - trail, start + lead) :], markup)
-
-
-def _final_block_start(text: str) -> int | None:
-    anchors = [m.start() for m in re.finditer(r"\\boxed\{|final answer", text, re.I)]
-    fences = [m.start() for m in re.finditer(r"^[ \t]*```", text, re.M)]
-    if text.rstrip().endswith("```") and len(fences) >= 2:
-        anchors.append(fences[-2])
-    if not anchors:
-        return None
-    return max([m.end() for m in _BLANK_LINES.finditer(text, 0, max(anchors))], default=0)
-
-
 # ----------------------------------------------------------------------------- steps
 
-_BLANK_LINES = re.compile(r"\n[ \t]*\n(?:[ \t]*\n)*")
 _FORMULA_STARTS = ("\\[", "\\]", "$$", "\\begin", "\\end", "=")
 
 
@@ -136,15 +136,21 @@ def split_steps(thought: str, min_chars: int) -> tuple[list[str], list[str]]:
     if not thought:
         return [], []
     cuts = [0]
-    for m in _BLANK_LINES.finditer(thought):
+    for m in BLANK_LINES.finditer(thought):
         cuts += [m.start(), m.end()]
     cuts.append(len(thought))
     spans = list(zip(cuts[::2], cuts[1::2]))
     merged = [list(spans[0])]
     for start, stop in spans[1:]:
         prev, piece = thought[merged[-1][0] : merged[-1][1]], thought[start:stop]
-        if (len(piece.strip()) < min_chars or len(prev.strip()) < min_chars or prev.rstrip().endswith(":")
-                or piece.lstrip().startswith(_FORMULA_STARTS) or piece.lstrip()[:1].islower() or prev.count("```") % 2 == 1):
+        if (
+            len(piece.strip()) < min_chars
+            or len(prev.strip()) < min_chars
+            or prev.rstrip().endswith(":")
+            or piece.lstrip().startswith(_FORMULA_STARTS)
+            or piece.lstrip()[:1].islower()
+            or prev.count("```") % 2 == 1
+        ):
             merged[-1][1] = stop
         else:
             merged.append([start, stop])
@@ -184,7 +190,11 @@ def llm_split(thought: str, cfg) -> tuple[list[str], list[str]] | None:
 
     The model copies the text with a [STEP] line between steps, rather than returning a JSON list, because
     LaTeX backslashes inside JSON strings ("\\frac" -> form feed) are the commonest way such answers break.
+    None when the server fails after its retries or the copy does not align with the thought (the caller falls back
+    to blank lines).
     """
+    if not thought:
+        return [], []
     prompt = (
         "Split the reasoning below into steps. Start a new step wherever the writer backtracks, verifies, reflects "
         "(e.g. 'Wait', 'Alternatively', 'Let me check') or moves on to a new sub-goal. Copy the text exactly, without "
@@ -192,22 +202,19 @@ def llm_split(thought: str, cfg) -> tuple[list[str], list[str]] | None:
         f"steps. Output nothing else.\n\n<reasoning>\n{thought}\n</reasoning>"
     )
     # max_tokens is explicit because some servers default to a few hundred, and a cut copy fails validation.
-    body = json.dumps({"model": cfg.llm_model, "temperature": 0.0, "max_tokens": len(thought) // 2 + 1024,
-                       "messages": [{"role": "user", "content": prompt}]}).encode()
-    url = cfg.llm_url.rstrip("/")
-    url = url if url.endswith("/chat/completions") else url + "/chat/completions"
-    headers = {"Content-Type": "application/json"}
-    if os.environ.get("OPENAI_API_KEY"):
-        headers["Authorization"] = f"Bearer {os.environ['OPENAI_API_KEY']}"
-    for attempt in range(cfg.llm_retries + 1):
-        try:
-            with urllib.request.urlopen(urllib.request.Request(url, body, headers), timeout=cfg.llm_timeout) as r:
-                content = json.loads(r.read())["choices"][0]["message"]["content"]
-            return align_segments(thought, content.split(STEP_MARK))
-        except (OSError, http.client.HTTPException, ValueError, KeyError, IndexError, TypeError):  # OSError: URL, timeout
-            if attempt < cfg.llm_retries:
-                time.sleep(min(2**attempt, 30))
-    return None
+    try:
+        content, _ = utils.chat_completion(
+            cfg.llm_url,
+            cfg.llm_model,
+            [{"role": "user", "content": prompt}],
+            timeout=cfg.llm_timeout,
+            retries=cfg.llm_retries,
+            temperature=0.0,
+            max_tokens=len(thought) // 2 + 1024,
+        )
+    except utils.ChatCompletionError:
+        return None
+    return align_segments(thought, content.split(STEP_MARK))
 
 
 # ----------------------------------------------------------------------------- perturbations
@@ -245,7 +252,9 @@ def remove_keyword_sentences(text: str, ratio: float, rng: random.Random, patter
     """Remove round(ratio x m) of the m sentences that contain a keyword. A line left empty goes too, and so
     does the blank line after it if it stood alone as a paragraph, so no gap of extra blank lines remains."""
     lines = text.splitlines(keepends=True)
-    hits = [(i, m.span()) for i, line in enumerate(lines) for m in _SENTENCE.finditer(line) if pattern.search(m.group())]
+    hits = [
+        (i, m.span()) for i, line in enumerate(lines) for m in _SENTENCE.finditer(line) if pattern.search(m.group())
+    ]
     chosen = sorted(rng.sample(range(len(hits)), round(ratio * len(hits))))
     cut: dict[int, list] = {}
     for h in chosen:
@@ -267,8 +276,9 @@ def remove_keyword_sentences(text: str, ratio: float, rng: random.Random, patter
     return "".join(out), {"n_units": len(hits), "n_changed": len(chosen), "positions": chosen}
 
 
-def perturb_steps(steps: list[str], seps: list[str], kind: str, ratio: float, rng: random.Random,
-                  donor) -> tuple[str, dict]:
+def perturb_steps(
+    steps: list[str], seps: list[str], kind: str, ratio: float, rng: random.Random, donor
+) -> tuple[str, dict]:
     """shuffle: the chosen positions get an ordinary shuffle of their own steps, redrawn as a rotation if it
     came out as the identity, so any two or more chosen steps always move. delete: the chosen steps go.
     insert: each chosen step is replaced by donor(), a step of another record."""
@@ -321,7 +331,7 @@ def load_records(path: str) -> list[dict]:
         record_id = record.get("id")
         if record_id is None:
             record_id = hashlib.sha256(json.dumps(messages, ensure_ascii=False).encode()).hexdigest()[:16]
-        items.append({"record": record, "slot": slot, "key": key, "id": record_id, "parts": split_response(slot[key])})
+        items.append({"record": record, "slot": slot, "key": key, "id": record_id, "parts": split_thought(slot[key])})
     if not items:
         raise DataError(f"{path}: no records (empty file)")
     return items
@@ -329,21 +339,32 @@ def load_records(path: str) -> list[dict]:
 
 def perturb_file(cfg) -> dict:
     items = load_records(cfg.input)
-    report = {"kind": cfg.kind, "ratio": cfg.ratio, "seed": cfg.seed, "records": len(items),
-              "markup": dict(Counter(it["parts"].markup for it in items)), "units": 0, "changed": 0,
-              "unchanged_records": 0, "llm_fallback": 0}
+    report = {
+        "kind": cfg.kind,
+        "ratio": cfg.ratio,
+        "seed": cfg.seed,
+        "records": len(items),
+        "markup": dict(Counter(it["parts"].markup for it in items)),
+        "units": 0,
+        "changed": 0,
+        "unchanged_records": 0,
+        "llm_fallback": 0,
+    }
     if cfg.kind in STRUCTURE_KINDS:
         if cfg.splitter == "llm":
             thoughts = [it["parts"].thought for it in items]
             with ThreadPoolExecutor(cfg.llm_workers) as pool:
-                found = list(tqdm(pool.map(lambda t: llm_split(t, cfg) if t else ([], []), thoughts),
-                                  total=len(items), desc="llm split"))
+                replies = pool.map(functools.partial(llm_split, cfg=cfg), thoughts)
+                found = list(tqdm(replies, total=len(items), desc="llm split"))
             report["llm_fallback"] = sum(f is None for f in found)
         else:
             found = [None] * len(items)
         for it, f in zip(items, found):
             it["steps"], it["seps"] = f if f is not None else split_steps(it["parts"].thought, cfg.min_step_chars)
-            it["splitter"] = "blank" if cfg.splitter == "blank" else "llm" if f is not None else "llm_fallback"
+            if cfg.splitter == "blank":
+                it["splitter"] = "blank"
+            else:
+                it["splitter"] = "llm" if f is not None else "llm_fallback"
         report["mean_steps"] = round(sum(len(it["steps"]) for it in items) / len(items), 2)
         # Every step of the file in record order, so a record's own steps are one block [first, first + n) to skip.
         step_pool = [(r, j) for r, it in enumerate(items) for j in range(len(it["steps"]))]
@@ -377,15 +398,7 @@ def perturb_file(cfg) -> dict:
             thought, stats = remove_keyword_sentences(parts.thought, cfg.ratio, rng, pattern)
             new_text = parts.head + thought + parts.tail
         else:
-            first, n_own = pool_first[r], len(it["steps"])
-
-            def donor():
-                if len(step_pool) == n_own:
-                    raise DataError(f"{cfg.input}: --kind insert needs steps from at least two records")
-                k = rng.randrange(len(step_pool) - n_own)
-                owner, j = step_pool[k if k < first else k + n_own]
-                return items[owner]["id"], j, items[owner]["steps"][j]
-
+            donor = functools.partial(donor_step, rng, items, step_pool, pool_first[r], r, cfg.input)
             thought, stats = perturb_steps(it["steps"], it["seps"], cfg.kind, cfg.ratio, rng, donor)
             new_text = parts.head + thought + parts.tail
             summary["splitter"] = it["splitter"]
@@ -400,6 +413,17 @@ def perturb_file(cfg) -> dict:
     return report
 
 
+def donor_step(rng: random.Random, items: list[dict], step_pool: list, first: int, r: int, path: str):
+    """(record id, step index, step text) of a random step of any record but the r-th, whose steps are
+    step_pool[first : first + n]."""
+    n_own = len(items[r]["steps"])
+    if len(step_pool) == n_own:
+        raise DataError(f"{path}: --kind insert needs steps from at least two records")
+    k = rng.randrange(len(step_pool) - n_own)
+    owner, j = step_pool[k if k < first else k + n_own]
+    return items[owner]["id"], j, items[owner]["steps"][j]
+
+
 def unit_name(cfg) -> str:
     if cfg.kind == "digits":
         return "digits" if cfg.digit_mode == "digit" else "numbers"
@@ -412,10 +436,14 @@ def main(cfg) -> dict:
     print(f"perturb {cfg.kind} ratio {cfg.ratio} seed {cfg.seed}: {report['records']} records -> {cfg.output}")
     print("  thought markup: " + ", ".join(f"{k} {v}" for k, v in sorted(report["markup"].items())))
     if "mean_steps" in report:
-        fallback = f" | llm split fell back to blank lines for {report['llm_fallback']}" if cfg.splitter == "llm" else ""
+        fallback = ""
+        if cfg.splitter == "llm":
+            fallback = f" | llm split fell back to blank lines for {report['llm_fallback']}"
         print(f"  mean steps per record {report['mean_steps']}{fallback}")
-    print(f"  {unit}: {report['units']} seen, {report['changed']} changed | "
-          f"records left unchanged: {report['unchanged_records']}")
+    print(
+        f"  {unit}: {report['units']} seen, {report['changed']} changed | "
+        f"records left unchanged: {report['unchanged_records']}"
+    )
     return report
 
 

@@ -1,37 +1,42 @@
 """Turn raw long-CoT traces into the chat records that train_lora.py and train_full.py read.
 
     python prepare_data.py --input NovaSky-AI/Sky-T1_data_17k --output cot17k.jsonl
-    python prepare_data.py --input raw_qwq.jsonl --input raw_r1.jsonl --output cot.jsonl --tokenizer Qwen/Qwen2.5-32B-Instruct --max-tokens 16384 --verify --decontaminate --size 17000 --mix math=12000,code=5000
-    python prepare_data.py --input traces.parquet --output wrong.jsonl --verify --keep incorrect --style think
-    python prepare_data.py --synthetic arithmetic --size 17000 --output synth.jsonl --tokenizer out/tiny-model --verify   # the toy task
+    python prepare_data.py --input raw_qwq.jsonl --input raw_r1.jsonl --output cot.jsonl \\
+        --tokenizer Qwen/Qwen2.5-32B-Instruct --max-length 16384 --verify --decontaminate --size 17000 \\
+        --mix math=12000,code=5000
+    python prepare_data.py --input traces.parquet --output wrong.jsonl --verify --keep incorrect --style r1
+    python prepare_data.py --synthetic arithmetic --size 17000 --output synth.jsonl --tokenizer out/tiny-model \\
+        --verify   # the toy task
 
 Inputs: local .jsonl / .json / .parquet files, or a Hugging Face dataset name (`owner/name`, not a local path). Each
 record may be Sky-T1 ShareGPT {system, conversations}, chat {messages}, {prompt, response}, or raw {problem|question,
-response|generated_solution|solution, answer|expected_answer|final_answer, tests|input_output, starter_code, domain, id}.
-Responses use Sky-T1 markup (<|begin_of_thought|> .. <|end_of_thought|> <|begin_of_solution|> .. <|end_of_solution|>)
-or R1 markup (<think> .. </think> then the answer; the opening <think> may be missing, R1's template puts it in the prompt).
+response|generated_solution|solution, answer|expected_answer|final_answer, tests|input_output, starter_code, domain,
+id}. Responses use Sky-T1 or R1 markup (markup.py).
 
-Output: one JSON object per line, read as is by utils.load_conversations (it uses `messages`, ignores the rest):
-    messages   [{"role": "system", ...} (not for --style think), {"role": "user", ...}, {"role": "assistant", ...}]
+Output: one JSON object per line, read as is by sft.load_conversations (it uses `messages`, ignores the rest):
+    messages   [{"role": "system", ...} (not for --style r1), {"role": "user", ...}, {"role": "assistant", ...}]
     id         the input record's `id`, else "<file name>:<line>"
     source     the input file or dataset name
     domain     "math" | "code" (a `domain` field overrides; else code if it has tests, or its solution has a
                ```python block and no \\boxed)
     answer     gold final answer, when known (math);  tests: [{"input", "output", "testtype"}] when known (code)
     starter_code  when non-empty (code);  n_tokens: tokens of the whole chat-templated record under --tokenizer
-Prompts follow Sky-T1's data scripts (NovaSky-AI/SkyThought, skythought/tools: numina.yaml, apps.yaml, convert_to_data.py):
-a raw math problem becomes "Return your final response within \\boxed{}. {problem}", a raw code problem gets APPS's
-"Generate an executable Python function ..." prefix (plus its starter code); prompts of chat-shaped records are kept.
-System prompt: --style sky-t1 -> utils.SKY_T1_SYSTEM_PROMPT, think -> none (DeepSeek-R1's advice), keep -> the record's.
-Sky-T1_data_17k itself carries no gold answers or tests (it was verified when it was made): --verify counts it unverifiable.
+Prompts follow Sky-T1's data scripts (markup.training_prompt): a raw math problem becomes "Return your final response
+within \\boxed{}. {problem}", a raw code problem gets APPS's "Generate an executable Python function ..." prefix
+(plus its starter code); prompts of chat-shaped records are kept. System prompt (markup.system_prompt): --style
+sky-t1 -> Sky-T1's, r1 -> none (DeepSeek-R1's advice), keep -> the record's. Sky-T1_data_17k itself carries no gold
+answers or tests (it was verified when it was made): --verify counts it unverifiable.
 
 Filters, in this order, each counted per source in the report (OUTPUT_report.json, OUTPUT_lengths.png):
 unparsable; empty; no_thought (no reasoning markup); truncated (thought or solution never closed, or empty solution);
 no_answer (math solution without \\boxed, code solution without a fenced block); contaminated (--decontaminate);
-unverifiable / rejected (--verify); too_long (> --max-tokens); exact_duplicate / near_duplicate prompts; not_sampled.
+unverifiable / rejected (--verify); too_long (> --max-length); exact_duplicate / near_duplicate prompts; not_sampled.
 Deduplication comes after verification, so of several responses to one problem the first correct one survives.
+A malformed record stops the run with one line naming file, line and problem (--skip-bad: counted as unparsable);
+a run that keeps no record still writes its report, then exits non-zero naming the filters that removed them.
 main(cfg) reads through load_raw(); any iterator of (source, line, record) can stand in for it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,29 +59,18 @@ from typing import Iterator
 import numpy as np
 from tqdm import tqdm
 
+import markup
+import sft
 import utils
 from utils import DataError
 
-BEGIN_THOUGHT, END_THOUGHT = "<|begin_of_thought|>", "<|end_of_thought|>"
-BEGIN_SOLUTION, END_SOLUTION = "<|begin_of_solution|>", "<|end_of_solution|>"
-MATH_PROMPT = "Return your final response within \\boxed{{}}. {problem}"
-CODE_PREFIX = "Generate an executable Python function generated from the given prompt."
-CODE_STDIN_PROMPT = CODE_PREFIX + (" The function should take stdin as input and print the output."
-                                   " Simply call the function after the definition. {problem}")
-CODE_CALL_PROMPT = CODE_PREFIX + " Return the function body without invoking it at the final solution. {problem}\n{starter_code}"
-# Instruction boilerplate (Sky-T1 math/APPS/TACO, R1) that would otherwise make unrelated prompts look alike.
-BOILERPLATE = re.compile(
-    r"Return your final response within \\boxed\{\}\.|" + re.escape(CODE_PREFIX)
-    + r"( The function should take stdin as input and print the output\. Simply call the function after the definition\.| Return the"
-    r" function body without invoking it at the final solution\.)?|^\s*QUESTION:|Use (Standard Input|Call-Based) format\s*ANSWER:\s*$|"
-    r"Please reason step by step, and put your final answer within \\boxed\{\}\.?"
-)
 FENCED_PYTHON = re.compile(r"```(?:python3?|py)[ \t]*\n", re.I)
 FENCED_BLOCK = re.compile(r"```[^\n]*\n.*?```", re.S)
 HF_DATASET_NAME = re.compile(r"[\w.-]+/[\w.-]+")
 BENCHMARKS = ("aime24", "amc23", "math500", "olympiadbench", "livecodebench")
-FILTERS = ("unparsable", "empty", "no_thought", "truncated", "no_answer", "contaminated", "unverifiable", "rejected",
-           "too_long", "exact_duplicate", "near_duplicate", "not_sampled")
+# Every way a record can leave, in pipeline order; each is counted per source in the report.
+FILTERS = ("unparsable", "empty", "no_thought", "truncated", "no_answer", "contaminated", "unverifiable", "rejected")
+FILTERS += ("too_long", "exact_duplicate", "near_duplicate", "not_sampled")
 
 
 def parse_mix(text: str) -> dict[str, int]:
@@ -91,27 +85,32 @@ def parse_mix(text: str) -> dict[str, int]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input", action="append", default=[], help="JSONL/JSON/Parquet file or HF dataset name; repeat to merge teachers")
-    p.add_argument("--synthetic", choices=["arithmetic"], help="instead of --input: generate --size long-CoT arithmetic traces (synthetic.py)")
-    p.add_argument("--output", required=True, help="training JSONL; the report and length histogram go next to it")
-    p.add_argument("--split", default="train", help="split of a Hugging Face dataset input")
-    p.add_argument("--style", choices=["sky-t1", "think", "keep"], default="sky-t1", help="reasoning markup the student learns (the paper: sky-t1)")
-    p.add_argument("--tokenizer", default="Qwen/Qwen2.5-32B-Instruct", help="the student's tokenizer: lengths count its tokens and chat template")
-    p.add_argument("--max-tokens", type=int, default=16384, help="drop records longer than the training context (Sky-T1: 16k)")
-    p.add_argument("--verify", action="store_true", help="rejection sampling: keep a trace only if its final answer / program is correct")
-    p.add_argument("--keep", choices=["correct", "incorrect"], default="correct", help="incorrect: the paper's wrong-answer set (implies --verify)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes that verify in parallel")
-    p.add_argument("--dedup", choices=["none", "exact", "near"], default="near",
-                   help="drop repeated prompts: same normalised text, or also MinHash near copies")
-    p.add_argument("--near-dup-threshold", type=float, default=0.8, help="word-3-gram Jaccard at which two prompts count as one problem")
-    p.add_argument("--decontaminate", action="store_true", help="drop prompts overlapping the evaluation benchmarks in --eval-dir")
-    p.add_argument("--eval-dir", default=str(utils.DATA_DIR / "eval"), help="folder with the benchmark JSONL files to decontaminate against")
-    p.add_argument("--decontam-ngram", type=int, default=13, help="word n-gram length for benchmark overlap (13 as in GPT-3; 8 catches more)")
-    p.add_argument("--decontam-threshold", type=float, default=0.5, help="share of the shorter text's n-grams found in one benchmark item")
-    p.add_argument("--size", type=int, help="sample this many records, deterministically (--seed)")
-    p.add_argument("--mix", type=parse_mix, help="records per domain, e.g. math=12000,code=5000")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed")
-    p.add_argument("--skip-bad", action="store_true", help="count and skip malformed records instead of stopping at the first")
+    add = p.add_argument
+    add("--input", action="append", default=[], help="JSONL/JSON/Parquet file or HF dataset; repeat to merge teachers")
+    add("--synthetic", choices=["arithmetic"], help="instead of --input: --size toy traces (synthetic.py)")
+    add("--output", required=True, help="training JSONL; the report and length histogram go next to it")
+    add("--split", default="train", help="split of a Hugging Face dataset input")
+    add("--style", choices=markup.STYLES, default="sky-t1", help="reasoning markup the student learns (paper: sky-t1)")
+    add("--tokenizer", default="Qwen/Qwen2.5-32B-Instruct", help="the student's: lengths count its chat template too")
+    add("--max-length", type=int, default=16384, help="drop records longer than the training context (tokens)")
+    add("--verify", action="store_true", help="rejection sampling: keep a trace only if its answer is correct")
+    add(
+        "--keep",
+        choices=["correct", "incorrect"],
+        default="correct",
+        help="incorrect: wrong answers (implies --verify)",
+    )
+    add("--workers", type=int, default=os.cpu_count() or 1, help="processes that verify in parallel")
+    add("--dedup", choices=["none", "exact", "near"], default="near", help="drop repeated prompts: same text, or near")
+    add("--near-dup-threshold", type=float, default=0.8, help="word-3-gram Jaccard at which two prompts are one")
+    add("--decontaminate", action="store_true", help="drop prompts overlapping the evaluation benchmarks in --eval-dir")
+    add("--eval-dir", default=str(utils.DATA_DIR / "eval"), help="folder with the benchmark JSONL files")
+    add("--decontam-ngram", type=int, default=13, help="word n-gram length for benchmark overlap (GPT-3: 13)")
+    add("--decontam-threshold", type=float, default=0.5, help="share of the shorter text's n-grams found in one item")
+    add("--size", type=int, help="sample this many records, deterministically (--seed)")
+    add("--mix", type=parse_mix, help="records per domain, e.g. math=12000,code=5000")
+    add("--seed", type=int, default=0, help="sampling seed")
+    add("--skip-bad", action="store_true", help="count and skip malformed records instead of stopping at the first")
     cfg = p.parse_args(argv)
     if not cfg.input and not cfg.synthetic:
         p.error("give --input (repeatable) or --synthetic arithmetic")
@@ -122,7 +121,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def load_raw(inputs: list[str], split: str = "train") -> Iterator[tuple[str, int, dict | str]]:
-    """Yield (source, line, record) from every input; a malformed line yields its error message instead of a record."""
+    """Yield (source, line, record) from every input; a malformed .jsonl line yields the reason instead of a record
+    (so --skip-bad can count it). A .json or .parquet file that cannot be read at all raises DataError."""
     for name in inputs:
         path = Path(name)
         if not path.exists():
@@ -133,23 +133,36 @@ def load_raw(inputs: list[str], split: str = "train") -> Iterator[tuple[str, int
             for line, row in enumerate(datasets.load_dataset(name, split=split), 1):
                 yield name, line, row
         elif path.suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            rows = (row for batch in pq.ParquetFile(path).iter_batches(batch_size=1024) for row in batch.to_pylist())
-            yield from ((name, line, row) for line, row in enumerate(rows, 1))
+            yield from ((name, line, row) for line, row in parquet_rows(path))
         elif path.suffix == ".json":
             yield from ((name, line, row) for line, row in utils.iter_json_records(path))
         elif path.suffix == ".jsonl":
-            with open(path, encoding="utf-8") as f:
-                for line, text in enumerate(f, 1):
-                    if text.strip():
-                        try:
-                            row = json.loads(text)
-                        except json.JSONDecodeError as e:
-                            row = f"invalid JSON ({e.msg} at column {e.colno})"
-                        yield name, line, row if isinstance(row, (dict, str)) else f"expected a JSON object, got {type(row).__name__}"
+            with open(path, "rb") as f:
+                yield from ((name, line, jsonl_record(data)) for line, data in enumerate(f, 1) if data.strip())
         else:
-            raise DataError(f"{name}: unsupported input (expected .jsonl, .json, .parquet or a Hugging Face dataset name)")
+            raise DataError(f"{name}: unsupported input (expected .jsonl, .json, .parquet or a Hugging Face dataset)")
+
+
+def jsonl_record(data: bytes) -> dict | str:
+    """The record on one line, or why there is none: not UTF-8 text, invalid JSON, or not an object."""
+    try:
+        record = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        return f"not UTF-8 text (byte 0x{data[e.start]:02x})"
+    except json.JSONDecodeError as e:
+        return f"invalid JSON ({e.msg} at column {e.colno})"
+    return record if isinstance(record, dict) else f"expected a JSON object, got {type(record).__name__}"
+
+
+def parquet_rows(path: Path) -> Iterator[tuple[int, dict]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        batches = pq.ParquetFile(path).iter_batches(batch_size=1024)
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{path}: not a Parquet file ({str(e).splitlines()[0]})") from None
+    yield from enumerate((row for batch in batches for row in batch.to_pylist()), 1)
 
 
 # ----------------------------------------------------------------------------- one record
@@ -160,7 +173,7 @@ def first_field(record: dict, names: tuple[str, ...]):
 
 
 def normalise_tests(tests) -> list[dict]:
-    """Accept [{input, output, testtype}], {input(s): [...], output(s): [...]} (CodeContests, APPS) or either as a JSON string."""
+    """Accept [{input, output, testtype}], {input(s): [...], output(s): [...]} (CodeContests, APPS), or as JSON text."""
     if isinstance(tests, str):
         try:
             tests = json.loads(tests)
@@ -168,13 +181,14 @@ def normalise_tests(tests) -> list[dict]:
             raise ValueError("field 'tests': not valid JSON") from None
     if isinstance(tests, dict):
         if tests.get("fn_name"):
-            raise ValueError("field 'tests': call-based (fn_name) tests are not supported; give [{input, output, testtype}]")
+            raise ValueError("field 'tests': call-based (fn_name) tests are unsupported; give [{input, output}]")
         inputs, outputs = tests.get("input", tests.get("inputs")), tests.get("output", tests.get("outputs"))
         if not (isinstance(inputs, list) and isinstance(outputs, list) and len(inputs) == len(outputs)):
             raise ValueError("field 'tests': needs equally long 'input'/'inputs' and 'output'/'outputs' lists")
         tests = [{"input": i, "output": o} for i, o in zip(inputs, outputs)]
-    if not isinstance(tests, list) or not all(isinstance(t, dict) and isinstance(t.get("input"), str)
-                                              and isinstance(t.get("output"), str) for t in tests):
+    if not isinstance(tests, list) or not all(
+        isinstance(t, dict) and isinstance(t.get("input"), str) and isinstance(t.get("output"), str) for t in tests
+    ):
         raise ValueError("field 'tests': expected a list of {input: str, output: str, testtype}")
     return [{"input": t["input"], "output": t["output"], "testtype": t.get("testtype", "stdin")} for t in tests]
 
@@ -183,7 +197,7 @@ def read_fields(raw: dict) -> dict:
     """The parts of a record of any supported shape; ValueError names the offending field."""
     if "conversations" in raw or "messages" in raw or ("prompt" in raw and "response" in raw):
         try:
-            messages = utils.to_messages(raw)
+            messages = sft.to_messages(raw)
         except ValueError as e:
             if str(e) == "no non-empty assistant turn":  # a blank reply is the `empty` filter's, not a shape error
                 return {"response": ""}
@@ -192,13 +206,16 @@ def read_fields(raw: dict) -> dict:
         if len(users) != 1 or messages[-1]["role"] != "assistant":
             raise ValueError("expected exactly one user turn followed by the assistant's reply")
         system = next((m["content"] for m in messages if m["role"] == "system"), None)
-        fields = {"system": system, "user": users[0], "problem": BOILERPLATE.sub("", users[0]).strip(), "response": messages[-1]["content"]}
+        problem = markup.BOILERPLATE.sub("", users[0]).strip()
+        fields = {"system": system, "user": users[0], "problem": problem, "response": messages[-1]["content"]}
     else:
         problem_key, problem = first_field(raw, ("problem", "question"))
         response_key, response = first_field(raw, ("response", "generated_solution", "solution"))
         if problem_key is None or response_key is None:
-            raise ValueError("unknown record shape: expected 'conversations', 'messages', 'prompt'+'response' or "
-                             "'problem'+'response'|'generated_solution'|'solution'")
+            raise ValueError(
+                "unknown record shape: expected 'conversations', 'messages', 'prompt'+'response' or "
+                "'problem'+'response'|'generated_solution'|'solution'"
+            )
         for key, value in ((problem_key, problem), (response_key, response)):
             if not isinstance(value, str):
                 raise ValueError(f"field {key!r}: expected a string, got {type(value).__name__}")
@@ -211,54 +228,6 @@ def read_fields(raw: dict) -> dict:
     if fields["domain"] not in (None, "math", "code"):
         raise ValueError(f"field 'domain': expected 'math' or 'code', got {fields['domain']!r}")
     return fields
-
-
-def markup_of(response: str) -> str | None:
-    if BEGIN_THOUGHT in response or END_THOUGHT in response:
-        return "sky-t1"
-    return "think" if "<think>" in response or "</think>" in response else None
-
-
-def split_reasoning(response: str) -> tuple[str, str, str | None]:
-    """(thought, solution, defect): defect is None, 'empty', 'no_thought' or 'truncated'."""
-    markup = markup_of(response)
-    if not response.strip():
-        return "", "", "empty"
-    if markup is None:
-        return "", "", "no_thought"
-    end, begin = (END_THOUGHT, BEGIN_THOUGHT) if markup == "sky-t1" else ("</think>", "<think>")
-    head, closed, rest = response.partition(end)
-    if not closed:
-        return "", "", "truncated"
-    thought, solution = head.replace(begin, "", 1).strip(), rest.strip()
-    if markup == "sky-t1":
-        _, opened, tail = rest.partition(BEGIN_SOLUTION)
-        solution, closed, _ = tail.partition(END_SOLUTION)
-        if not (opened and closed):
-            return thought, "", "truncated"
-        solution = solution.strip()
-    return thought, solution, None if solution else "truncated"
-
-
-def render(thought: str, solution: str, style: str) -> str:
-    if style == "think":  # DeepSeek-R1's layout
-        return f"<think>\n{thought}\n</think>\n\n{solution}"
-    return f"{BEGIN_THOUGHT}\n\n{thought}\n\n{END_THOUGHT}\n\n{BEGIN_SOLUTION}\n\n{solution}\n\n{END_SOLUTION}"  # Sky-T1_data_17k's layout
-
-
-def in_style(response: str, style: str) -> bool:
-    """Already in the target markup, so left byte for byte as the teacher wrote it (R1's missing <think> is added)."""
-    return style == "keep" or (response.lstrip().startswith("<think>") if style == "think" else markup_of(response) == style)
-
-
-def convert_style(response: str, style: str) -> str:
-    """Re-mark a complete response; a response already in the target markup is returned untouched."""
-    if in_style(response, style):
-        return response
-    thought, solution, defect = split_reasoning(response)
-    if defect:
-        raise ValueError(f"cannot convert a response that is {defect}")
-    return render(thought, solution, style)
 
 
 @dataclass
@@ -285,25 +254,26 @@ class Example:
 def parse_example(source: str, line: int, raw: dict, style: str) -> tuple[Example | None, str | None]:
     """(example, None), or (None, the filter that drops it); ValueError when the record cannot be read at all."""
     fields = read_fields(raw)
-    thought, solution, defect = split_reasoning(fields["response"])
+    _, solution, defect = markup.split_reasoning(fields["response"])
     if defect:
         return None, defect
     has_boxed = "\\boxed" in solution
-    domain = fields["domain"] or ("code" if fields["tests"] or (FENCED_PYTHON.search(solution) and not has_boxed) else "math")
+    domain = fields["domain"]
+    if domain is None:
+        looks_like_code = fields["tests"] or (FENCED_PYTHON.search(solution) and not has_boxed)
+        domain = "code" if looks_like_code else "math"
     if not (FENCED_BLOCK.search(solution) if domain == "code" else has_boxed):
         return None, "no_answer"
     user = fields["user"]
-    if user is None:
-        starter = fields["starter_code"]
-        template = MATH_PROMPT if domain == "math" else CODE_CALL_PROMPT if starter else CODE_STDIN_PROMPT
-        user = template.format(problem=fields["problem"], starter_code=starter)
-    system = {"sky-t1": utils.SKY_T1_SYSTEM_PROMPT, "think": None, "keep": fields["system"]}[style]
-    assistant = fields["response"] if in_style(fields["response"], style) else render(thought, solution, style)
-    messages = ([{"role": "system", "content": system}] if system else []) + [
-        {"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+    if user is None:  # a raw problem: SkyThought's training prompt
+        user = markup.training_prompt(fields["problem"], domain, fields["starter_code"])
+    system = markup.system_prompt(style, fields["system"])
+    messages = [{"role": "system", "content": system}] if system else []
+    messages.append({"role": "user", "content": user})
+    messages.append({"role": "assistant", "content": markup.convert_style(fields["response"], style)})
     record_id = str(raw["id"]) if raw.get("id") is not None else f"{Path(source).name}:{line}"
-    example = Example(record_id, source, fields["problem"], messages, solution, domain, fields["answer"], fields["tests"], fields["starter_code"])
-    return example, None
+    gold = {"answer": fields["answer"], "tests": fields["tests"], "starter_code": fields["starter_code"]}
+    return Example(record_id, source, fields["problem"], messages, solution, domain, **gold), None
 
 
 # ----------------------------------------------------------------------------- text similarity
@@ -314,8 +284,8 @@ def words(text: str) -> list[str]:
 
 
 class BenchmarkIndex:
-    """Word n-grams of every benchmark problem. A prompt is contaminated when one benchmark item and the prompt share at
-    least `threshold` of the shorter one's n-grams: robust to light edits, and to a problem pasted into a longer prompt."""
+    """Word n-grams of every benchmark problem. A prompt is contaminated when it shares with one benchmark item at least
+    `threshold` of the shorter one's n-grams: robust to light edits, and to a problem pasted into a longer prompt."""
 
     def __init__(self, items: list[tuple[str, str]], n: int, threshold: float):
         self.n, self.threshold, self.names, self.sizes = n, threshold, [], []
@@ -367,10 +337,10 @@ class NearDuplicateIndex:
         self.a = rng.integers(1, 1 << 32, num_perm, dtype=np.uint64)
         self.b = rng.integers(0, 1 << 32, num_perm, dtype=np.uint64)
         self.threshold = threshold
-        # The band shape whose S-curve midpoint (1/b)^(1/r) is highest at or below the threshold: few misses.
-        midpoint = lambda shape: (1 / shape[0]) ** (1 / shape[1])
-        shapes = [(num_perm // r, r) for r in range(1, num_perm + 1) if num_perm % r == 0]
-        self.bands, self.rows = max((s for s in shapes if midpoint(s) <= threshold), key=midpoint, default=(num_perm, 1))
+        # The (bands b, rows r) whose S-curve midpoint (1/b)^(1/r) is highest at or below the threshold: few misses.
+        midpoint = {(num_perm // r, r): (r / num_perm) ** (1 / r) for r in range(1, num_perm + 1) if num_perm % r == 0}
+        below = [shape for shape, m in midpoint.items() if m <= threshold]
+        self.bands, self.rows = max(below, key=midpoint.get, default=(num_perm, 1))
         self.buckets: dict[tuple[int, bytes], list[int]] = defaultdict(list)
         self.shingle_sets: list[set[int]] = []
 
@@ -456,7 +426,8 @@ def count_tokens(tokenizer, conversations: list[list[dict]], batch_size: int = 2
     lengths = []
     for start in tqdm(range(0, len(conversations), batch_size), desc="tokenize", leave=False):
         texts = [tokenizer.apply_chat_template(c, tokenize=False) for c in conversations[start : start + batch_size]]
-        lengths += [len(encoding) for encoding in tokenizer.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
+        encodings = tokenizer.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+        lengths += [len(encoding) for encoding in encodings]
     return lengths
 
 
@@ -467,14 +438,19 @@ def deduplicate(examples: list[Example], mode: str, threshold: float, counts: di
     verdicts = []
     for example in tqdm(examples, desc="dedup", leave=False):
         key = hashlib.sha1(" ".join(words(example.problem)).encode()).hexdigest()
-        verdicts.append("exact_duplicate" if key in seen else "near_duplicate" if near and not near.add_if_new(example.problem) else None)
+        if key in seen:
+            verdicts.append("exact_duplicate")
+        elif near and not near.add_if_new(example.problem):
+            verdicts.append("near_duplicate")
+        else:
+            verdicts.append(None)
         seen.add(key)
     examples = keep_where(examples, [v != "exact_duplicate" for v in verdicts], "exact_duplicate", counts)
     return keep_where(examples, [v is None for v in verdicts if v != "exact_duplicate"], "near_duplicate", counts)
 
 
 def sample(examples: list[Example], size: int | None, mix: dict | None, seed: int) -> tuple[list[bool], dict]:
-    """Which records --size/--mix keep (a deterministic function of the records and the seed), and each domain's shortfall."""
+    """Which records --size/--mix keep (deterministic in the records and the seed), and each domain's shortfall."""
     if not size and not mix:
         return [True] * len(examples), {}
     wanted = mix or {None: size}
@@ -490,25 +466,30 @@ def sample(examples: list[Example], size: int | None, mix: dict | None, seed: in
 # ----------------------------------------------------------------------------- report
 
 
-def format_table(by_source: dict[str, Counter]) -> str:
-    columns = [*by_source, "total"]
+def counts_table(by_source: dict[str, Counter]) -> str:
+    """Each filter's count per source (file name, last 24 characters) and in total."""
     total = sum(by_source.values(), Counter())
-    rows = [["", *(Path(s).name[-24:] for s in columns)]]
-    for name in ("read", *FILTERS, "kept"):
-        rows.append([name, *(str((total if s == "total" else by_source[s])[name]) for s in columns)])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(columns) + 1)]
-    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows)
+    columns = [*by_source.values(), total]
+    header = ["", *(Path(s).name[-24:] for s in by_source), "total"]
+    return utils.format_table(header, [[name, *(c[name] for c in columns)] for name in ("read", *FILTERS, "kept")])
 
 
-def plot_lengths(path: Path, tokenized: list[int], kept: list[int], max_tokens: int) -> None:
+def plot_lengths(path: Path, tokenized: list[int], kept: list[int], max_length: int) -> None:
     fig, ax = utils.pyplot().subplots(figsize=(8, 4))
-    bins = np.linspace(0, max(tokenized + [max_tokens]), 60)
+    bins = np.linspace(0, max(tokenized + [max_length]), 60)
     ax.hist(tokenized, bins, color="lightgray", label=f"tokenized ({len(tokenized)})")
     ax.hist(kept, bins, color="tab:blue", label=f"written ({len(kept)})")
-    ax.axvline(max_tokens, color="tab:red", linestyle="--", label=f"--max-tokens {max_tokens}")
+    ax.axvline(max_length, color="tab:red", linestyle="--", label=f"--max-length {max_length}")
     ax.set(xlabel="tokens per chat-templated record", ylabel="records", title=path.stem)
-    ax.legend()
+    ax.legend(loc="upper right")  # "best" searches the data: seconds on a large histogram
     utils.save_figure(fig, path, dpi=100, bbox_inches="tight")
+
+
+def length_summary(lengths: list[int]) -> dict:
+    if not lengths:
+        return {}
+    percentiles = {f"p{q}": int(np.percentile(lengths, q)) for q in (50, 90, 99)}
+    return {**percentiles, "max": max(lengths), "total": sum(lengths)}
 
 
 @contextmanager
@@ -536,7 +517,7 @@ def main(cfg: argparse.Namespace) -> dict:
     timings, contaminated_by = {}, Counter()
     tokenizer = utils.load_tokenizer(cfg.tokenizer)  # before the long stages: a wrong name fails at once
     if not getattr(tokenizer, "is_fast", False):
-        raise SystemExit(f"--tokenizer {cfg.tokenizer}: needs a fast (Rust) tokenizer to count 100M characters in minutes")
+        raise SystemExit(f"--tokenizer {cfg.tokenizer}: needs a fast (Rust) tokenizer, to count 100M characters fast")
 
     with timed(timings, "parse"):
         examples = parse_all(synthetic_raw(cfg) if cfg.synthetic else load_raw(cfg.input, cfg.split), cfg, counts)
@@ -554,7 +535,8 @@ def main(cfg: argparse.Namespace) -> dict:
             verdicts = verify_all(examples, cfg.workers)
             complaints = [(e.id, v) for e, v in zip(examples, verdicts) if isinstance(v, str)]
             if complaints:
-                print(f"warning: the grader could not check {len(complaints)} records (counted unverifiable), e.g. {complaints[0]}")
+                n = len(complaints)
+                print(f"warning: the grader could not check {n} records (counted unverifiable), e.g. {complaints[0]}")
             examples = keep_where(examples, [not isinstance(v, str) for v in verdicts], "unverifiable", counts)
             verdicts = [v for v in verdicts if not isinstance(v, str)]
             examples = keep_where(examples, [v == (cfg.keep == "correct") for v in verdicts], "rejected", counts)
@@ -562,7 +544,7 @@ def main(cfg: argparse.Namespace) -> dict:
         tokenized = count_tokens(tokenizer, [e.messages for e in examples])
         for example, n in zip(examples, tokenized):
             example.n_tokens = n
-        examples = keep_where(examples, [n <= cfg.max_tokens for n in tokenized], "too_long", counts)
+        examples = keep_where(examples, [n <= cfg.max_length for n in tokenized], "too_long", counts)
     with timed(timings, "dedup"):
         examples = deduplicate(examples, cfg.dedup, cfg.near_dup_threshold, counts) if cfg.dedup != "none" else examples
     keep, shortfall = sample(examples, cfg.size, cfg.mix, cfg.seed)
@@ -583,20 +565,28 @@ def main(cfg: argparse.Namespace) -> dict:
         "contaminated_by": dict(contaminated_by),
         "domains": dict(Counter(e.domain for e in examples)),
         "mix_shortfall": shortfall,
-        "n_tokens": {**{f"p{q}": int(np.percentile(lengths, q)) for q in (50, 90, 99)}, "max": max(lengths), "total": sum(lengths)}
-        if lengths else {},
+        "n_tokens": length_summary(lengths),
         "timings_s": timings,
         "records_per_s": round(total["read"] / max(seconds, 1e-9), 1),
         "tokens_per_s": round(sum(tokenized) / max(timings["tokenize"], 1e-9)),
     }
-    utils.atomic_write_text(output.with_name(output.stem + "_report.json"), json.dumps(report, indent=2) + "\n")
-    plot_lengths(output.with_name(output.stem + "_lengths.png"), tokenized, lengths, cfg.max_tokens)
-    print(format_table(counts))
-    print(f"token lengths: {report['n_tokens']}  domains: {report['domains']}  contaminated by: {report['contaminated_by']}")
+    report_path = output.with_name(output.stem + "_report.json")
+    utils.atomic_write_text(report_path, json.dumps(report, indent=2) + "\n")
+    plot_lengths(output.with_name(output.stem + "_lengths.png"), tokenized, lengths, cfg.max_length)
+    print(counts_table(counts))
+    if not examples:  # the report says where every record went; an empty training file must not pass silently
+        removed = ", ".join(f"{name} {total[name]}" for name in FILTERS if total[name])
+        why = f" ({removed})" if removed else ""
+        raise DataError(f"no records kept out of {total['read']} read{why}; see {report_path}")
+    print(
+        f"token lengths: {report['n_tokens']}  domains: {report['domains']}  contaminated by: {dict(contaminated_by)}"
+    )
     for domain, missing in shortfall.items():
         print(f"warning: --mix/--size asked for {missing} more {domain} records than passed the filters")
-    print(f"wrote {len(examples)} records to {output} in {seconds:.1f}s ({report['records_per_s']} records/s read, "
-          f"{report['tokens_per_s']} tokens/s tokenized); stages: {timings}")
+    print(
+        f"wrote {len(examples)} records to {output} in {seconds:.1f}s ({report['records_per_s']} records/s read, "
+        f"{report['tokens_per_s']} tokens/s tokenized); stages: {timings}"
+    )
     return report
 
 

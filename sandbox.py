@@ -17,6 +17,7 @@ Python start-up and imports (about 70 ms, measured) are paid once per problem in
 Expected outputs never enter the sandbox and comparison happens on the host, so a program cannot forge a
 pass by tampering with the supervisor it shares the sandbox with; at worst it spoils its own verdicts.
 """
+
 import builtins
 import functools
 import json
@@ -46,22 +47,20 @@ _VERDICTS = {"ok", "wrong_answer", "runtime_error", "timeout", "memory", "output
 
 # LiveCodeBench runs every solution after these imports, so solutions may use e.g. List, deque, gcd or
 # deepcopy without importing them; `from builtins import *` undoes shadowing such as math.pow over pow.
-_PRELUDE_MODULES = ("string", "re", "datetime", "collections", "heapq", "bisect", "copy", "math", "random",
-                    "statistics", "itertools", "functools", "operator", "io", "sys", "json")
-PRELUDE = "".join(f"from {m} import *\n" for m in _PRELUDE_MODULES + ("builtins", "typing")) + \
-    f"import {', '.join(_PRELUDE_MODULES)}\nsys.setrecursionlimit(50000)\n"
+_PRELUDE_MODULES = (
+    "string re datetime collections heapq bisect copy math random statistics itertools functools operator io sys json"
+).split()
+PRELUDE = "".join(f"from {m} import *\n" for m in [*_PRELUDE_MODULES, "builtins", "typing"])
+PRELUDE += f"import {', '.join(_PRELUDE_MODULES)}\nsys.setrecursionlimit(50000)\n"
+_PYTHON_FENCES = ("", "python", "python3", "py", "py3")
 
 
 def extract_code(response: str) -> str | None:
     """The last fenced Python block, searched first in the final answer (after the reasoning)."""
-    tail = None
-    if "<|begin_of_solution|>" in response:
-        tail = response.rsplit("<|begin_of_solution|>", 1)[1].split("<|end_of_solution|>", 1)[0]
-    elif "</think>" in response:
-        tail = response.rsplit("</think>", 1)[1]
-    for text in (tail, response):
-        blocks = [body for lang, body in _FENCE.findall(text or "")
-                  if lang.lower() in ("", "python", "python3", "py", "py3")]
+    from markup import solution_part  # host side only: inside the sandbox this file runs alone
+
+    for text in (solution_part(response), response):
+        blocks = [body for lang, body in _FENCE.findall(text or "") if lang.lower() in _PYTHON_FENCES]
         if blocks and blocks[-1].strip():
             return blocks[-1]
     return None
@@ -77,7 +76,8 @@ def outputs_match(got: str, expected: str, float_tol: float = 0.0) -> bool:
     non-integer numbers within that absolute-or-relative error, for problems that state one."""
     got_lines, expected_lines = _stripped_lines(got), _stripped_lines(expected)
     return len(got_lines) == len(expected_lines) and all(
-        g == e or _numbers_match(g, e, float_tol) for g, e in zip(got_lines, expected_lines))
+        g == e or _numbers_match(g, e, float_tol) for g, e in zip(got_lines, expected_lines)
+    )
 
 
 def _stripped_lines(text: str) -> list[str]:
@@ -88,11 +88,17 @@ def _numbers_match(got_line: str, expected_line: str, float_tol: float) -> bool:
     try:
         got, expected = [Decimal(t) for t in got_line.split()], [Decimal(t) for t in expected_line.split()]
         return len(got) == len(expected) and all(
-            g == e or (float_tol > 0 and g.is_finite() and e.is_finite()
-                       # integers stay exact: 10**17 and 10**17+1 are different answers at any tolerance
-                       and min(g.as_tuple().exponent, e.as_tuple().exponent) < 0
-                       and abs(g - e) <= Decimal(float_tol) * max(1, abs(e)))
-            for g, e in zip(got, expected))
+            g == e
+            or (
+                float_tol > 0
+                and g.is_finite()
+                and e.is_finite()
+                # integers stay exact: 10**17 and 10**17+1 are different answers at any tolerance
+                and min(g.as_tuple().exponent, e.as_tuple().exponent) < 0
+                and abs(g - e) <= Decimal(float_tol) * max(1, abs(e))
+            )
+            for g, e in zip(got, expected)
+        )
     except (InvalidOperation, ArithmeticError):
         return False
 
@@ -107,9 +113,13 @@ def values_match(got, expected, float_tol: float = 0.0) -> bool:
     if got == expected:
         return True
     try:
-        return (float_tol > 0 and isinstance(got, (int, float)) and isinstance(expected, (int, float))
-                and (isinstance(got, float) or isinstance(expected, float))
-                and math.isclose(got, expected, rel_tol=float_tol, abs_tol=float_tol))
+        return (
+            float_tol > 0
+            and isinstance(got, (int, float))
+            and isinstance(expected, (int, float))
+            and (isinstance(got, float) or isinstance(expected, float))
+            and math.isclose(got, expected, rel_tol=float_tol, abs_tol=float_tol)
+        )
     except OverflowError:
         return False
 
@@ -122,24 +132,33 @@ def method_name(starter_code: str) -> str:
     return found.group(1)
 
 
-def grade_code(response: str, tests: list[dict], starter_code: str = "", timeout: float = DEFAULT_TIMEOUT,
-               **run_options) -> dict:
+def grade_code(
+    response: str, tests: list[dict], starter_code: str = "", timeout: float = DEFAULT_TIMEOUT, **run_options
+) -> dict:
     """Extract the answer's code and run it on all tests; run_options go to run_tests."""
     code = extract_code(response)
     if code is None:
         results = [{"passed": False, "verdict": "no_code", "detail": "no fenced python block"} for _ in tests]
     else:
         results = run_tests(code, tests, starter_code, timeout, **run_options)
-    return {"extracted": code, "correct": bool(results) and all(r["passed"] for r in results),
-            "verdicts": [r["verdict"] for r in results], "results": results}
+    correct = bool(results) and all(r["passed"] for r in results)
+    return {"extracted": code, "correct": correct, "verdicts": [r["verdict"] for r in results], "results": results}
 
 
-def run_tests(code: str, tests: list[dict], starter_code: str = "", timeout: float = DEFAULT_TIMEOUT,
-              memory_mb: int = DEFAULT_MEMORY_MB, stop_on_first_failure: bool = False, float_tol: float = 0.0,
-              isolation: str = "auto") -> list[dict]:
+def run_tests(
+    code: str,
+    tests: list[dict],
+    starter_code: str = "",
+    timeout: float = DEFAULT_TIMEOUT,
+    memory_mb: int = DEFAULT_MEMORY_MB,
+    stop_on_first_failure: bool = False,
+    float_tol: float = 0.0,
+    isolation: str = "auto",
+) -> list[dict]:
     """Run code on each test in one sandbox; one {"passed", "verdict", "detail", "seconds"} per test.
     isolation: "auto" (bwrap when it works), "bwrap" (error if it does not) or "rlimits" (the fallback)."""
     import tempfile
+
     if not tests:
         return []
     for i, test in enumerate(tests):
@@ -156,13 +175,20 @@ def run_tests(code: str, tests: list[dict], starter_code: str = "", timeout: flo
         raise RuntimeError(f"bubblewrap sandbox unavailable: {_bwrap_error()}")
     elif isolation not in ("bwrap", "rlimits"):
         raise ValueError(f"isolation must be 'auto', 'bwrap' or 'rlimits', not {isolation!r}")
-    job = {"code": code, "fn_name": method_name(starter_code) if functional else None,
-           "inputs": [t["input"] for t in tests], "timeout": timeout, "memory_bytes": memory_mb << 20,
-           "max_output": MAX_OUTPUT_BYTES, "nproc": MAX_PROCESSES, "site_dirs": _site_dirs(),
-           # As root, a uid of its own per run: RLIMIT_NPROC (which root ignores) then counts only this
-           # run's processes, and kill(-1) from that uid sweeps exactly this run's leftovers.
-           "uid": _private_uid() if os.geteuid() == 0 else None,
-           "harden": isolation == "rlimits"}
+    job = {
+        "code": code,
+        "fn_name": method_name(starter_code) if functional else None,
+        "inputs": [t["input"] for t in tests],
+        "timeout": timeout,
+        "memory_bytes": memory_mb << 20,
+        "max_output": MAX_OUTPUT_BYTES,
+        "nproc": MAX_PROCESSES,
+        "site_dirs": _site_dirs(),
+        # As root, a uid of its own per run: RLIMIT_NPROC (which root ignores) then counts only this
+        # run's processes, and kill(-1) from that uid sweeps exactly this run's leftovers.
+        "uid": _private_uid() if os.geteuid() == 0 else None,
+        "harden": isolation == "rlimits",
+    }
     with tempfile.TemporaryDirectory(prefix="sandbox-", ignore_cleanup_errors=True) as tmp:
         results, why = _run_job(job, tmp, isolation, expected, float_tol, stop_on_first_failure)
     for _ in range(len(tests) - len(results)):
@@ -177,7 +203,9 @@ def run_tests(code: str, tests: list[dict], starter_code: str = "", timeout: flo
 
 def _run_job(job, tmp, isolation, expected, float_tol, stop_on_first_failure) -> tuple[list[dict], str]:
     """Start the supervisor in tmp, judge what it streams back; also say why it ended if it ended early."""
-    import subprocess, threading
+    import subprocess
+    import threading
+
     os.chmod(tmp, 0o711)  # the private uid must reach its work dir, not list the job's directory
     workdir = os.path.join(tmp, "work")
     os.mkdir(workdir, 0o700)
@@ -188,12 +216,19 @@ def _run_job(job, tmp, isolation, expected, float_tol, stop_on_first_failure) ->
         cwd, home = None, "/tmp"
     else:
         argv, cwd, home = [_python(), "-I", "-S", _SELF, os.path.join(tmp, "job.json")], workdir, workdir
-    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": home,
-           # BLAS thread pools would count against RLIMIT_NPROC and oversubscribe the cores
-           "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": home}
+    # BLAS thread pools would count against RLIMIT_NPROC and oversubscribe the cores
+    env |= {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
     with open(os.path.join(tmp, "stderr"), "w+b") as stderr:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr, cwd=cwd,
-                                env=env, start_new_session=True)
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            cwd=cwd,
+            env=env,
+            start_new_session=True,
+        )
         expired = threading.Event()
         deadline = len(job["inputs"]) * (job["timeout"] + 1) + 10  # per-test timeouts are the supervisor's job
         watchdog = threading.Timer(deadline, lambda: (expired.set(), _kill_group(proc)))
@@ -249,8 +284,10 @@ def _collect(proc, expected, functional, float_tol, stop_on_first_failure) -> li
         detail = str(info.get("detail", ""))
         if verdict == "ok":
             try:
-                passed = (values_match(json.loads(payload), want, float_tol) if functional
-                          else outputs_match(payload, want, float_tol))
+                if functional:
+                    passed = values_match(json.loads(payload), want, float_tol)
+                else:
+                    passed = outputs_match(payload, want, float_tol)
             except (ValueError, RecursionError):  # a forged or absurdly nested result
                 passed = False
             verdict = "ok" if passed else "wrong_answer"
@@ -271,8 +308,9 @@ def _kill_group(proc) -> None:
 def _sweep_uid(uid: int) -> None:
     """Kill every process left under the run's private uid (setsid() escapes any process group)."""
     import subprocess
-    subprocess.run([_python(), "-I", "-S", "-c", f"import os; os.setgroups([]); os.setgid({uid}); "
-                    f"os.setuid({uid}); os.kill(-1, 9)"], stderr=subprocess.DEVNULL, timeout=30, check=False)
+
+    script = f"import os; os.setgroups([]); os.setgid({uid}); os.setuid({uid}); os.kill(-1, 9)"
+    subprocess.run([_python(), "-I", "-S", "-c", script], stderr=subprocess.DEVNULL, timeout=30, check=False)
 
 
 def _python() -> str:
@@ -281,13 +319,14 @@ def _python() -> str:
 
 def _site_dirs() -> list[str]:
     import site
+
     # -S skips site.py (40 ms of .pth processing per start); numpy & co stay importable via these paths
     return [d for d in site.getsitepackages() if os.path.isdir(d)]
 
 
 def _bwrap_argv(job_dir: str) -> list[str]:
-    argv = ["bwrap", "--die-with-parent", "--new-session", "--unshare-net", "--unshare-pid", "--unshare-ipc",
-            "--unshare-uts", "--unshare-cgroup-try"]
+    argv = ["bwrap", "--die-with-parent", "--new-session", "--unshare-net", "--unshare-pid", "--unshare-ipc"]
+    argv += ["--unshare-uts", "--unshare-cgroup-try"]
     if os.geteuid() != 0:
         argv.append("--unshare-user")  # unprivileged bwrap can only mount inside a user namespace
     # As root no user namespace: inside one, a uid mapping to host root would be exempt from RLIMIT_NPROC.
@@ -308,21 +347,24 @@ def _bwrap_argv(job_dir: str) -> list[str]:
                 argv += ["--perms", "0755", "--dir", parent]
         argv += ["--ro-bind", path, path]
         bound.append(path)
-    return argv + ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--size", str(TMPFS_BYTES),
-                   "--tmpfs", "/tmp", "--ro-bind", job_dir, "/job", "--ro-bind", _SELF, "/sandbox/supervisor.py",
-                   "--chdir", "/tmp"]
+    argv += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--size", str(TMPFS_BYTES), "--tmpfs", "/tmp"]
+    argv += ["--ro-bind", job_dir, "/job", "--ro-bind", _SELF, "/sandbox/supervisor.py", "--chdir", "/tmp"]
+    return argv
 
 
 @functools.lru_cache(maxsize=None)
 def _bwrap_error() -> str | None:
     """Why bwrap cannot sandbox here (None if it can), found once by running Python inside it."""
-    import shutil, subprocess, tempfile
+    import shutil
+    import subprocess
+    import tempfile
+
     if shutil.which("bwrap") is None:
         return "bwrap is not installed (apt-get install -y bubblewrap)"
     with tempfile.TemporaryDirectory(prefix="sandbox-probe-") as tmp:
         try:
-            probe = subprocess.run(_bwrap_argv(tmp) + [_python(), "-I", "-S", "-c", "print('ok')"],
-                                   capture_output=True, timeout=30, env={"PATH": "/usr/bin:/bin"})
+            command = _bwrap_argv(tmp) + [_python(), "-I", "-S", "-c", "print('ok')"]
+            probe = subprocess.run(command, capture_output=True, timeout=30, env={"PATH": "/usr/bin:/bin"})
         except subprocess.TimeoutExpired:
             return "bwrap probe timed out"
     if probe.stdout.strip() != b"ok":
@@ -339,12 +381,16 @@ def isolation_mode() -> str:
     the program runs as the calling user: it can read and write that user's files, reach the network
     and signal that user's processes."""
     import warnings
+
     error = _bwrap_error()
     if error is None:
         return "bwrap"
-    warnings.warn(f"sandbox: bubblewrap unusable ({error}); falling back to rlimits and process groups"
-                  f"{', a private uid and a network namespace' if os.geteuid() == 0 else ' as this user'}: "
-                  "much weaker isolation (see sandbox.isolation_mode)", stacklevel=2)
+    warnings.warn(
+        f"sandbox: bubblewrap unusable ({error}); falling back to rlimits and process groups"
+        f"{', a private uid and a network namespace' if os.geteuid() == 0 else ' as this user'}: "
+        "much weaker isolation (see sandbox.isolation_mode)",
+        stacklevel=2,
+    )
     return "rlimits"
 
 
@@ -361,6 +407,7 @@ def _supervise(job_path: str) -> None:
     builtins.exit = builtins.quit = sys.exit  # normally defined by site.py, which -S skips
     if job["harden"]:  # bwrap already did both of these
         import ctypes
+
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS: setuid binaries cannot regain privileges
         if job["uid"] is not None:
@@ -407,8 +454,9 @@ def _run_one(job: dict, text: str) -> tuple[dict, bytes]:
     try:
         status = _watch(pid, buffers, start + job["timeout"], job["max_output"])
     finally:
-        for kill, target in ((os.kill, pid), (os.killpg, pid)):  # the child, even if it left its group,
-            try:                                                  # and the group with anything it forked
+        # the child, even if it left its group, and the group with anything it forked
+        for kill, target in ((os.kill, pid), (os.killpg, pid)):
+            try:
                 kill(target, signal.SIGKILL)
             except ProcessLookupError:
                 pass
@@ -429,8 +477,10 @@ def _run_one(job: dict, text: str) -> tuple[dict, bytes]:
         verdict, detail = ("timeout" if sig == signal.SIGXCPU else "runtime_error"), f"killed by signal {sig}"
     else:  # a stdin program may legitimately end with os._exit(0) after writing its answer
         code = os.waitstatus_to_exitcode(wait_status)
-        ok = code == 0 and job["fn_name"] is None
-        verdict, detail = ("ok" if ok else "runtime_error"), "" if ok else f"exited with code {code}"
+        if code == 0 and job["fn_name"] is None:
+            verdict, detail = "ok", ""
+        else:
+            verdict, detail = "runtime_error", f"exited with code {code}"
     if verdict != "ok":
         return {"verdict": verdict, "detail": detail, "seconds": seconds}, b""
     payload = bytes(buffers[out_r]) if job["fn_name"] is None else str(report.get("result")).encode()
@@ -452,7 +502,8 @@ def _watch(pid: int, buffers: dict, deadline: float, max_output: int) -> str:
                     return "timeout"
                 events = selector.select(left)
                 exited = any(key.fd == pidfd for key, _ in events)
-                for fd in (buffers if exited else [key.fd for key, _ in events]):
+                ready = buffers if exited else [key.fd for key, _ in events]
+                for fd in ready:
                     if not _read_available(fd, buffers[fd], max_output) and fd in selector.get_map():
                         selector.unregister(fd)
                 if any(len(buf) > max_output for buf in buffers.values()):
@@ -482,9 +533,13 @@ def _child(job: dict, text: str, in_fd: int, out_w: int, report_w: int) -> None:
     try:
         os.setpgid(0, 0)
         cpu = math.ceil(job["timeout"]) + 1  # backstop for the wall clock: a busy loop gets SIGXCPU
-        for limit, value in ((resource.RLIMIT_AS, job["memory_bytes"]), (resource.RLIMIT_CORE, 0),
-                             (resource.RLIMIT_FSIZE, job["max_output"]), (resource.RLIMIT_NPROC, job["nproc"]),
-                             (resource.RLIMIT_NOFILE, 256)):
+        for limit, value in (
+            (resource.RLIMIT_AS, job["memory_bytes"]),
+            (resource.RLIMIT_CORE, 0),
+            (resource.RLIMIT_FSIZE, job["max_output"]),
+            (resource.RLIMIT_NPROC, job["nproc"]),
+            (resource.RLIMIT_NOFILE, 256),
+        ):
             resource.setrlimit(limit, (value, value))
         resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -518,8 +573,8 @@ def _execute(job: dict, text: str) -> dict:
         method = getattr(namespace["Solution"](), fn_name) if "class Solution" in job["code"] else namespace[fn_name]
         result = method(*args)
         # numpy values answer tolist(); anything else unserialisable becomes a string that cannot match
-        return {"verdict": "ok", "result": json.dumps(
-            result, default=lambda o: o.tolist() if hasattr(o, "tolist") else f"<{type(o).__name__}>")}
+        encoded = json.dumps(result, default=lambda o: o.tolist() if hasattr(o, "tolist") else f"<{type(o).__name__}>")
+        return {"verdict": "ok", "result": encoded}
     except SystemExit:  # LiveCodeBench lets a stdin program exit() after printing its answer
         return {"verdict": "ok"} if fn_name is None else {"verdict": "runtime_error", "detail": "SystemExit"}
     except MemoryError:
@@ -535,7 +590,7 @@ def _execute(job: dict, text: str) -> dict:
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """What every benchmark script shares: the machine description, result files, tables, memory-measured subprocesses and
 synthetic long-CoT records. Not a benchmark itself; the scripts next to it import it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,6 +22,8 @@ from pathlib import Path
 REPO_DIR = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_DIR))
 
+import markup  # noqa: E402
+import sft  # noqa: E402
 import utils  # noqa: E402
 
 BENCH_DIR = REPO_DIR / "bench"
@@ -32,9 +35,15 @@ SAMPLE_FILE = utils.DATA_DIR / "sample" / "openmathinstruct2_sft.jsonl"
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true", help="tiny sizes that finish in seconds: the CI smoke test, not a measurement")
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny sizes that finish in seconds: the CI smoke test, not a measurement"
+    )
     parser.add_argument("--results-dir", default=str(RESULTS_DIR), help="where NAME.json is written")
-    parser.add_argument("--results-md", default=str(RESULTS_MD), help="markdown file whose section for this benchmark is replaced ('' = none); --quick never writes it")
+    parser.add_argument(
+        "--results-md",
+        default=str(RESULTS_MD),
+        help="markdown file whose section for this benchmark is replaced ('' = none); --quick never writes it",
+    )
 
 
 # ----------------------------------------------------------------------------- machine
@@ -81,7 +90,7 @@ def memory_budget_bytes() -> int:
 # ----------------------------------------------------------------------------- results
 
 
-def format_table(rows: list[dict], columns: list[str]) -> str:
+def markdown_table(rows: list[dict], columns: list[str]) -> str:
     """A markdown table (it reads fine on a terminal too); floats get 3 significant digits."""
 
     def cell(value) -> str:
@@ -111,16 +120,24 @@ def update_results_md(path: Path, name: str, section: str) -> None:
     """Each benchmark owns the text between its two markers; re-running one leaves the others' sections alone."""
     begin, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
     block = f"{begin}\n{section}{end}"
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n\nWritten by the scripts in bench/ (see bench/README.md); one section per benchmark.\n"
+    if path.exists():
+        text = path.read_text(encoding="utf-8")
+    else:
+        text = (
+            "# Benchmark results\n\n"
+            "Written by the scripts in bench/ (see bench/README.md); one section per benchmark.\n"
+        )
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + block + "\n"
     utils.atomic_write_text(path, text)
 
 
 def machine_line(machine: dict) -> str:
-    return (f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['mem_total_gib']} GiB "
-            f"({machine['mem_available_gib']} GiB available at start); load average at start {machine['load_avg_1_5_15']}, "
-            f"at end {[round(x, 2) for x in os.getloadavg()]}; torch {machine['torch']}; {machine['date']}.")
+    return (
+        f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['mem_total_gib']} GiB "
+        f"({machine['mem_available_gib']} GiB available at start); load average at start {machine['load_avg_1_5_15']}, "
+        f"at end {[round(x, 2) for x in os.getloadavg()]}; torch {machine['torch']}; {machine['date']}."
+    )
 
 
 # ----------------------------------------------------------------------------- measured subprocesses
@@ -148,17 +165,30 @@ def _tree_rss_bytes(root_pid: int) -> int:
     return total
 
 
-def run_measured(cmd: list[str], budget_bytes: int | None = None, cwd: Path = REPO_DIR, env: dict | None = None, timeout_s: float = 3600) -> dict:
-    """Run cmd under /usr/bin/time -v; returns its exit code, peak RSS (time's "Maximum resident set size"), wall time and
-    output. A watchdog kills the run once its resident memory passes budget_bytes, so a configuration that does not fit
-    fails cleanly ("over_budget") instead of waking the OOM killer on a machine other people are using.
+def run_measured(
+    cmd: list[str],
+    budget_bytes: int | None = None,
+    cwd: Path = REPO_DIR,
+    env: dict | None = None,
+    timeout_s: float = 3600,
+) -> dict:
+    """Run cmd under /usr/bin/time -v; returns its exit code, peak RSS (time's "Maximum resident set size"), wall time
+    and output. A watchdog kills the run once its resident memory passes budget_bytes, so a configuration that does not
+    fit fails cleanly ("over_budget") instead of waking the OOM killer on a machine other people are using.
     """
     with tempfile.NamedTemporaryFile("r", suffix=".time", delete=False) as f:
         time_file = f.name
     env = {**os.environ, **(env or {})}
     t0 = time.time()
-    proc = subprocess.Popen(["/usr/bin/time", "-v", "-o", time_file, *cmd], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        ["/usr/bin/time", "-v", "-o", time_file, *cmd],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     over_budget, timed_out, seen_peak = False, False, 0
     output: list[str] = []
     reader = threading.Thread(target=lambda: output.extend(proc.stdout), daemon=True)
@@ -181,9 +211,15 @@ def run_measured(cmd: list[str], budget_bytes: int | None = None, cwd: Path = RE
     Path(time_file).unlink(missing_ok=True)
     found = re.search(r"Maximum resident set size \(kbytes\): (\d+)", report)
     max_rss = int(found.group(1)) * 1024 if found else seen_peak
-    return {"returncode": proc.returncode, "ok": proc.returncode == 0 and not over_budget and not timed_out,
-            "over_budget": over_budget, "timed_out": timed_out, "max_rss_bytes": max(max_rss, seen_peak) if over_budget else max_rss,
-            "wall_s": wall, "output": "".join(output)}
+    return {
+        "returncode": proc.returncode,
+        "ok": proc.returncode == 0 and not over_budget and not timed_out,
+        "over_budget": over_budget,
+        "timed_out": timed_out,
+        "max_rss_bytes": max(max_rss, seen_peak) if over_budget else max_rss,
+        "wall_s": wall,
+        "output": "".join(output),
+    }
 
 
 def last_json_line(output: str) -> dict:
@@ -198,12 +234,23 @@ def last_json_line(output: str) -> dict:
 
 
 def tiny_model(vocab_size: int = 4096, hidden_size: int = 64) -> Path:
-    """A tiny random Qwen2 (utils.make_tiny_model), built once and cached under out/bench/."""
+    """A tiny random Qwen2 (tiny_model.py), built once and cached under out/bench/."""
     path = SCRATCH_DIR / f"tiny-v{vocab_size}-h{hidden_size}"
     if not (path / "config.json").exists():
         print(f"building tiny model {path} ...", flush=True)
-        subprocess.run([sys.executable, str(REPO_DIR / "utils.py"), "tiny-model", str(path), "--vocab-size", str(vocab_size),
-                        "--hidden-size", str(hidden_size)], check=True, cwd=REPO_DIR)
+        subprocess.run(
+            [
+                sys.executable,
+                str(REPO_DIR / "tiny_model.py"),
+                str(path),
+                "--vocab-size",
+                str(vocab_size),
+                "--hidden-size",
+                str(hidden_size),
+            ],
+            check=True,
+            cwd=REPO_DIR,
+        )
     return path
 
 
@@ -213,8 +260,12 @@ def sample_records() -> list[dict]:
 
 def sky_t1_response(rng: random.Random, pieces: list[str], n_chars: int, answer: str) -> str:
     """A Sky-T1-formatted trace of about n_chars characters: worked solutions strung together with second thoughts."""
-    connectors = ["\n\nWait, let me double-check that.\n\n", "\n\nAlternatively, another approach:\n\n", "\n\nHmm, let me verify each step.\n\n",
-                  "\n\nLet me reconsider the problem from the start.\n\n"]
+    connectors = [
+        "\n\nWait, let me double-check that.\n\n",
+        "\n\nAlternatively, another approach:\n\n",
+        "\n\nHmm, let me verify each step.\n\n",
+        "\n\nLet me reconsider the problem from the start.\n\n",
+    ]
     thought = []
     length = 0
     while length < n_chars:
@@ -222,8 +273,7 @@ def sky_t1_response(rng: random.Random, pieces: list[str], n_chars: int, answer:
         thought += [piece, rng.choice(connectors)]
         length += len(piece) + 40
     text = "".join(thought)[: max(n_chars, 1)]
-    return (f"<|begin_of_thought|>\n\n{text}\n\n<|end_of_thought|>\n\n<|begin_of_solution|>\n\n"
-            f"Therefore the answer is $\\boxed{{{answer}}}$.\n\n<|end_of_solution|>")
+    return markup.format_response(text, f"Therefore the answer is $\\boxed{{{answer}}}$.", "sky-t1")
 
 
 def chars_per_token(tokenizer) -> float:
@@ -234,7 +284,7 @@ def chars_per_token(tokenizer) -> float:
 
 def record_tokens(tokenizer, record: dict) -> int:
     """Tokens of the chat-templated record, as train_lora.py counts them."""
-    text, _ = utils.assistant_char_spans(tokenizer, utils.to_messages(record))
+    text, _ = sft.assistant_char_spans(tokenizer, sft.to_messages(record))
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
@@ -244,7 +294,11 @@ def record_of_tokens(tokenizer, target_tokens: int, seed: int = 0) -> dict:
     base = sample_records()[0]
     n_chars = int(target_tokens * chars_per_token(tokenizer))
     for _ in range(12):
-        record = {"system": utils.SKY_T1_SYSTEM_PROMPT, "prompt": base["prompt"], "response": sky_t1_response(random.Random(seed), pieces, n_chars, base["answer"])}
+        record = {
+            "system": markup.SKY_T1_SYSTEM_PROMPT,
+            "prompt": base["prompt"],
+            "response": sky_t1_response(random.Random(seed), pieces, n_chars, base["answer"]),
+        }
         n = record_tokens(tokenizer, record)
         if target_tokens - max(64, target_tokens // 50) <= n <= target_tokens:
             return record

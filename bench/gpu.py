@@ -1,8 +1,8 @@
-"""Benchmark 6 (GPU): QLoRA training step at Qwen2.5-7B/32B shapes, 4k-32k tokens: peak memory, tokens/s and MFU, ours vs plain.
+"""Benchmark 6 (GPU): a QLoRA step at Qwen2.5-7B/32B shapes, 4k-32k tokens: peak memory, tokens/s, MFU, ours vs plain.
 
-    python bench/gpu.py                                  # both shapes, 4k/16k/32k tokens, on the CUDA device (~15 min on one H100)
-    python bench/gpu.py --models 7b --lengths 16384      # one cell
-    python bench/gpu.py --device cpu --tiny              # dry run of the same logic on a tiny shape (CI, no GPU)
+    python bench/gpu.py                              # both shapes, 4k/16k/32k tokens, on CUDA (~15 min on one H100)
+    python bench/gpu.py --models 7b --lengths 16384  # one cell
+    python bench/gpu.py --device cpu --tiny          # dry run of the same logic on a tiny shape (CI, no GPU)
 
 Models are random-initialised with the real shapes of Qwen2.5-7B-Instruct and Qwen2.5-32B-Instruct (hard-coded, no
 download, no AutoConfig): built on the meta device, every linear layer of the decoder swapped for a bitsandbytes
@@ -11,9 +11,9 @@ NF4 with double quantisation on the device, so the bf16 model never exists whole
 prepare_model_for_kbit_training, non-reentrant gradient checkpointing, LoRA rank 64 / alpha 128 on all linear layers,
 AdamW over the adapter.
 
-One batch per length holds samples drawn from the Sky-T1 length shape (lognormal, median 5000 tokens, sigma 0.5) adding up to
-exactly that many tokens, all of them targets. Two methods in the same run, on the same model and samples:
-  ours      one packed row (position_ids restart per sample), utils.chunked_lm_loss (no full logits)
+One batch per length holds samples drawn from the Sky-T1 length shape (lognormal, median 5000 tokens, sigma 0.5) adding
+up to exactly that many tokens, all of them targets. Two methods in the same run, on the same model and samples:
+  ours      one packed row (position_ids restart per sample), sft.chunked_lm_loss (no full logits)
   baseline  transformers + peft defaults: the same samples as one right-padded batch, model(..., labels=...) computing
             full-vocabulary logits and their fp32 copy
 Reported per cell: peak allocated GPU memory of a step (torch.cuda.max_memory_allocated), real tokens/s (median of
@@ -22,6 +22,7 @@ Reported per cell: peak allocated GPU memory of a step (torch.cuda.max_memory_al
 optimizer step; recomputation by checkpointing is not counted as useful work, so MFU is the conventional one.
 A cell that runs out of memory is recorded as "OOM". Writes bench/results/gpu.json and its section of bench/RESULTS.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,22 +33,56 @@ import statistics
 import sys
 import time
 
-from common import add_common_args, format_table, machine_info, machine_line, save_results
+from common import add_common_args, machine_info, machine_line, markdown_table, save_results
 
+import sft
 import utils
 
 # Qwen2.5-*-Instruct config.json values (vocab 152064 rows, untied LM head, QKV bias, GQA).
 SHAPES = {
-    "7b": {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4,
-           "vocab_size": 152064},
-    "32b": {"hidden_size": 5120, "intermediate_size": 27648, "num_hidden_layers": 64, "num_attention_heads": 40, "num_key_value_heads": 8,
-            "vocab_size": 152064},
-    "tiny": {"hidden_size": 64, "intermediate_size": 192, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
-             "vocab_size": 4096},
+    "7b": {
+        "hidden_size": 3584,
+        "intermediate_size": 18944,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 28,
+        "num_key_value_heads": 4,
+        "vocab_size": 152064,
+    },
+    "32b": {
+        "hidden_size": 5120,
+        "intermediate_size": 27648,
+        "num_hidden_layers": 64,
+        "num_attention_heads": 40,
+        "num_key_value_heads": 8,
+        "vocab_size": 152064,
+    },
+    "tiny": {
+        "hidden_size": 64,
+        "intermediate_size": 192,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "vocab_size": 4096,
+    },
 }
 # Dense (no sparsity) bf16 tensor-core peaks from the vendors' datasheets, matched against torch.cuda.get_device_name().
-PEAK_BF16_TFLOPS = [("H100 PCIe", 756), ("H100 NVL", 835), ("H100", 989), ("H200", 989), ("H800", 989), ("GH200", 989), ("B200", 2250),
-                    ("A100", 312), ("A800", 312), ("L40S", 362), ("L40", 181), ("A6000", 155), ("L4", 121), ("A10G", 70), ("RTX 4090", 165)]
+PEAK_BF16_TFLOPS = [
+    ("H100 PCIe", 756),
+    ("H100 NVL", 835),
+    ("H100", 989),
+    ("H200", 989),
+    ("H800", 989),
+    ("GH200", 989),
+    ("B200", 2250),
+    ("A100", 312),
+    ("A800", 312),
+    ("L40S", 362),
+    ("L40", 181),
+    ("A6000", 155),
+    ("L4", 121),
+    ("A10G", 70),
+    ("RTX 4090", 165),
+]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -55,15 +90,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--models", default="7b,32b", help="comma list of shapes: 7b, 32b")
     p.add_argument("--lengths", default="4096,16384,32768", help="comma list of tokens per batch")
     p.add_argument("--methods", default="ours,baseline", help="comma list: ours, baseline")
-    p.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="cpu only makes sense with --tiny (a dry run of the logic)")
-    p.add_argument("--tiny", action="store_true", help="a 2-layer, hidden-64 shape at 128/256 tokens instead of the real ones")
-    p.add_argument("--quant", choices=["nf4", "none"], default="nf4", help="nf4 = QLoRA (the paper's setting); none = bf16 base")
+    p.add_argument(
+        "--device",
+        choices=["cuda", "cpu"],
+        default="cuda",
+        help="cpu only makes sense with --tiny (a dry run of the logic)",
+    )
+    p.add_argument(
+        "--tiny", action="store_true", help="a 2-layer, hidden-64 shape at 128/256 tokens instead of the real ones"
+    )
+    p.add_argument(
+        "--quant", choices=["nf4", "none"], default="nf4", help="nf4 = QLoRA (the paper's setting); none = bf16 base"
+    )
     p.add_argument("--lora-rank", type=int, default=64, help="paper: 64 (alpha = 2 x rank)")
     p.add_argument("--loss-chunk-tokens", type=int, default=4096, help="chunk of our loss (train_lora.py's default)")
     p.add_argument("--repeats", type=int, default=2, help="timed steps per cell after one warm-up step")
-    p.add_argument("--attn", choices=["auto", "flash_attention_2", "sdpa", "eager"], default="auto", help="attention kernel (auto as train_lora.py)")
-    p.add_argument("--peak-tflops", type=float, help="the device's dense bf16 peak, if its name is not in the built-in table")
-    p.add_argument("--median-sample", type=float, default=5000, help="median sample length in tokens (Sky-T1 traces: ~5k)")
+    p.add_argument(
+        "--attn",
+        choices=["auto", "flash_attention_2", "sdpa", "eager"],
+        default="auto",
+        help="attention kernel (auto as train_lora.py)",
+    )
+    p.add_argument(
+        "--peak-tflops", type=float, help="the device's dense bf16 peak, if its name is not in the built-in table"
+    )
+    p.add_argument(
+        "--median-sample", type=float, default=5000, help="median sample length in tokens (Sky-T1 traces: ~5k)"
+    )
     p.add_argument("--seed", type=int, default=0, help="sample lengths, token ids and weights")
     add_common_args(p)
     args = p.parse_args(argv)
@@ -86,12 +139,23 @@ def build_model(shape: dict, device, dtype, quant: str, attn: str):
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig, Qwen2Config
     from transformers.integrations.bitsandbytes import replace_with_bnb_linear
 
-    config = Qwen2Config(**shape, max_position_embeddings=32768, rope_theta=1_000_000.0, rms_norm_eps=1e-6, tie_word_embeddings=False,
-                         use_cache=False, bos_token_id=None, eos_token_id=None, pad_token_id=0)
+    config = Qwen2Config(
+        **shape,
+        max_position_embeddings=32768,
+        rope_theta=1_000_000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
+        use_cache=False,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn)
     if quant == "nf4":
-        bnb_config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
+        bnb_config = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype
+        )
         model = replace_with_bnb_linear(model, modules_to_not_convert=["lm_head"], quantization_config=bnb_config)
     generator = torch.Generator(device=device).manual_seed(0)
     for module in model.modules():
@@ -100,7 +164,9 @@ def build_model(shape: dict, device, dtype, quant: str, attn: str):
                 continue
             if isinstance(module, bnb.nn.Linear4bit) and name == "weight":
                 weight = torch.empty(param.shape, dtype=dtype, device=device).normal_(std=0.02, generator=generator)
-                module.weight = bnb.nn.Params4bit(weight, requires_grad=False, quant_type="nf4", compress_statistics=True, module=module).to(device)
+                module.weight = bnb.nn.Params4bit(
+                    weight, requires_grad=False, quant_type="nf4", compress_statistics=True, module=module
+                ).to(device)
                 del weight
                 continue
             value = torch.empty(param.shape, dtype=dtype, device=device)
@@ -111,7 +177,8 @@ def build_model(shape: dict, device, dtype, quant: str, attn: str):
             else:
                 value.normal_(std=0.02, generator=generator)
             setattr(module, name, torch.nn.Parameter(value, requires_grad=param.requires_grad))
-    with torch.device(device):  # RoPE's inverse frequencies are computed at construction, so rebuild them off the meta device
+    # RoPE's inverse frequencies are computed at construction, so rebuild them off the meta device
+    with torch.device(device):
         model.model.rotary_emb = type(model.model.rotary_emb)(config)
     leftover = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if leftover:
@@ -122,8 +189,15 @@ def build_model(shape: dict, device, dtype, quant: str, attn: str):
 
 
 def matmul_params(shape: dict) -> int:
-    """Weights that take part in a matrix multiply per token (the '6N' of MFU): decoder linears and the LM head, not the embedding lookup."""
-    h, i, heads, kv = shape["hidden_size"], shape["intermediate_size"], shape["num_attention_heads"], shape["num_key_value_heads"]
+    """Weights that take part in a matrix multiply per token (the '6N' of MFU): decoder linears and the LM head, not the
+    embedding lookup.
+    """
+    h, i, heads, kv = (
+        shape["hidden_size"],
+        shape["intermediate_size"],
+        shape["num_attention_heads"],
+        shape["num_key_value_heads"],
+    )
     kv_dim = h // heads * kv
     per_layer = h * h + 2 * h * kv_dim + h * h + 3 * h * i
     return shape["num_hidden_layers"] * per_layer + shape["vocab_size"] * h
@@ -144,36 +218,40 @@ def peak_tflops(args: argparse.Namespace, device_name: str) -> float | None:
 
 
 def sample_lengths(total: int, median: float, rng: random.Random) -> list[int]:
-    """Sky-T1-shaped sample lengths (lognormal, sigma 0.5) adding up to exactly total tokens (the last one is cut to fit)."""
+    """Sky-T1-shaped sample lengths (lognormal, sigma 0.5) adding up to exactly total tokens; the last is cut to fit."""
     lengths = []
     while sum(lengths) < total:
-        lengths.append(min(total - sum(lengths), max(round(median / 16), round(rng.lognormvariate(math.log(median), 0.5)))))
+        lengths.append(
+            min(total - sum(lengths), max(round(median / 16), round(rng.lognormvariate(math.log(median), 0.5))))
+        )
     return lengths
 
 
-def make_samples(lengths: list[int], vocab: int, rng: random.Random) -> list[utils.Sample]:
+def make_samples(lengths: list[int], vocab: int, rng: random.Random) -> list[sft.Sample]:
     samples = []
     for n in lengths:
         ids = [rng.randrange(1, vocab) for _ in range(n)]
-        samples.append(utils.make_sample(ids, ids))  # all targets: long-CoT samples are almost all assistant tokens
+        samples.append(sft.make_sample(ids, ids))  # all targets: long-CoT samples are almost all assistant tokens
     return samples
 
 
 def step_ours(model, samples, device, autocast, chunk_tokens: int) -> None:
     base = model.get_base_model()
-    batch = {k: v.to(device) for k, v in utils.collate_packed(samples, 0).items()}
+    batch = {k: v.to(device) for k, v in sft.collate_packed(samples, 0).items()}
     targets = batch.pop("targets")
-    n_targets = int((targets != utils.IGNORE_INDEX).sum())
+    n_targets = int((targets != sft.IGNORE_INDEX).sum())
     with autocast:
         hidden = base.get_decoder()(**batch, use_cache=False).last_hidden_state
-        loss = utils.chunked_lm_loss(hidden, base.get_output_embeddings().weight, targets, chunk_tokens)
+        loss = sft.chunked_lm_loss(hidden, base.get_output_embeddings().weight, targets, chunk_tokens)
     (loss / n_targets).backward()
 
 
 def step_baseline(model, samples, device, autocast, chunk_tokens: int) -> None:
-    batch = {k: v.to(device) for k, v in utils.collate_padded(samples, 0).items()}
+    batch = {k: v.to(device) for k, v in sft.collate_padded(samples, 0).items()}
     batch.pop("targets")
-    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, utils.IGNORE_INDEX)  # transformers shifts labels itself
+    labels = batch["input_ids"].masked_fill(
+        batch["attention_mask"] == 0, sft.IGNORE_INDEX
+    )  # transformers shifts labels itself
     with autocast:
         loss = model(**batch, labels=labels, use_cache=False).loss
     loss.backward()
@@ -230,15 +308,26 @@ def run_model(name: str, args, device, dtype, attn, peak_flops: float | None) ->
     if args.quant == "nf4":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     model.activation_checkpointing_enable({"use_reentrant": False})
-    lora = LoraConfig(r=args.lora_rank, lora_alpha=2 * args.lora_rank, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=args.lora_rank,
+        lora_alpha=2 * args.lora_rank,
+        lora_dropout=0.0,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
     model = get_peft_model(model, lora)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5, fused=device.type == "cuda")
     static_gb = torch.cuda.memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    print(f"  built in {time.time() - t0:.0f}s; {sum(p.numel() for p in params) / 1e6:.1f}M trainable; "
-          f"weights on device {static_gb if static_gb is None else round(static_gb, 1)} GB", flush=True)
-    autocast = torch.autocast(device.type, dtype=dtype) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    print(
+        f"  built in {time.time() - t0:.0f}s; {sum(p.numel() for p in params) / 1e6:.1f}M trainable; "
+        f"weights on device {static_gb if static_gb is None else round(static_gb, 1)} GB",
+        flush=True,
+    )
+    autocast = (
+        torch.autocast(device.type, dtype=dtype) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    )
     rng = random.Random(args.seed)
     rows = []
     for tokens in [int(t) for t in args.lengths.split(",")]:
@@ -248,8 +337,15 @@ def run_model(name: str, args, device, dtype, attn, peak_flops: float | None) ->
         for method in args.methods.split(","):
             print(f"  {name} {tokens} tokens ({len(lengths)} samples) {method} ...", flush=True)
             cell = measure_cell(model, optimizer, method, samples, args, device, autocast)
-            row = {"model": name, "tokens": tokens, "samples": len(lengths), "longest": max(lengths), "method": method, **cell,
-                   "weights_gb": static_gb}
+            row = {
+                "model": name,
+                "tokens": tokens,
+                "samples": len(lengths),
+                "longest": max(lengths),
+                "method": method,
+                **cell,
+                "weights_gb": static_gb,
+            }
             if cell["status"] == "ok":
                 row["tokens_per_s"] = tokens / cell["step_s"]
                 row["mfu"] = useful_flops / cell["step_s"] / peak_flops if peak_flops else None
@@ -266,7 +362,10 @@ def main(args: argparse.Namespace) -> dict:
     import torch
 
     if args.device == "cuda" and not torch.cuda.is_available():
-        print("bench/gpu.py: no CUDA device here, skipping the GPU benchmark (for a dry run of its logic: --device cpu --tiny)")
+        print(
+            "bench/gpu.py: no CUDA device here, skipping the GPU benchmark "
+            "(for a dry run of its logic: --device cpu --tiny)"
+        )
         return {"skipped": "no CUDA device"}
     if args.device == "cpu" and not args.tiny:
         raise SystemExit("--device cpu needs --tiny: the real shapes would take hours on a CPU")
@@ -281,16 +380,48 @@ def main(args: argparse.Namespace) -> dict:
         rows += run_model(name, args, device, dtype, attn, peak_flops)
     ratios = []
     for ours in (r for r in rows if r["method"] == "ours" and r["status"] == "ok"):
-        base = next((r for r in rows if r["method"] == "baseline" and r["model"] == ours["model"] and r["tokens"] == ours["tokens"]), None)
+        base = next(
+            (
+                r
+                for r in rows
+                if r["method"] == "baseline" and r["model"] == ours["model"] and r["tokens"] == ours["tokens"]
+            ),
+            None,
+        )
         if base and base["status"] == "ok":
-            ratios.append({"model": ours["model"], "tokens": ours["tokens"], "memory_baseline_over_ours": base["peak_mem_gb"] / ours["peak_mem_gb"],
-                           "speed_ours_over_baseline": ours["tokens_per_s"] / base["tokens_per_s"]})
-    table = format_table(rows, ["model", "tokens", "samples", "longest", "method", "status", "peak_mem_gb", "weights_gb", "step_s", "tokens_per_s", "mfu"])
-    ratio_table = format_table(ratios, ["model", "tokens", "memory_baseline_over_ours", "speed_ours_over_baseline"])
+            ratios.append(
+                {
+                    "model": ours["model"],
+                    "tokens": ours["tokens"],
+                    "memory_baseline_over_ours": base["peak_mem_gb"] / ours["peak_mem_gb"],
+                    "speed_ours_over_baseline": ours["tokens_per_s"] / base["tokens_per_s"],
+                }
+            )
+    table = markdown_table(
+        rows,
+        [
+            "model",
+            "tokens",
+            "samples",
+            "longest",
+            "method",
+            "status",
+            "peak_mem_gb",
+            "weights_gb",
+            "step_s",
+            "tokens_per_s",
+            "mfu",
+        ],
+    )
+    ratio_table = markdown_table(ratios, ["model", "tokens", "memory_baseline_over_ours", "speed_ours_over_baseline"])
     print("\n" + table + "\n\n" + ratio_table)
-    notes = (f"device {machine.get('gpu', args.device)}, peak bf16 {peak_flops / 1e12 if peak_flops else 'unknown'} TFLOP/s, attention {attn}, "
-             f"quant {args.quant}, LoRA rank {args.lora_rank} all-linear, gradient checkpointing, loss chunk {args.loss_chunk_tokens}, "
-             f"median of {args.repeats} steps after a warm-up. baseline = same samples padded into one batch, transformers' full-logits loss.")
+    notes = (
+        f"device {machine.get('gpu', args.device)}, "
+        f"peak bf16 {peak_flops / 1e12 if peak_flops else 'unknown'} TFLOP/s, "
+        f"attention {attn}, quant {args.quant}, LoRA rank {args.lora_rank} all-linear, gradient checkpointing, "
+        f"loss chunk {args.loss_chunk_tokens}, median of {args.repeats} steps after a warm-up. "
+        "baseline = same samples padded into one batch, transformers' full-logits loss."
+    )
     markdown = f"{machine_line(machine)}\n\n`python bench/gpu.py`: {notes}\n\n{table}\n\nRatios:\n\n{ratio_table}\n"
     payload = {"benchmark": "gpu", "machine": machine, "config": vars(args), "rows": rows, "ratios": ratios}
     save_results(args, "gpu", "6. GPU: QLoRA step at Qwen2.5-7B/32B shapes", payload, markdown)

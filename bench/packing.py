@@ -1,12 +1,12 @@
 """Benchmark 2: how much of each micro-batch is real tokens, padded batching vs our packing (pure computation, seconds).
 
-    python bench/packing.py                      # synthetic Sky-T1-like lengths (17k samples) + real long-CoT if available
-    python bench/packing.py --quick              # smoke test
+    python bench/packing.py            # synthetic Sky-T1-like lengths (17k samples) + real long-CoT if available
+    python bench/packing.py --quick    # smoke test
 
 For every optimizer step of one epoch (samples-per-step samples, shuffled as train_lora.py does), each strategy splits
 the step into micro-batches of at most --micro-batch-tokens tokens:
-  padded      utils.plan_padded_step: rows sorted by length, every row padded to the longest (the --no-packing baseline)
-  packed      utils.plan_step: first-fit decreasing into one row per micro-batch, no padding (train_lora.py's default)
+  padded      sft.pad_step: rows sorted by length, every row padded to the longest (the --no-packing baseline)
+  packed      sft.pack_step: first-fit decreasing into one row per micro-batch, no padding (train_lora.py's default)
   sequential  naive packing in data order (next-fit, no sorting, samples never cut), as simple packing collators do
   one_per_batch  batch size 1 with gradient accumulation (no padding, no packing), the common long-CoT SFT setting
 Reported: micro-batches (forward passes) per epoch; fill = real tokens / (micro-batches x token budget), the share of
@@ -15,8 +15,10 @@ the memory budget that does useful work; and for padded, real / computed tokens 
 Length distributions: "synthetic": lognormal (median 5000, sigma 0.5) clipped to [300, 16384], 17k samples, like
 Sky-T1_data_17k (most traces 2k-12k tokens, a tail to 16k). "real": the 254 long-CoT traces of
 ../shared/data/cot/sky_t1_style_minerva_math.jsonl (read from the shared folder outside the repo, skipped if absent),
-chat-templated with the Sky-T1 system prompt and tokenized with the tiny tokenizer (these traces are short, ~1.5k tokens).
+chat-templated with the Sky-T1 system prompt and tokenized with the tiny tokenizer (these traces are short, ~1.5k
+tokens).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +28,10 @@ import statistics
 import sys
 from pathlib import Path
 
-from common import REPO_DIR, add_common_args, format_table, machine_info, machine_line, save_results, tiny_model
+from common import REPO_DIR, add_common_args, machine_info, machine_line, markdown_table, save_results, tiny_model
 
+import markup
+import sft
 import utils
 
 REAL_COT = REPO_DIR.parent / "shared" / "data" / "cot" / "sky_t1_style_minerva_math.jsonl"
@@ -61,12 +65,14 @@ def real_lengths(path: Path, model_dir: str | None) -> list[int] | None:
         print(f"real long-CoT file {path} not found: skipping the real distribution")
         return None
     tokenizer = utils.load_tokenizer(model_dir or str(tiny_model()))
-    conversations = [utils.to_messages({"system": utils.SKY_T1_SYSTEM_PROMPT, "prompt": r["problem"], "response": r["response"]})
-                     for r in utils.read_jsonl(path)]
-    return [len(ids) for ids, _ in utils.tokenize_conversations(tokenizer, conversations)]
+    conversations = [
+        sft.to_messages({"system": markup.SKY_T1_SYSTEM_PROMPT, "prompt": r["problem"], "response": r["response"]})
+        for r in utils.read_jsonl(path)
+    ]
+    return [len(ids) for ids, _ in sft.tokenize_conversations(tokenizer, conversations)]
 
 
-def plan_sequential(sample_ids: list[int], lengths: list[int], budget: int) -> list[list[int]]:
+def pack_sequential(sample_ids: list[int], lengths: list[int], budget: int) -> list[list[int]]:
     """Naive packing: in data order, open a new micro-batch whenever the next sample does not fit."""
     bins, used = [], budget + 1
     for i in sample_ids:
@@ -78,27 +84,36 @@ def plan_sequential(sample_ids: list[int], lengths: list[int], budget: int) -> l
     return bins
 
 
-def plan_one_per_batch(sample_ids: list[int], lengths: list[int], budget: int) -> list[list[int]]:
-    """One sample per forward pass: per_device_train_batch_size=1 plus gradient accumulation, the usual long-CoT recipe."""
+def pack_one_per_batch(sample_ids: list[int], lengths: list[int], budget: int) -> list[list[int]]:
+    """One sample per forward pass: per_device_train_batch_size=1 + gradient accumulation, the usual long-CoT recipe."""
     return [[i] for i in sample_ids]
 
 
-STRATEGIES = {"padded": utils.plan_padded_step, "packed": utils.plan_step, "sequential": plan_sequential, "one_per_batch": plan_one_per_batch}
+STRATEGIES = {
+    "padded": sft.pad_step,
+    "packed": sft.pack_step,
+    "sequential": pack_sequential,
+    "one_per_batch": pack_one_per_batch,
+}
 
 
-def measure_epoch(lengths: list[int], budget: int, samples_per_step: int, seed: int, plan) -> dict:
+def measure_epoch(lengths: list[int], budget: int, samples_per_step: int, seed: int, pack) -> dict:
     n_micro, computed, per_micro_fill = 0, 0, []
     steps = math.ceil(len(lengths) / samples_per_step)
     for step in range(steps):
-        for micro in plan(utils.step_sample_ids(len(lengths), samples_per_step, seed, step), lengths, budget):
+        for micro in pack(sft.step_sample_ids(len(lengths), samples_per_step, seed, step), lengths, budget):
             real = sum(lengths[i] for i in micro)
-            computed += len(micro) * max(lengths[i] for i in micro) if plan is utils.plan_padded_step else real
+            computed += len(micro) * max(lengths[i] for i in micro) if pack is sft.pad_step else real
             per_micro_fill.append(real / budget)
             n_micro += 1
     real_total = sum(lengths)
-    return {"micro_batches_per_epoch": n_micro, "micro_batches_per_step": n_micro / steps,
-            "fill": real_total / (n_micro * budget), "median_micro_fill": statistics.median(per_micro_fill),
-            "real_over_computed": real_total / computed}
+    return {
+        "micro_batches_per_epoch": n_micro,
+        "micro_batches_per_step": n_micro / steps,
+        "fill": real_total / (n_micro * budget),
+        "median_micro_fill": statistics.median(per_micro_fill),
+        "real_over_computed": real_total / computed,
+    }
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -110,25 +125,61 @@ def main(args: argparse.Namespace) -> dict:
     rows = []
     for dist, lengths in distributions.items():
         for budget in [int(b) for b in args.budgets.split(",")]:
-            for name, plan in STRATEGIES.items():
-                rows.append({"lengths": dist, "samples": len(lengths), "mean_len": statistics.mean(lengths),
-                             "micro_batch_tokens": budget, "strategy": name,
-                             **measure_epoch(lengths, budget, args.samples_per_step, args.seed, plan)})
+            for name, pack in STRATEGIES.items():
+                rows.append(
+                    {
+                        "lengths": dist,
+                        "samples": len(lengths),
+                        "mean_len": statistics.mean(lengths),
+                        "micro_batch_tokens": budget,
+                        "strategy": name,
+                        **measure_epoch(lengths, budget, args.samples_per_step, args.seed, pack),
+                    }
+                )
     ratios = []
     for row in rows:
         if row["strategy"] == "packed":
-            padded = next(r for r in rows if r["strategy"] == "padded" and r["lengths"] == row["lengths"] and r["micro_batch_tokens"] == row["micro_batch_tokens"])
-            ratios.append({"lengths": row["lengths"], "micro_batch_tokens": row["micro_batch_tokens"],
-                           "fill_packed_over_padded": row["fill"] / padded["fill"],
-                           "forward_passes_padded_over_packed": padded["micro_batches_per_epoch"] / row["micro_batches_per_epoch"]})
-    columns = ["lengths", "samples", "mean_len", "micro_batch_tokens", "strategy", "micro_batches_per_epoch", "micro_batches_per_step",
-               "fill", "median_micro_fill", "real_over_computed"]
-    table = format_table(rows, columns)
-    ratio_table = format_table(ratios, ["lengths", "micro_batch_tokens", "fill_packed_over_padded", "forward_passes_padded_over_packed"])
+            padded = next(
+                r
+                for r in rows
+                if r["strategy"] == "padded"
+                and r["lengths"] == row["lengths"]
+                and r["micro_batch_tokens"] == row["micro_batch_tokens"]
+            )
+            ratios.append(
+                {
+                    "lengths": row["lengths"],
+                    "micro_batch_tokens": row["micro_batch_tokens"],
+                    "fill_packed_over_padded": row["fill"] / padded["fill"],
+                    "forward_passes_padded_over_packed": (
+                        padded["micro_batches_per_epoch"] / row["micro_batches_per_epoch"]
+                    ),
+                }
+            )
+    columns = [
+        "lengths",
+        "samples",
+        "mean_len",
+        "micro_batch_tokens",
+        "strategy",
+        "micro_batches_per_epoch",
+        "micro_batches_per_step",
+        "fill",
+        "median_micro_fill",
+        "real_over_computed",
+    ]
+    table = markdown_table(rows, columns)
+    ratio_table = markdown_table(
+        ratios, ["lengths", "micro_batch_tokens", "fill_packed_over_padded", "forward_passes_padded_over_packed"]
+    )
     print(table + "\n\n" + ratio_table)
-    notes = (f"samples-per-step {args.samples_per_step}; synthetic = lognormal(median {args.median:g}, sigma {args.sigma}) clipped to "
-             f"[300, {args.max_length}], seed {args.seed}; real = {args.real} " + ("(read from outside the repo)" if real else "(absent: skipped)")
-             + ", chat-templated, tiny tokenizer. fill = real tokens / (micro-batches x budget).")
+    notes = (
+        f"samples-per-step {args.samples_per_step}; "
+        f"synthetic = lognormal(median {args.median:g}, sigma {args.sigma}) clipped to [300, {args.max_length}], "
+        f"seed {args.seed}; real = {args.real} "
+        + ("(read from outside the repo)" if real else "(absent: skipped)")
+        + ", chat-templated, tiny tokenizer. fill = real tokens / (micro-batches x budget)."
+    )
     markdown = f"{machine_line(machine)}\n\n`python bench/packing.py`: {notes}\n\n{table}\n\nRatios:\n\n{ratio_table}\n"
     payload = {"benchmark": "packing", "machine": machine, "config": vars(args), "rows": rows, "ratios": ratios}
     save_results(args, "packing", "2. Packing efficiency", payload, markdown)

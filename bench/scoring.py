@@ -1,7 +1,7 @@
 """Benchmark 4: scoring throughput, math answers compared per second and code tests run per second in the sandbox.
 
-    python bench/scoring.py                      # all bundled maths golds x (right, wrong); 120 LiveCodeBench problems (~5 min on 2 cores)
-    python bench/scoring.py --quick              # smoke test
+    python bench/scoring.py            # all bundled maths golds x (right, wrong); 120 LiveCodeBench problems (~5 min)
+    python bench/scoring.py --quick    # smoke test
 
 Maths: every gold of data/eval/{aime24,amc23,math500,olympiadbench}.jsonl (grading.answer_from_record) against two
 long-CoT-shaped responses (about 3k characters of reasoning in Sky-T1 markup, then \\boxed{...}): one right (the gold,
@@ -14,6 +14,7 @@ run by sandbox.run_tests against a trivially correct program: one that looks the
 input. It measures the sandbox's cost per test (process start, isolation, per-test fork, comparison), not the cost
 of running real solutions. Sequential (per core), then a pool with one worker per core.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,7 +26,15 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from fractions import Fraction
 
-from common import add_common_args, format_table, machine_info, machine_line, sample_records, save_results, sky_t1_response
+from common import (
+    add_common_args,
+    machine_info,
+    machine_line,
+    markdown_table,
+    sample_records,
+    save_results,
+    sky_t1_response,
+)
 
 import utils
 
@@ -35,7 +44,9 @@ MATH_BENCHMARKS = ("aime24", "amc23", "math500", "olympiadbench")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--math-items", type=int, default=0, help="golds to use (0 = all 1245)")
-    p.add_argument("--code-problems", type=int, default=120, help="LiveCodeBench problems to run (each has 1-6 public tests)")
+    p.add_argument(
+        "--code-problems", type=int, default=120, help="LiveCodeBench problems to run (each has 1-6 public tests)"
+    )
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="pool size for the parallel rows")
     p.add_argument("--reasoning-chars", type=int, default=3000, help="length of the reasoning before the final answer")
     p.add_argument("--seed", type=int, default=0, help="response text and the choice of wrong answers")
@@ -64,6 +75,11 @@ def equivalent_form(gold: str) -> str:
     return gold
 
 
+def as_text(gold) -> str:
+    """A gold answer as a response would state it: multi-answer golds comma-separated."""
+    return ", ".join(gold) if isinstance(gold, list) else gold
+
+
 def math_cases(args: argparse.Namespace) -> list[tuple[str, object, bool]]:
     """(response, gold, should_be_correct) pairs: each gold once right, once wrong."""
     import grading
@@ -75,7 +91,6 @@ def math_cases(args: argparse.Namespace) -> list[tuple[str, object, bool]]:
     if args.math_items:
         golds = rng.sample(golds, args.math_items)
     pieces = [r["response"] for r in sample_records()]
-    as_text = lambda g: ", ".join(g) if isinstance(g, list) else g
     cases = []
     for i, gold in enumerate(golds):
         right = as_text(gold)
@@ -105,8 +120,14 @@ def time_math(cases, workers: int) -> dict:
             verdicts = list(pool.map(grade_one, cases, chunksize=8))
     seconds = time.perf_counter() - t0
     agree = sum(v == c[2] for v, c in zip(verdicts, cases)) / len(cases)
-    return {"task": "math", "workers": workers, "items": len(cases), "seconds": seconds, "per_s": len(cases) / seconds,
-            "agreement": agree}
+    return {
+        "task": "math",
+        "workers": workers,
+        "items": len(cases),
+        "seconds": seconds,
+        "per_s": len(cases) / seconds,
+        "agreement": agree,
+    }
 
 
 # ----------------------------------------------------------------------------- code
@@ -120,10 +141,15 @@ def oracle_program(problem: dict) -> str:
         return f"import sys\nANSWERS = {table!r}\nprint(ANSWERS[sys.stdin.read().strip()], end='')\n"
     import sandbox
 
-    table = {json.dumps([json.loads(line) for line in t["input"].split("\n") if line.strip()], sort_keys=True): json.loads(t["output"]) for t in tests}
-    return (f"import json\nANSWERS = json.loads({json.dumps(json.dumps(table))})\n"
-            f"class Solution:\n    def {sandbox.method_name(problem['starter_code'])}(self, *args):\n"
-            f"        return ANSWERS[json.dumps(list(args), sort_keys=True)]\n")
+    table = {}
+    for t in tests:
+        call_args = [json.loads(line) for line in t["input"].split("\n") if line.strip()]
+        table[json.dumps(call_args, sort_keys=True)] = json.loads(t["output"])
+    return (
+        f"import json\nANSWERS = json.loads({json.dumps(json.dumps(table))})\n"
+        f"class Solution:\n    def {sandbox.method_name(problem['starter_code'])}(self, *args):\n"
+        f"        return ANSWERS[json.dumps(list(args), sort_keys=True)]\n"
+    )
 
 
 def run_one_problem(problem: dict) -> tuple[int, int]:
@@ -142,8 +168,15 @@ def time_code(problems: list[dict], workers: int) -> dict:
             outcomes = list(pool.map(run_one_problem, problems))
     seconds = time.perf_counter() - t0
     passed, total = sum(p for p, _ in outcomes), sum(n for _, n in outcomes)
-    return {"task": "code tests", "workers": workers, "items": total, "seconds": seconds, "per_s": total / seconds, "agreement": passed / total,
-            "problems_per_s": len(problems) / seconds}
+    return {
+        "task": "code tests",
+        "workers": workers,
+        "items": total,
+        "seconds": seconds,
+        "per_s": total / seconds,
+        "agreement": passed / total,
+        "problems_per_s": len(problems) / seconds,
+    }
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -164,12 +197,15 @@ def main(args: argparse.Namespace) -> dict:
         print(f"code: {len(problems)} problems, {workers} process(es) ...", flush=True)
         rows.append(time_code(problems, workers))
         print("  ", rows[-1], flush=True)
-    table = format_table(rows, ["task", "workers", "items", "seconds", "per_s", "agreement", "problems_per_s"])
+    table = markdown_table(rows, ["task", "workers", "items", "seconds", "per_s", "agreement", "problems_per_s"])
     print("\n" + table)
-    notes = (f"maths: {len(cases)} graded responses (each gold right + wrong, ~{args.reasoning_chars} chars of reasoning each), "
-             f"grading.grade_math; agreement = share of verdicts equal to the intended one. code: {len(problems)} LiveCodeBench problems, "
-             f"their public tests, a lookup program that passes them; agreement = share of tests passed; sandbox isolation "
-             f"'{machine['sandbox_isolation']}'. workers > 1 = ProcessPoolExecutor.")
+    notes = (
+        f"maths: {len(cases)} graded responses (each gold right + wrong, ~{args.reasoning_chars} chars of reasoning "
+        "each), grading.grade_math; agreement = share of verdicts equal to the intended one. "
+        f"code: {len(problems)} LiveCodeBench problems, their public tests, a lookup program that passes them; "
+        f"agreement = share of tests passed; sandbox isolation '{machine['sandbox_isolation']}'. "
+        "workers > 1 = ProcessPoolExecutor."
+    )
     markdown = f"{machine_line(machine)}\n\n`python bench/scoring.py`: {notes}\n\n{table}\n"
     payload = {"benchmark": "scoring", "machine": machine, "config": vars(args), "rows": rows}
     save_results(args, "scoring", "4. Scoring throughput", payload, markdown)

@@ -1,19 +1,38 @@
 """Fixtures shared by the test files: one tiny model per test session, built in code (no network)."""
+
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import tiny_model  # noqa: E402
 import utils  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """The tiny model gains nothing from a second thread, and on a shared 2-core machine the spin-waits cost 5x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A random 2-layer Qwen2 with a locally trained tokenizer and the real Qwen2.5 chat template."""
-    return utils.make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+    return tiny_model.make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+def sky_t1_response(thought: str, solution: str) -> str:
+    return (
+        f"<|begin_of_thought|>\n\n{thought}\n\n<|end_of_thought|>\n\n"
+        f"<|begin_of_solution|>\n\n{solution}\n\n<|end_of_solution|>"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -23,10 +42,11 @@ def train_file(tmp_path_factory) -> Path:
     rows = []
     for i in range(12):
         a, b = 3 + i, 7 + 2 * i
-        answer = f"<|begin_of_thought|>\n\n{a} plus {b} is {a + b}.\n\n<|end_of_thought|>\n\n<|begin_of_solution|>\n\n\\boxed{{{a + b}}}\n\n<|end_of_solution|>"
+        answer = sky_t1_response(f"{a} plus {b} is {a + b}.", f"\\boxed{{{a + b}}}")
         question = f"What is {a} + {b}?"
         if i % 3 == 0:
-            rows.append({"system": "S", "conversations": [{"from": "user", "value": question}, {"from": "assistant", "value": answer}]})
+            turns = [{"from": "user", "value": question}, {"from": "assistant", "value": answer}]
+            rows.append({"system": "S", "conversations": turns})
         elif i % 3 == 1:
             rows.append({"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]})
         else:

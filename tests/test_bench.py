@@ -1,9 +1,10 @@
-"""Every benchmark in bench/ runs end to end in its --quick mode (seconds, tiny sizes) and writes sane JSON, so none rots.
+"""Every benchmark in bench/ runs end to end in --quick mode (seconds, tiny sizes) and writes sane JSON, so none rots.
 
 The numbers of a quick run are not measurements; only the invariants that hold at any size are asserted. Benchmarks
 that spawn their own measured subprocesses run as CLIs; the others run in this process through main(parse_args(...)),
 because importing transformers again costs ~10 s per process on 2 cores.
 """
+
 import importlib
 import json
 import subprocess
@@ -27,7 +28,8 @@ def run_in_process(module: str, tmp_path: Path, *extra: str) -> dict:
 
 
 def run_bench(script: str, tmp_path: Path, *extra: str) -> dict:
-    cmd = [sys.executable, str(REPO / "bench" / script), "--quick", "--results-dir", str(tmp_path), "--results-md", "", *extra]
+    quick = ["--quick", "--results-dir", str(tmp_path), "--results-md", ""]
+    cmd = [sys.executable, str(REPO / "bench" / script), *quick, *extra]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"{script} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     assert "| " in done.stdout, "no table printed"
@@ -40,7 +42,8 @@ def test_packing_beats_padding(tmp_path, tiny_model_dir):
     for lengths in {r["lengths"] for r in result["rows"]}:
         packed, padded, sequential = by[lengths, "packed"], by[lengths, "padded"], by[lengths, "sequential"]
         assert packed["real_over_computed"] == 1.0 and padded["real_over_computed"] <= 1.0
-        assert packed["micro_batches_per_epoch"] <= min(padded["micro_batches_per_epoch"], sequential["micro_batches_per_epoch"])
+        fewest_other = min(padded["micro_batches_per_epoch"], sequential["micro_batches_per_epoch"])
+        assert packed["micro_batches_per_epoch"] <= fewest_other
         assert 0 < padded["fill"] <= packed["fill"] <= 1.0
     assert all(r["fill_packed_over_padded"] >= 1.0 for r in result["ratios"])
 
@@ -53,7 +56,8 @@ def test_loss_memory_chunked_uses_less(tmp_path, tiny_model_dir):
     assert naive["loss_value"] == pytest.approx(chunked["loss_value"], rel=1e-4)  # same loss, computed two ways
     assert naive["extra_gib"] > chunked["extra_gib"] > 0
     train_rows = [r for r in result["rows"] if r["part"] == "train"]
-    assert {r["loss"] for r in train_rows} == {"naive", "chunked"} and all(r["fits"] and r["peak_rss_gib"] > 0.1 for r in train_rows)
+    assert {r["loss"] for r in train_rows} == {"naive", "chunked"}
+    assert all(r["fits"] and r["peak_rss_gib"] > 0.1 for r in train_rows)
     assert any(r["part"] == "loss" and r["naive_over_chunked"] > 1 for r in result["ratios"])
 
 

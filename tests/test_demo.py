@@ -1,4 +1,5 @@
-"""The synthetic task (synthetic.py) and the CPU demo (demo.py): a short run must learn, through the repo's own scripts."""
+"""The synthetic task (synthetic.py) and the CPU demo (demo.py): a short run must learn, through the repo's scripts."""
+
 import ast
 import json
 import re
@@ -9,6 +10,7 @@ from collections import Counter
 import pytest
 
 import demo
+import markup
 import perturb
 import synthetic
 
@@ -16,8 +18,8 @@ REPO = demo.utils.REPO_DIR
 
 
 def thought_steps(record: dict) -> list[str]:
-    parts = perturb.split_response(record["messages"][-1]["content"])
-    assert parts.markup == "sky_t1"
+    parts = markup.split_thought(record["messages"][-1]["content"])
+    assert parts.markup == "sky-t1"
     return perturb.split_steps(parts.thought, 40)[0]
 
 
@@ -60,12 +62,19 @@ def test_wrong_answer_traces_end_on_a_wrong_answer_with_the_true_gold():
 
 
 def test_sky_t1_format_and_schema(records):
-    shape = re.compile(r"<\|begin_of_thought\|>\n\n.+\n\n<\|end_of_thought\|>\n\n<\|begin_of_solution\|>\n\n.+\\boxed\{\d+\}"
-                       r"\n\n<\|end_of_solution\|>", re.S)
+    shape = re.compile(
+        r"<\|begin_of_thought\|>\n\n.+\n\n<\|end_of_thought\|>\n\n<\|begin_of_solution\|>\n\n.+\\boxed\{\d+\}"
+        r"\n\n<\|end_of_solution\|>",
+        re.S,
+    )
     for r in records:
-        assert set(r) == {"id", "messages", "domain", "answer", "source"} and r["domain"] == "math" and r["source"] == "synthetic"
+        assert (
+            set(r) == {"id", "messages", "domain", "answer", "source"}
+            and r["domain"] == "math"
+            and r["source"] == "synthetic"
+        )
         assert [m["role"] for m in r["messages"]] == ["system", "user", "assistant"]
-        assert r["messages"][0]["content"] == demo.utils.SKY_T1_SYSTEM_PROMPT
+        assert r["messages"][0]["content"] == markup.SKY_T1_SYSTEM_PROMPT
         assert r["messages"][1]["content"].startswith("Return your final response within \\boxed{}. Evaluate ")
         assert shape.fullmatch(r["messages"][2]["content"])
     texts = [r["messages"][2]["content"] for r in records]
@@ -77,7 +86,7 @@ def test_sky_t1_format_and_schema(records):
 
 def test_steps_are_the_blank_line_paragraphs_perturb_splits_on(records):
     for r in records:
-        thought = perturb.split_response(r["messages"][2]["content"]).thought
+        thought = markup.split_thought(r["messages"][2]["content"]).thought
         paragraphs = thought.split("\n\n")
         assert all(len(p) > 40 for p in paragraphs)
         assert thought_steps(r) == paragraphs  # nothing merged: every paragraph is one step
@@ -96,8 +105,24 @@ def test_train_and_test_are_disjoint_and_deterministic():
 
 def test_task_file_cli_writes_what_evaluate_loads(tmp_path):
     out = tmp_path / "test.jsonl"
-    subprocess.run([sys.executable, str(REPO / "synthetic.py"), "--output", str(out), "--size", "30", "--split", "test",
-                    "--task-file", "--max-value", "30"], check=True, cwd=REPO, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "synthetic.py"),
+            "--output",
+            str(out),
+            "--size",
+            "30",
+            "--split",
+            "test",
+            "--task-file",
+            "--max-value",
+            "30",
+        ],
+        check=True,
+        cwd=REPO,
+        capture_output=True,
+    )
     name, problems = demo.evaluate.load_task(str(out))
     assert name == "test" and len(problems) == 30
     assert all(p["kind"] == "math" and p["answer"] == str(evaluate_expression(p["problem"])) for p in problems)
@@ -112,8 +137,18 @@ def test_a_short_demo_learns_to_solve_held_out_problems(tmp_path):
     always answering the most common one would score 20% here. This budget sits where the arithmetic is only starting
     to be learned (README, "experiment in miniature"): a 2000-step run is far above it, but takes 6 minutes."""
     out = tmp_path / "demo"
-    cmd = [sys.executable, str(REPO / "demo.py"), "--output-dir", str(out), "--train-size", "3000", "--test-size", "50",
-           "--steps", "900"]
+    cmd = [
+        sys.executable,
+        str(REPO / "demo.py"),
+        "--output-dir",
+        str(out),
+        "--train-size",
+        "3000",
+        "--test-size",
+        "50",
+        "--steps",
+        "900",
+    ]
     subprocess.run(cmd, check=True, cwd=REPO, timeout=900, capture_output=True)
     report = json.loads((out / "results.json").read_text())
     result = report["results"][0]
@@ -122,37 +157,77 @@ def test_a_short_demo_learns_to_solve_held_out_problems(tmp_path):
     assert (out / "loss_curve.png").stat().st_size > 0
     answers = [json.loads(line)["answer"] for line in (out / "data" / "synthetic_test.jsonl").read_text().splitlines()]
     majority = max(Counter(answers).values()) / len(answers)  # what always answering the most common value would score
-    assert result["accuracy"] >= 2 / 11, f"held-out accuracy {result['accuracy']:.0%} (most common answer: {majority:.0%})"
-    shape = re.compile(r"<\|begin_of_thought\|>\n\n.+\n\n<\|end_of_thought\|>\n\n<\|begin_of_solution\|>\n\n.+\\boxed\{\d+\}"
-                       r"\n\n<\|end_of_solution\|>", re.S)
-    read = lambda name: [json.loads(line) for line in (out / "eval" / name / "samples.jsonl").read_text().splitlines()]
-    well_formed = lambda samples: sum(bool(shape.fullmatch(s["response"].strip())) for s in samples)
+    assert result["accuracy"] >= 2 / 11, (
+        f"held-out accuracy {result['accuracy']:.0%} (most common answer: {majority:.0%})"
+    )
+    shape = re.compile(
+        r"<\|begin_of_thought\|>\n\n.+\n\n<\|end_of_thought\|>\n\n<\|begin_of_solution\|>\n\n.+\\boxed\{\d+\}"
+        r"\n\n<\|end_of_solution\|>",
+        re.S,
+    )
+
+    def read(name: str) -> list[dict]:
+        return [json.loads(line) for line in (out / "eval" / name / "samples.jsonl").read_text().splitlines()]
+
+    def well_formed(samples: list[dict]) -> int:
+        return sum(bool(shape.fullmatch(s["response"].strip())) for s in samples)
+
     assert well_formed(read("before")) == 0
     after = read("correct")
-    assert well_formed(after) >= 0.9 * len(after), f"only {well_formed(after)} of {len(after)} answers are well-formed Sky-T1"
+    assert well_formed(after) >= 0.9 * len(after), (
+        f"only {well_formed(after)} of {len(after)} answers are well-formed Sky-T1"
+    )
 
 
 def test_first_step_right_reads_the_restatement_and_the_first_operation(tmp_path):
     task = tmp_path / "task.jsonl"
-    demo.utils.write_jsonl(task, [{"id": "a", "problem": "Evaluate 5 - (6 - 6).", "answer": "5"},
-                                  {"id": "b", "problem": "Evaluate (3 + 3) * (1 + 1).", "answer": "12"},
-                                  {"id": "c", "problem": "Evaluate 4 + 3.", "answer": "7"}])
+    demo.utils.write_jsonl(
+        task,
+        [
+            {"id": "a", "problem": "Evaluate 5 - (6 - 6).", "answer": "5"},
+            {"id": "b", "problem": "Evaluate (3 + 3) * (1 + 1).", "answer": "12"},
+            {"id": "c", "problem": "Evaluate 4 + 3.", "answer": "7"},
+        ],
+    )
     samples = tmp_path / "samples.jsonl"
-    write = lambda responses: demo.utils.write_jsonl(samples, [{"id": i, "response": r} for i, r in zip("abc", responses)])
-    write(["We need to evaluate 5 - (6 - 6), working ...\n\nFirst, 6 - 6 = 1, ...",  # wrong arithmetic, right structure
-           "We need to evaluate (3 + 3) * (1 + 1), working ...\n\nFirst, 3 + 3 = 6, ...",
-           "We need to evaluate 4 + 3, working ...\n\nFirst, 4 + 3 = 7, ..."])
+
+    def write(responses: list[str]) -> None:
+        demo.utils.write_jsonl(samples, [{"id": i, "response": r} for i, r in zip("abc", responses)])
+
+    write(
+        [
+            # wrong arithmetic, right structure
+            "We need to evaluate 5 - (6 - 6), working ...\n\nFirst, 6 - 6 = 1, ...",
+            "We need to evaluate (3 + 3) * (1 + 1), working ...\n\nFirst, 3 + 3 = 6, ...",
+            "We need to evaluate 4 + 3, working ...\n\nFirst, 4 + 3 = 7, ...",
+        ]
+    )
     assert demo.first_step_right(samples, task) == 1.0
-    write(["We need to evaluate 5 - (6 - 6), working ...\n\nFirst, 5 - 6 = 1, ...",  # outer operation first
-           "We need to evaluate (3 + 3) * (1 + 2), working ...\n\nFirst, 3 + 3 = 6, ...",  # problem miscopied
-           "4 + 3 = 7"])  # no restatement
+    write(
+        [
+            "We need to evaluate 5 - (6 - 6), working ...\n\nFirst, 5 - 6 = 1, ...",  # outer operation first
+            "We need to evaluate (3 + 3) * (1 + 2), working ...\n\nFirst, 3 + 3 = 6, ...",  # problem miscopied
+            "4 + 3 = 7",
+        ]
+    )  # no restatement
     assert demo.first_step_right(samples, task) == 0.0
 
 
 def test_grid_report_table_and_chart(tmp_path):
-    results = [{"condition": c, "label": label, "accuracy": a, "first_step_right": f, "first_loss": 7.0, "last_loss": 0.1,
-                "train_s": 60.0, "eval_s": 5.0} for (c, label, _), a, f in zip(demo.CONDITIONS[:3], (0.3, 0.2, 0.1), (1.0, 0.9, 0.5))]
-    table = demo.grid_table(results, 0.0, demo.Config())
+    results = [
+        {
+            "condition": c,
+            "label": label,
+            "accuracy": a,
+            "first_step_right": f,
+            "first_loss": 7.0,
+            "last_loss": 0.1,
+            "train_s": 60.0,
+            "eval_s": 5.0,
+        }
+        for (c, label, _), a, f in zip(demo.CONDITIONS[:3], (0.3, 0.2, 0.1), (1.0, 0.9, 0.5))
+    ]
+    table = demo.grid_table(results, 0.0, demo.parse_args([]))
     assert "| digits 50% | 10.0 | -20.0 | 50 |" in table
     demo.plot_grid(results, 0.0, tmp_path / "grid.png")
     assert (tmp_path / "grid.png").stat().st_size > 10_000

@@ -1,8 +1,9 @@
 r"""Tests for grading.py on real benchmark records: extraction, equivalence, false positives, timeouts, speed.
 
-    python -m pytest tests/test_grading.py -q
-    python -m pytest tests/test_grading.py -q -s -k throughput    # prints comparisons/s
+python -m pytest tests/test_grading.py -q
+python -m pytest tests/test_grading.py -q -s -k throughput    # prints comparisons/s
 """
+
 import json
 import multiprocessing
 import os
@@ -37,54 +38,66 @@ def gold(task: str, field: str, value):
 
 
 def sky_t1(solution: str, thought: str = r"Maybe \boxed{0}? Let me double-check.") -> str:
-    return (f"<|begin_of_thought|>\n{thought}\n<|end_of_thought|>\n\n"
-            f"<|begin_of_solution|>\n{solution}\n<|end_of_solution|>")
+    return (
+        f"<|begin_of_thought|>\n{thought}\n<|end_of_thought|>\n\n<|begin_of_solution|>\n{solution}\n<|end_of_solution|>"
+    )
 
 
 # ---------------------------------------------------------------- extraction
 
-@pytest.mark.parametrize("text, expected", [
-    (r"so $\boxed{\frac{1}{2}}$.", r"\frac{1}{2}"),
-    (r"\boxed{\frac{\sqrt{3}}{2^{x_{1}}}}", r"\frac{\sqrt{3}}{2^{x_{1}}}"),
-    (r"\boxed{\left\{1, \frac{2}{3}\right\}} done", r"\left\{1, \frac{2}{3}\right\}"),
-    (r"The answer is $\boxed 5$.", "5"),
-    (r"\fbox{7}", "7"),
-    (r"first \boxed{1}, then \boxed{2}, finally \boxed{3}", "3"),
-    (r"\boxed{3} and the template \boxed{}", "3"),
-    (r"\boxed {42}", "42"),
-    (r"\boxed{1", None),
-    ("no box here: 5", None),
-])
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (r"so $\boxed{\frac{1}{2}}$.", r"\frac{1}{2}"),
+        (r"\boxed{\frac{\sqrt{3}}{2^{x_{1}}}}", r"\frac{\sqrt{3}}{2^{x_{1}}}"),
+        (r"\boxed{\left\{1, \frac{2}{3}\right\}} done", r"\left\{1, \frac{2}{3}\right\}"),
+        (r"The answer is $\boxed 5$.", "5"),
+        (r"\fbox{7}", "7"),
+        (r"first \boxed{1}, then \boxed{2}, finally \boxed{3}", "3"),
+        (r"\boxed{3} and the template \boxed{}", "3"),
+        (r"\boxed {42}", "42"),
+        (r"\boxed{1", None),
+        ("no box here: 5", None),
+    ],
+)
 def test_extract_boxed(text, expected):
     assert extract_boxed(text) == expected
 
 
-@pytest.mark.parametrize("text, expected", [
-    (sky_t1(r"So the area is $\boxed{5}$."), "5"),  # the box in the thoughts is a draft
-    (sky_t1("The final answer is $7$.", thought=r"\boxed{3}"), "7"),
-    (sky_t1(r"Thus $x = 4$.", thought="no box at all"), "x = 4"),
-    (sky_t1("I could not finish.", thought=r"so far \boxed{12}"), "12"),
-    (r"<|begin_of_thought|> long thinking ... \boxed{9} ... cut off", "9"),  # truncated: no solution block
-    (r"<think>maybe \boxed{1}</think> The answer is \boxed{2}.", "2"),
-    ("Adding up, we get 42.\n\n**Answer:** 42", "42"),
-    (r"Answer: $\frac{1}{2}$", r"\frac{1}{2}"),
-    ("The final answer is 1,000.", "1,000"),
-    ("We let $x$ be the width and $y$ the height.", None),  # a stray $..$ outside a solution block
-    ("", None),
-    (None, None),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (sky_t1(r"So the area is $\boxed{5}$."), "5"),  # the box in the thoughts is a draft
+        (sky_t1("The final answer is $7$.", thought=r"\boxed{3}"), "7"),
+        (sky_t1(r"Thus $x = 4$.", thought="no box at all"), "x = 4"),
+        (sky_t1("I could not finish.", thought=r"so far \boxed{12}"), "12"),
+        (r"<|begin_of_thought|> long thinking ... \boxed{9} ... cut off", "9"),  # truncated: no solution block
+        (r"<think>maybe \boxed{1}</think> The answer is \boxed{2}.", "2"),
+        ("Adding up, we get 42.\n\n**Answer:** 42", "42"),
+        (r"Answer: $\frac{1}{2}$", r"\frac{1}{2}"),
+        ("The final answer is 1,000.", "1,000"),
+        ("We let $x$ be the width and $y$ the height.", None),  # a stray $..$ outside a solution block
+        ("", None),
+        (None, None),
+    ],
+)
 def test_extract_answer(text, expected):
     assert extract_answer(text) == expected
 
 
 # ---------------------------------------------------------------- gold answers
 
+
 def test_answer_from_record_shapes():
     assert gold("aime24", "id", 60) == "204"
     assert gold("amc23", "answer", 27.0) == "27"
     assert gold("math500", "answer", r"\text{Evelyn}") == r"\text{Evelyn}"
     assert gold("olympiadbench", "final_answer", ["$(1,8,19), (2,7,13), (4,5,7)$"]) == [
-        "(1,8,19)", "(2,7,13)", "(4,5,7)"]
+        "(1,8,19)",
+        "(2,7,13)",
+        "(4,5,7)",
+    ]
     assert gold("olympiadbench", "final_answer", ["$69$,$84$"]) == ["69", "84"]
     assert gold("olympiadbench", "final_answer", ["$[\\frac{1}{2}, 8]$"]) == "[\\frac{1}{2}, 8]"
     with pytest.raises(KeyError, match="neither 'answer' nor 'final_answer'"):
@@ -102,15 +115,43 @@ def test_every_bundled_record_has_a_gold():
 # ---------------------------------------------------------------- right and wrong answers on real records
 
 CASES = [  # (task, field, value, right answers, wrong answers)
-    ("math500", "answer", r"\frac{14}{3}", [r"\dfrac{14}{3}", "14/3", r"4\frac{2}{3}", r"\frac{28}{6}"],
-     [r"\frac{3}{14}", "4.67", "14", r"\frac{14}{3}\pi"]),
-    ("math500", "answer", r"\left( 3, \frac{\pi}{2} \right)", [r"(3, \frac{\pi}{2})", r"\left(3,\dfrac{\pi}{2}\right)"],
-     [r"(3, \pi)", r"(\frac{\pi}{2}, 3)", r"[3, \frac{\pi}{2}]", "3"]),
+    (
+        "math500",
+        "answer",
+        r"\frac{14}{3}",
+        [r"\dfrac{14}{3}", "14/3", r"4\frac{2}{3}", r"\frac{28}{6}"],
+        [r"\frac{3}{14}", "4.67", "14", r"\frac{14}{3}\pi"],
+    ),
+    (
+        "math500",
+        "answer",
+        r"\left( 3, \frac{\pi}{2} \right)",
+        [r"(3, \frac{\pi}{2})", r"\left(3,\dfrac{\pi}{2}\right)"],
+        [r"(3, \pi)", r"(\frac{\pi}{2}, 3)", r"[3, \frac{\pi}{2}]", "3"],
+    ),
     ("math500", "answer", r"90^\circ", [r"90^{\circ}", "90", r"90 \text{ degrees}"], ["9", r"180^\circ", "900"]),
-    ("math500", "answer", r"\sqrt{51}", [r"\sqrt{51}", r"\sqrt {51}", r"51^{1/2}"], ["51", r"2\sqrt{51}", r"\sqrt{15}"]),
+    (
+        "math500",
+        "answer",
+        r"\sqrt{51}",
+        [r"\sqrt{51}", r"\sqrt {51}", r"51^{1/2}"],
+        ["51", r"2\sqrt{51}", r"\sqrt{15}"],
+    ),
     ("math500", "answer", r"11\sqrt2", [r"11\sqrt{2}", r"\sqrt{242}"], [r"11\sqrt{3}", r"\sqrt{22}", "11"]),
-    ("math500", "answer", "1,-2", ["-2, 1", "1, -2", "x = 1, x = -2", r"\{-2, 1\}"], ["1", "1, 2", "-1, 2", "1, -2, 3"]),
-    ("math500", "answer", "(3,4]", ["(3, 4]", r"\left(3,4\right]", r"x \in (3,4]"], ["(3,4)", "[3,4]", "[3,4)", "(3,5]"]),
+    (
+        "math500",
+        "answer",
+        "1,-2",
+        ["-2, 1", "1, -2", "x = 1, x = -2", r"\{-2, 1\}"],
+        ["1", "1, 2", "-1, 2", "1, -2, 3"],
+    ),
+    (
+        "math500",
+        "answer",
+        "(3,4]",
+        ["(3, 4]", r"\left(3,4\right]", r"x \in (3,4]"],
+        ["(3,4)", "[3,4]", "[3,4)", "(3,5]"],
+    ),
     ("math500", "answer", r"\text{Evelyn}", ["Evelyn", r"\text{Evelyn}", r"\textbf{Evelyn}"], [r"\text{Navin}", "Eve"]),
     ("math500", "answer", r"\text{east}", ["east", r"\text{East}"], [r"\text{seat}", r"\text{west}"]),
     ("math500", "answer", r"\text{(C)}", ["C", "(C)", r"\text{(C)}"], ["D", "(B)"]),
@@ -119,31 +160,79 @@ CASES = [  # (task, field, value, right answers, wrong answers)
     ("math500", "answer", r"5.4 \text{ cents}", ["5.4", r"5.4 \text{ cents}", "5.40"], ["54", "0.54", "5.5"]),
     ("math500", "answer", r"1\frac{4}{5}", [r"\frac{9}{5}", "1.8", "9/5"], [r"\frac{4}{5}", "1", "1.4"]),
     ("math500", "answer", "2k+2", ["2(k+1)", "2+2k"], ["2k", "k+2", "2k+1"]),
-    ("math500", "answer", r"3\sqrt{13}", [r"\sqrt{117}", r"3 \sqrt{13}"], [r"\sqrt{13}", r"3\sqrt{31}", "3", r"-3\sqrt{13}"]),
+    (
+        "math500",
+        "answer",
+        r"3\sqrt{13}",
+        [r"\sqrt{117}", r"3 \sqrt{13}"],
+        [r"\sqrt{13}", r"3\sqrt{31}", "3", r"-3\sqrt{13}"],
+    ),
     ("math500", "answer", r"1 \pm \sqrt{19}", [r"1+\sqrt{19}, 1-\sqrt{19}"], [r"1+\sqrt{19}", r"-1 \pm \sqrt{19}"]),
-    ("math500", "answer", r"\begin{pmatrix} -1/3 \\ 2/3 \\ 5/3 \end{pmatrix}",
-     [r"\begin{pmatrix} -\frac{1}{3} \\ \frac{2}{3} \\ \frac{5}{3} \end{pmatrix}"],
-     [r"\begin{pmatrix} \frac{1}{3} \\ \frac{2}{3} \\ \frac{5}{3} \end{pmatrix}"]),
-    ("math500", "answer", r"(-\infty, 0]", [r"(-\infty,0]", r"\left(-\infty, 0\right]"], [r"(-\infty, 0)", r"[0, \infty)"]),
+    (
+        "math500",
+        "answer",
+        r"\begin{pmatrix} -1/3 \\ 2/3 \\ 5/3 \end{pmatrix}",
+        [r"\begin{pmatrix} -\frac{1}{3} \\ \frac{2}{3} \\ \frac{5}{3} \end{pmatrix}"],
+        [r"\begin{pmatrix} \frac{1}{3} \\ \frac{2}{3} \\ \frac{5}{3} \end{pmatrix}"],
+    ),
+    (
+        "math500",
+        "answer",
+        r"(-\infty, 0]",
+        [r"(-\infty,0]", r"\left(-\infty, 0\right]"],
+        [r"(-\infty, 0)", r"[0, \infty)"],
+    ),
     ("math500", "answer", r"10,\!080", ["10080", "10,080", r"10\,080"], ["1008", "10.08", "10,800"]),
-    ("math500", "answer", r"\frac{\sqrt{3}}{3}", [r"\frac{1}{\sqrt{3}}", r"\dfrac{\sqrt3}{3}"], [r"\sqrt{3}", r"\frac{\sqrt{3}}{2}"]),
+    (
+        "math500",
+        "answer",
+        r"\frac{\sqrt{3}}{3}",
+        [r"\frac{1}{\sqrt{3}}", r"\dfrac{\sqrt3}{3}"],
+        [r"\sqrt{3}", r"\frac{\sqrt{3}}{2}"],
+    ),
     ("math500", "answer", ".0000672", ["0.0000672", r"6.72 \times 10^{-5}"], ["0.000672", "672"]),
     ("aime24", "answer", "025", ["25", "025"], ["250", "2.5", "52"]),
     ("aime24", "answer", "204", ["204"], ["240", "204.5", "2040"]),
     ("amc23", "answer", 27.0, ["27", "27.0"], ["27.5", "72", "-27"]),
     ("amc23", "answer", -1.0, ["-1"], ["1", "-0.1"]),
-    ("olympiadbench", "final_answer", ["$(1,8,19), (2,7,13), (4,5,7)$"],
-     ["(4,5,7), (2,7,13), (1,8,19)", "(1, 8, 19); (2, 7, 13); (4, 5, 7)"],
-     ["(1,8,19), (2,7,13)", "(8,1,19), (2,7,13), (4,5,7)", "(1,8,19), (2,7,13), (4,5,7), (1,1,1)"]),
+    (
+        "olympiadbench",
+        "final_answer",
+        ["$(1,8,19), (2,7,13), (4,5,7)$"],
+        ["(4,5,7), (2,7,13), (1,8,19)", "(1, 8, 19); (2, 7, 13); (4, 5, 7)"],
+        ["(1,8,19), (2,7,13)", "(8,1,19), (2,7,13), (4,5,7)", "(1,8,19), (2,7,13), (4,5,7), (1,1,1)"],
+    ),
     ("olympiadbench", "final_answer", ["$69$,$84$"], ["84, 69", "69 , 84"], ["69", "69, 84, 90", "69, 48"]),
     ("olympiadbench", "final_answer", ["16,3,1,1"], ["1, 1, 3, 16"], ["1, 3, 16", "1, 3, 3, 16"]),
-    ("olympiadbench", "final_answer", ["$f(x)=x$,$f(x)=2-x$"], ["f(x) = 2 - x, f(x) = x"], ["f(x) = x", "f(x)=x, f(x)=x-2"]),
-    ("olympiadbench", "final_answer", ["$[\\frac{1}{2}, 8]$"], ["[1/2, 8]", r"\left[\frac12, 8\right]"],
-     [r"(\frac{1}{2}, 8)", r"[\frac{1}{2}, 8)", "[2, 8]"]),
+    (
+        "olympiadbench",
+        "final_answer",
+        ["$f(x)=x$,$f(x)=2-x$"],
+        ["f(x) = 2 - x, f(x) = x"],
+        ["f(x) = x", "f(x)=x, f(x)=x-2"],
+    ),
+    (
+        "olympiadbench",
+        "final_answer",
+        ["$[\\frac{1}{2}, 8]$"],
+        ["[1/2, 8]", r"\left[\frac12, 8\right]"],
+        [r"(\frac{1}{2}, 8)", r"[\frac{1}{2}, 8)", "[2, 8]"],
+    ),
     ("olympiadbench", "final_answer", ["(-\\infty,-5)"], [r"(-\infty, -5)"], [r"(-\infty, -5]", r"(-\infty, 5)"]),
-    ("olympiadbench", "final_answer", ["$(-\\sqrt{11},-2)\\cup (\\sqrt{11},9)$"],
-     [r"(-\sqrt{11}, -2) \cup (\sqrt{11}, 9)"], [r"(-\sqrt{11}, -2] \cup (\sqrt{11}, 9)", r"(-\sqrt{11}, 2) \cup (\sqrt{11}, 9)"]),
-    ("olympiadbench", "final_answer", ["$\\frac{41}{12}$"], [r"\frac{41}{12} \text{ km}", "41/12 km"], [r"\frac{12}{41}", "3.41"]),
+    (
+        "olympiadbench",
+        "final_answer",
+        ["$(-\\sqrt{11},-2)\\cup (\\sqrt{11},9)$"],
+        [r"(-\sqrt{11}, -2) \cup (\sqrt{11}, 9)"],
+        [r"(-\sqrt{11}, -2] \cup (\sqrt{11}, 9)", r"(-\sqrt{11}, 2) \cup (\sqrt{11}, 9)"],
+    ),
+    (
+        "olympiadbench",
+        "final_answer",
+        ["$\\frac{41}{12}$"],
+        [r"\frac{41}{12} \text{ km}", "41/12 km"],
+        [r"\frac{12}{41}", "3.41"],
+    ),
     ("olympiadbench", "final_answer", ["4.2"], [r"4.2\%", "4.2"], [r"42\%", "0.42"]),
 ]
 
@@ -161,17 +250,43 @@ def test_real_records_right_and_wrong(task, field, value, rights, wrongs):
 def test_multi_answer_one_box_each():
     answer = gold("olympiadbench", "final_answer", ["$69$,$84$"])
     assert grade_math(sky_t1(r"The solutions are $\boxed{69}$ and $\boxed{84}$."), answer) == {
-        "extracted": "69, 84", "correct": True}
+        "extracted": "69, 84",
+        "correct": True,
+    }
     assert not grade_math(sky_t1(r"The solutions are $\boxed{69}$ and $\boxed{85}$."), answer)["correct"]
 
 
-@pytest.mark.parametrize("pred, gold_answer", [
-    ("1/2", "2"), ("2", r"\frac{1}{2}"), ("0.05", "0.5"), ("0.5", "0.05"), ("-x", "x"), ("x", "-x"),
-    (r"\sqrt{3}", r"2\sqrt{3}"), (r"2\sqrt{3}", r"\sqrt{3}"), ("[1,2]", "(1,2)"), ("(1,2)", "[1,2]"),
-    ("(2,1)", "(1,2)"), ("0.33", r"\frac{1}{3}"), ("100", "1,000"), ("3", "-3"), ("3i", "3"), ("3.14", r"\pi"),
-    (r"2\pi", r"\pi"), ("x^3", "x^2"), (r"\text{seat}", r"\text{east}"), ("5%", "50"), ("1", "1, 2"),
-    ("2, 3", ["2", "3", "4"]), ("2, 2", ["2", "3"]), ("", "0"), (None, "0"), ("0", ""),
-])
+@pytest.mark.parametrize(
+    "pred, gold_answer",
+    [
+        ("1/2", "2"),
+        ("2", r"\frac{1}{2}"),
+        ("0.05", "0.5"),
+        ("0.5", "0.05"),
+        ("-x", "x"),
+        ("x", "-x"),
+        (r"\sqrt{3}", r"2\sqrt{3}"),
+        (r"2\sqrt{3}", r"\sqrt{3}"),
+        ("[1,2]", "(1,2)"),
+        ("(1,2)", "[1,2]"),
+        ("(2,1)", "(1,2)"),
+        ("0.33", r"\frac{1}{3}"),
+        ("100", "1,000"),
+        ("3", "-3"),
+        ("3i", "3"),
+        ("3.14", r"\pi"),
+        (r"2\pi", r"\pi"),
+        ("x^3", "x^2"),
+        (r"\text{seat}", r"\text{east}"),
+        ("5%", "50"),
+        ("1", "1, 2"),
+        ("2, 3", ["2", "3", "4"]),
+        ("2, 2", ["2", "3"]),
+        ("", "0"),
+        (None, "0"),
+        ("0", ""),
+    ],
+)
 def test_close_but_wrong(pred, gold_answer):
     assert not math_equal(pred, gold_answer)
 
@@ -185,9 +300,14 @@ def test_gold_types():
 
 # ---------------------------------------------------------------- timeouts
 
-PATHOLOGICAL = [r"10^{10^{10}}", r"9^{9^{9^{9}}}", r"2^{2^{2^{2^{2^{2}}}}}", r"(10^{10^{10}})!",
-                "+".join(f"x^{{{i}}}" for i in range(700)),  # ~5,000 characters
-                "+".join(f"x^{{{i}}}" for i in range(150))]  # just under the length cap: reaches sympy
+PATHOLOGICAL = [
+    r"10^{10^{10}}",
+    r"9^{9^{9^{9}}}",
+    r"2^{2^{2^{2^{2^{2}}}}}",
+    r"(10^{10^{10}})!",
+    "+".join(f"x^{{{i}}}" for i in range(700)),  # ~5,000 characters
+    "+".join(f"x^{{{i}}}" for i in range(150)),
+]  # just under the length cap: reaches sympy
 
 
 @pytest.mark.parametrize("pred", PATHOLOGICAL, ids=range(len(PATHOLOGICAL)))
@@ -201,8 +321,11 @@ def test_pathological_answers_return_in_time(pred):
 
 def test_symbolic_path_in_thread():
     results = {}
-    thread = threading.Thread(target=lambda: results.update(
-        right=math_equal(r"\sqrt{12}", r"2\sqrt{3}"), slow=math_equal(r"10^{10^{10}}", "5", timeout=1)))
+    thread = threading.Thread(
+        target=lambda: results.update(
+            right=math_equal(r"\sqrt{12}", r"2\sqrt{3}"), slow=math_equal(r"10^{10^{10}}", "5", timeout=1)
+        )
+    )
     start = time.monotonic()
     thread.start()
     thread.join(60)
@@ -231,6 +354,7 @@ def test_stuck_helper_is_killed_and_replaced():
 
 # ---------------------------------------------------------------- every bundled gold: rewritten vs wrong, and speed
 
+
 def _rewritten(answer):
     """The same answer as a model might write it: other fraction macro, spacing, \\left( \\right), order."""
     if isinstance(answer, list):
@@ -247,7 +371,7 @@ def _wrong(answer):
     digit = re.search(r"(?<!_)(?<!_\{)\d", answer)
     if digit is None:
         return f"2({answer})"
-    return answer[:digit.start()] + str((int(digit[0]) + 1) % 10) + answer[digit.end():]
+    return answer[: digit.start()] + str((int(digit[0]) + 1) % 10) + answer[digit.end() :]
 
 
 def test_throughput_and_no_false_positives_on_all_golds():
@@ -256,8 +380,11 @@ def test_throughput_and_no_false_positives_on_all_golds():
     rates = {}
     for label, make, expected in [("rewritten", _rewritten, True), ("wrong", _wrong, False)]:
         start = time.monotonic()
-        mismatches = [(answer, result) for answer in golds
-                      if (result := grade_math(sky_t1(f"So $\\boxed{{{make(answer)}}}$."), answer))["correct"] != expected]
+        mismatches = [
+            (answer, result)
+            for answer in golds
+            if (result := grade_math(sky_t1(f"So $\\boxed{{{make(answer)}}}$."), answer))["correct"] != expected
+        ]
         rates[label] = len(golds) / (time.monotonic() - start)
         assert not mismatches, f"{label}: {len(mismatches)} mismatches, e.g. {mismatches[:5]}"
     print(f"\n{len(golds)} golds; comparisons/s: rewritten-right {rates['rewritten']:.0f}, wrong {rates['wrong']:.0f}")

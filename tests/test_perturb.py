@@ -1,4 +1,6 @@
-"""perturb.py: exact properties on synthetic records, smoke checks on the real long-CoT sample when present."""
+"""perturb.py: exact properties on synthetic records, smoke checks on the real long-CoT sample when present.
+Where a response's thought lies (markup.split_thought) is tested in test_markup.py."""
+
 import json
 import re
 import subprocess
@@ -14,6 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import perturb  # noqa: E402
+from markup import split_thought  # noqa: E402
 
 # Real Sky-T1 outputs (CC BY-NC-SA problem texts): read at test time only, never copied into the repo.
 REAL_SAMPLE = Path("/work/shared/data/cot/sky_t1_style_minerva_math.jsonl")
@@ -21,8 +24,13 @@ SOLUTION = "To finish, 12 + 30 = 42, so the answer is \\boxed{42}."
 
 
 def sky_t1(steps, solution=SOLUTION):
-    return ("<|begin_of_thought|>\n\n" + "\n\n".join(steps) + "\n\n<|end_of_thought|>\n\n<|begin_of_solution|>\n\n"
-            + solution + "\n\n<|end_of_solution|>")
+    return (
+        "<|begin_of_thought|>\n\n"
+        + "\n\n".join(steps)
+        + "\n\n<|end_of_thought|>\n\n<|begin_of_solution|>\n\n"
+        + solution
+        + "\n\n<|end_of_solution|>"
+    )
 
 
 def step_text(r, j):
@@ -31,19 +39,41 @@ def step_text(r, j):
 
 
 def synthetic(n_records=6, n_steps=10):
-    return [{"prompt": f"Problem {r}: what is 6 times 7?", "response": sky_t1([step_text(r, j) for j in range(n_steps)]),
-             "answer": "42", "id": f"rec{r}"} for r in range(n_records)]
+    return [
+        {
+            "prompt": f"Problem {r}: what is 6 times 7?",
+            "response": sky_t1([step_text(r, j) for j in range(n_steps)]),
+            "answer": "42",
+            "id": f"rec{r}",
+        }
+        for r in range(n_records)
+    ]
 
 
 def mixed_shapes():
     """Every shape and markup perturb.py must handle, with the thought in the last assistant turn."""
     thought = [step_text(9, j) for j in range(6)]
     return [
-        {"messages": [{"role": "system", "content": "sys"}, {"role": "user", "content": "q1"},
-                      {"role": "assistant", "content": "First answer 123."}, {"role": "user", "content": "q2"},
-                      {"role": "assistant", "content": sky_t1(thought)}], "id": 7, "source": "s", "n_tokens": 99},
-        {"system": "sys", "conversations": [{"from": "user", "value": "q"}, {"from": "assistant", "value": sky_t1(thought[::-1])}]},
-        {"prompt": "q r1", "response": "<think>\n" + "\n\n".join(thought) + "\n</think>\n\nSo the answer is \\boxed{5}."},
+        {
+            "messages": [
+                {"role": "system", "content": "sys"},
+                {"role": "user", "content": "q1"},
+                {"role": "assistant", "content": "First answer 123."},
+                {"role": "user", "content": "q2"},
+                {"role": "assistant", "content": sky_t1(thought)},
+            ],
+            "id": 7,
+            "source": "s",
+            "n_tokens": 99,
+        },
+        {
+            "system": "sys",
+            "conversations": [{"from": "user", "value": "q"}, {"from": "assistant", "value": sky_t1(thought[::-1])}],
+        },
+        {
+            "prompt": "q r1",
+            "response": "<think>\n" + "\n\n".join(thought) + "\n</think>\n\nSo the answer is \\boxed{5}.",
+        },
         {"prompt": "q plain", "response": "\n\n".join(thought) + "\n\nThus 2 + 3 = \\boxed{5}."},
         {"prompt": "q none", "response": "\n\n".join(thought)},
     ]
@@ -52,8 +82,19 @@ def mixed_shapes():
 def run(tmp_path, records, kind, ratio, *extra, name="out"):
     src = tmp_path / f"{name}_in.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    cfg = perturb.parse_args(["--input", str(src), "--output", str(tmp_path / f"{name}.jsonl"), "--kind", kind,
-                              "--ratio", str(ratio), *map(str, extra)])
+    cfg = perturb.parse_args(
+        [
+            "--input",
+            str(src),
+            "--output",
+            str(tmp_path / f"{name}.jsonl"),
+            "--kind",
+            kind,
+            "--ratio",
+            str(ratio),
+            *map(str, extra),
+        ]
+    )
     report = perturb.main(cfg)
     return [json.loads(line) for line in (tmp_path / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()], report
 
@@ -64,23 +105,27 @@ def assistant(record):
 
 
 def thought_steps(record):
-    return perturb.split_steps(perturb.split_response(assistant(record)).thought, 40)[0]
+    return perturb.split_steps(split_thought(assistant(record)).thought, 40)[0]
 
 
 def test_blank_line_splitter_merges_fragments_into_meaningful_steps():
-    parts = ["First we set up the energy balance for the whole system.",
-             "The flux through the surface of the star follows the law below.",
-             "\\[ F = \\sigma T^4 \\quad \\text{with T the effective temperature} \\]",  # display math
-             "where sigma is the Stefan-Boltzmann constant in cgs units here.",  # lower case: same sentence
-             "Ok.",  # under --min-step-chars
-             "Now the code we would run to check all of the arithmetic:",
-             "```python\nX = 1 + 2 + 3 + 4 + 5 + 6 + 7 + 8 + 9 + 10 + 11",  # introduced by ':'
-             "Z = X * 2  # double the sum to compare with the table later\n```",  # inside an open fence
-             "Wait, that seems too large, so let me recompute the radius."]
+    parts = [
+        "First we set up the energy balance for the whole system.",
+        "The flux through the surface of the star follows the law below.",
+        "\\[ F = \\sigma T^4 \\quad \\text{with T the effective temperature} \\]",  # display math
+        "where sigma is the Stefan-Boltzmann constant in cgs units here.",  # lower case: same sentence
+        "Ok.",  # under --min-step-chars
+        "Now the code we would run to check all of the arithmetic:",
+        "```python\nX = 1 + 2 + 3 + 4 + 5 + 6 + 7 + 8 + 9 + 10 + 11",  # introduced by ':'
+        "Z = X * 2  # double the sum to compare with the table later\n```",  # inside an open fence
+        "Wait, that seems too large, so let me recompute the radius.",
+    ]
     thought = "\n\n".join(parts[:4]) + "\n \n\n" + "\n\n".join(parts[4:])
     steps, seps = perturb.split_steps(thought, 40)
     assert perturb.join_steps(steps, seps) == thought
-    assert [s.replace("\n \n\n", "\n\n") for s in steps] == ["\n\n".join(p) for p in (parts[:1], parts[1:5], parts[5:8], parts[8:])]
+    assert [s.replace("\n \n\n", "\n\n") for s in steps] == [
+        "\n\n".join(p) for p in (parts[:1], parts[1:5], parts[5:8], parts[8:])
+    ]
     assert seps == ["\n\n"] * 3
 
 
@@ -90,7 +135,7 @@ def test_ratio_zero_is_byte_identical(tmp_path, kind):
     out, report = run(tmp_path, records, kind, 0.0)
     assert [assistant(o) for o in out] == [assistant(r) for r in records]
     assert report["changed"] == 0 and report["unchanged_records"] == len(records)
-    assert report["markup"] == {"sky_t1": 5, "r1": 1, "final_block": 1, "none": 1}
+    assert report["markup"] == {"sky-t1": 5, "r1": 1, "final_block": 1, "none": 1}
     assert out[3]["n_tokens"] == 99 and out[3]["source"] == "s" and out[3]["id"] == 7  # other fields kept
 
 
@@ -99,9 +144,11 @@ def test_only_the_last_assistant_turn_and_the_thought_change(tmp_path):
     out, _ = run(tmp_path, records, "delete", 0.5)
     assert out[0]["messages"][2]["content"] == "First answer 123."
     for before, after in zip(records, out):
-        b, a = perturb.split_response(assistant(before)), perturb.split_response(assistant(after))
+        b, a = split_thought(assistant(before)), split_thought(assistant(after))
         assert (a.head, a.tail) == (b.head, b.tail) and a.thought != b.thought
-    assert assistant(out[3]).endswith("\n\nThus 2 + 3 = \\boxed{5}.")  # the final block of an unmarked response survives
+    assert assistant(out[3]).endswith(
+        "\n\nThus 2 + 3 = \\boxed{5}."
+    )  # the final block of an unmarked response survives
 
 
 def test_shuffle_keeps_the_multiset_and_moves_steps(tmp_path):
@@ -110,7 +157,7 @@ def test_shuffle_keeps_the_multiset_and_moves_steps(tmp_path):
     for before, after in zip(records, out):
         assert Counter(thought_steps(after)) == Counter(thought_steps(before))
         assert thought_steps(after) != thought_steps(before)
-        assert perturb.split_response(assistant(after)).tail == perturb.split_response(assistant(before)).tail
+        assert split_thought(assistant(after)).tail == split_thought(assistant(before)).tail
     out, _ = run(tmp_path, records, "shuffle", 0.3)
     for before, after in zip(records, out):
         kept = set(range(10)) - set(after["perturbation"]["positions"])
@@ -131,7 +178,7 @@ def test_delete_removes_round_ratio_steps_in_order(tmp_path, ratio):
         assert len(left) == 10 - round(ratio * 10)
         expected = [s for i, s in enumerate(thought_steps(before)) if i not in after["perturbation"]["positions"]]
         assert left == expected
-        assert assistant(after).endswith(perturb.split_response(assistant(before)).tail)
+        assert assistant(after).endswith(split_thought(assistant(before)).tail)
     assert report["changed"] == 5 * round(ratio * 10)
 
 
@@ -162,7 +209,7 @@ def test_digits_at_ratio_one_are_uniform_and_nothing_else_moves(tmp_path):
     chi2 = sum((counts[d] - len(digits) / 10) ** 2 / (len(digits) / 10) for d in "0123456789")
     assert chi2 < 27.9, counts  # 9 degrees of freedom, p = 0.001
     # the authors' default corrupts the whole response, final answer included
-    assert perturb.split_response(after).tail != perturb.split_response(before).tail
+    assert split_thought(after).tail != split_thought(before).tail
 
 
 def test_digits_partial_ratio_and_spare_solution(tmp_path):
@@ -170,14 +217,14 @@ def test_digits_partial_ratio_and_spare_solution(tmp_path):
     out, report = run(tmp_path, records, "digits", 0.5, "--spare-solution")
     assert 0.4 < report["changed"] / report["units"] < 0.5  # resampled half the time, 1 in 10 lands on itself
     for before, after in zip(records, out):
-        assert perturb.split_response(assistant(after)).tail == perturb.split_response(assistant(before)).tail
+        assert split_thought(assistant(after)).tail == split_thought(assistant(before)).tail
         assert re.sub(r"[0-9]", "#", assistant(after)) == re.sub(r"[0-9]", "#", assistant(before))
 
 
 def test_digit_mode_number_replaces_whole_numbers(tmp_path):
     record = {"prompt": "p", "response": sky_t1(["Here pi is 3.14159 and 1234 apples cost 56 coins today, as stated."])}
     out, report = run(tmp_path, [record], "digits", 1.0, "--digit-mode", "number")
-    new_thought = perturb.split_response(assistant(out[0])).thought
+    new_thought = split_thought(assistant(out[0])).thought
     numbers = re.findall(r"\d+(?:\.\d+)?", new_thought)
     assert report["units"] == 3 + 4 and len(numbers) == 3  # the solution's four numbers count too
     assert all(0 <= int(n) <= 10 for n in numbers)
@@ -190,17 +237,17 @@ def test_keywords_removes_the_right_fraction_and_nothing_else(tmp_path):
     paragraphs = [f"{plain[i]} {keyed[i]}" if i < 5 else f"{keyed[i]}\n\n{plain[i]}" for i in range(10)]
     record = {"prompt": "p", "response": sky_t1(["\n\n".join(paragraphs)]), "id": "kw"}
     out, report = run(tmp_path, [record], "keywords", 0.5)
-    thought = perturb.split_response(assistant(out[0])).thought
+    thought = split_thought(assistant(out[0])).thought
     sentences = re.findall(r"[^.\n]+\.", thought)
     assert [s.strip() for s in sentences if s.strip() in plain] == plain
     assert sum(s.strip() in keyed for s in sentences) == 5 and len(sentences) == 15
     assert report["units"] == 10 and report["changed"] == 5
     assert "\n\n\n" not in thought and not re.search(r"[ \t]\n", thought)
-    assert assistant(out[0]).endswith(perturb.split_response(record["response"]).tail)
+    assert assistant(out[0]).endswith(split_thought(record["response"]).tail)
     words = tmp_path / "words.txt"
     words.write_text("# custom list\nstays\n", encoding="utf-8")
     out, report = run(tmp_path, [record], "keywords", 1.0, "--keywords-file", words)
-    thought = perturb.split_response(assistant(out[0])).thought
+    thought = split_thought(assistant(out[0])).thought
     assert report["units"] == 10 and not any(p in thought for p in plain) and all(k in thought for k in keyed)
 
 
@@ -219,8 +266,10 @@ def test_deterministic_per_seed_and_record(tmp_path):
 
 
 def test_records_without_id_get_a_stable_hash_id(tmp_path):
-    records = [{"prompt": "same", "response": sky_t1([step_text(0, j) for j in range(4)])},
-               {"prompt": "same", "response": sky_t1([step_text(1, j) for j in range(4)])}]
+    records = [
+        {"prompt": "same", "response": sky_t1([step_text(0, j) for j in range(4)])},
+        {"prompt": "same", "response": sky_t1([step_text(1, j) for j in range(4)])},
+    ]
     out, _ = run(tmp_path, records, "shuffle", 1.0)
     again, _ = run(tmp_path, records, "shuffle", 1.0)
     assert [o["id"] for o in out] == [o["id"] for o in again]
@@ -228,17 +277,20 @@ def test_records_without_id_get_a_stable_hash_id(tmp_path):
 
 
 class FakeSplitter(BaseHTTPRequestHandler):
-    """An OpenAI-compatible endpoint that splits at sentences, corrupts 'BROKEN' thoughts and fails 'FLAKY' once."""
+    """An OpenAI-compatible endpoint that splits at sentences, corrupts 'BROKEN' thoughts, fails 'FLAKY' once and
+    'DOWN' always."""
 
-    calls = Counter()
+    calls = Counter()  # per record tag, the first word of its thought
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         assert self.path == "/v1/chat/completions" and body["model"] == "fake-70b"
+        assert body["temperature"] == 0.0 and body["max_tokens"] > 1024
         thought = re.search(r"<reasoning>\n(.*)\n</reasoning>", body["messages"][0]["content"], re.S).group(1)
-        FakeSplitter.calls[thought] += 1
-        if "FLAKY" in thought and FakeSplitter.calls[thought] == 1:
-            self.send_response(500)
+        tag = thought.split()[0]
+        FakeSplitter.calls[tag] += 1
+        if tag == "DOWN" or (tag == "FLAKY" and FakeSplitter.calls[tag] == 1):
+            self.send_response(503 if tag == "DOWN" else 500)
             self.end_headers()
             return
         reply = thought.replace(". ", ".\n[STEP]\n").replace("\n\n", "\n[STEP]\n")
@@ -258,40 +310,101 @@ class FakeSplitter(BaseHTTPRequestHandler):
 def test_llm_splitter_against_a_local_server(tmp_path):
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeSplitter)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def lines(tag):
+        return [f"{tag} line {j}. It has two sentences about the plan." for j in range(3)]
+
+    tags = ("OK", "BROKEN", "FLAKY", "DOWN")
     try:
-        lines = lambda tag: [f"{tag} line {j}. It has two sentences about the plan." for j in range(3)]
-        records = [{"prompt": f"p{t}", "response": sky_t1(lines(t)), "id": t} for t in ("OK", "BROKEN", "FLAKY")]
+        records = [{"prompt": f"p{t}", "response": sky_t1(lines(t)), "id": t} for t in tags]
         url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-        out, report = run(tmp_path, records, "shuffle", 0.0, "--splitter", "llm", "--llm-url", url,
-                          "--llm-model", "fake-70b", "--llm-retries", 1)
+        out, report = run(
+            tmp_path,
+            records,
+            "shuffle",
+            0.0,
+            "--splitter",
+            "llm",
+            "--llm-url",
+            url,
+            "--llm-model",
+            "fake-70b",
+            "--llm-retries",
+            1,
+        )
     finally:
         server.shutdown()
     assert [assistant(o) for o in out] == [assistant(r) for r in records]  # aligned to the original bytes
-    assert [o["perturbation"]["splitter"] for o in out] == ["llm", "llm_fallback", "llm"]
-    assert [o["perturbation"]["n_steps"] for o in out] == [6, 3, 6]  # sentences vs blank-line paragraphs
-    assert report["llm_fallback"] == 1 and FakeSplitter.calls.most_common(1)[0][1] == 2
+    assert [o["perturbation"]["splitter"] for o in out] == ["llm", "llm_fallback", "llm", "llm_fallback"]
+    assert [o["perturbation"]["n_steps"] for o in out] == [6, 3, 6, 3]  # sentences vs blank-line paragraphs
+    # a reply that does not align is not retried; server errors are, --llm-retries times
+    assert report["llm_fallback"] == 2 and FakeSplitter.calls == {"OK": 1, "BROKEN": 1, "FLAKY": 2, "DOWN": 2}
 
 
 def test_cli_runs_as_a_subprocess(tmp_path):
     src, dst = tmp_path / "cot.jsonl", tmp_path / "cot_shuffle67.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in synthetic(4, 9)), encoding="utf-8")
-    done = subprocess.run([sys.executable, "perturb.py", "--input", src, "--output", dst, "--kind", "shuffle",
-                           "--ratio", "0.67", "--seed", "0"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "perturb.py",
+            "--input",
+            src,
+            "--output",
+            dst,
+            "--kind",
+            "shuffle",
+            "--ratio",
+            "0.67",
+            "--seed",
+            "0",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert "4 records" in done.stdout and "mean steps per record 9" in done.stdout
     out = [json.loads(line) for line in dst.read_text(encoding="utf-8").splitlines()]
     assert [o["perturbation"]["n_changed"] > 0 for o in out] == [True] * 4
 
 
-@pytest.mark.parametrize("content, where", [('{"prompt": "p", "response": "r"}\n{"prompt": oops}\n', ":2: invalid JSON"),
-                                             ('{"prompt": "p", "response": "  "}\n', ":1: no non-empty assistant turn")])
+@pytest.mark.parametrize(
+    "content, where",
+    [
+        (b'{"prompt": "p", "response": "r"}\n{"prompt": oops}\n', ":2: invalid JSON"),
+        (b'{"prompt": "p", "response": "  "}\n', ":1: no non-empty assistant turn"),
+        (
+            b'{"prompt": "p", "response": "r"}\n\n{"prompt": "Caf\xe9", "response": "r"}\n',
+            ":3: not UTF-8 text (byte 0xe9)",
+        ),
+    ],
+)
 def test_bad_input_is_a_one_line_error_naming_file_and_line(tmp_path, content, where):
     src = tmp_path / "bad.jsonl"
-    src.write_text(content, encoding="utf-8")
-    done = subprocess.run([sys.executable, "perturb.py", "--input", src, "--output", tmp_path / "o.jsonl", "--kind",
-                           "delete", "--ratio", "0.5"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    src.write_bytes(content)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "perturb.py",
+            "--input",
+            src,
+            "--output",
+            tmp_path / "o.jsonl",
+            "--kind",
+            "delete",
+            "--ratio",
+            "0.5",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 1 and done.stderr.strip().count("\n") == 0
-    assert f"{src}{where}" in done.stderr and not (tmp_path / "o.jsonl").exists()
+    assert done.stderr.startswith(f"error: {src}{where}")
+    assert "Traceback" not in done.stderr and not (tmp_path / "o.jsonl").exists()
 
 
 @pytest.fixture(scope="module")
@@ -306,10 +419,10 @@ def test_real_sample_identity_solution_and_multiset(tmp_path, real_records):
     for kind in perturb.KINDS:
         out, report = run(tmp_path, real_records, kind, 0.0, name=kind)
         assert [assistant(o) for o in out] == [r["response"] for r in real_records]
-    assert report["markup"] == {"sky_t1": len(real_records)} and 10 < report["mean_steps"] < 60
+    assert report["markup"] == {"sky-t1": len(real_records)} and 10 < report["mean_steps"] < 60
     out, report = run(tmp_path, real_records, "shuffle", 0.67, name="shuffle67")
     for before, after in zip(real_records, out):
-        b, a = perturb.split_response(before["response"]), perturb.split_response(assistant(after))
+        b, a = split_thought(before["response"]), split_thought(assistant(after))
         assert a.tail == b.tail and a.head == b.head
         steps, seps = perturb.split_steps(b.thought, 40)
         moved = steps[:]
@@ -318,6 +431,5 @@ def test_real_sample_identity_solution_and_multiset(tmp_path, real_records):
         assert a.thought == perturb.join_steps(moved, seps) and Counter(moved) == Counter(steps)
     assert report["changed"] > 0.5 * report["units"]
     out, report = run(tmp_path, real_records, "digits", 0.7, "--spare-solution", name="digits70")
-    assert all(perturb.split_response(assistant(o)).tail == perturb.split_response(r["response"]).tail
-               for o, r in zip(out, real_records))
+    assert all(split_thought(assistant(o)).tail == split_thought(r["response"]).tail for o, r in zip(out, real_records))
     assert 0.55 < report["changed"] / report["units"] < 0.7

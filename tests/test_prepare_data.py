@@ -1,30 +1,52 @@
-"""prepare_data.py: every filter drops exactly its records and counts them; style conversion; dedup; decontamination;
-deterministic sampling; the bundled long-CoT sample end to end; the CLI once as a subprocess."""
+"""prepare_data.py: every filter drops exactly its records and counts them; the style flag; bad input as one line;
+dedup; decontamination; deterministic sampling; the bundled long-CoT sample end to end; the CLI as a subprocess.
+The markup itself (splitting, conversion, prompts) is tested in test_markup.py."""
+
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+import markup
 import prepare_data
+import sft
 import utils
-from prepare_data import DataError, Example
+from prepare_data import Example
+from utils import DataError
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO / "tests" / "data" / "raw_mixed.jsonl"
 SHARED = next((p for p in (Path("/work/shared"), REPO.parent / "shared") if p.is_dir()), None)
 SKY_SAMPLE = SHARED / "data" / "cot" / "sky_t1_style_minerva_math.jsonl" if SHARED else None
-needs_shared = pytest.mark.skipif(SKY_SAMPLE is None or not SKY_SAMPLE.exists(), reason="shared/data (bundled long-CoT sample) absent")
+needs_shared = pytest.mark.skipif(
+    SKY_SAMPLE is None or not SKY_SAMPLE.exists(), reason="shared/data (bundled long-CoT sample) absent"
+)
 
 ZERO = {name: 0 for name in prepare_data.FILTERS}
-PARSED_IDS = ["sharegpt-math", "messages-think-wrong", "prompt-response-r1", "raw-code-ok", "raw-code-bad", "raw-domain-math", "raw-no-gold"]
+PARSED_IDS = [
+    "sharegpt-math",
+    "messages-think-wrong",
+    "prompt-response-r1",
+    "raw-code-ok",
+    "raw-code-bad",
+    "raw-domain-math",
+    "raw-no-gold",
+]
 
 
 def run(tmp_path, tokenizer_dir, *args, inputs=(FIXTURE,), name="out.jsonl"):
     out = tmp_path / name
-    argv = [a for i in inputs for a in ("--input", str(i))] + ["--output", str(out), "--tokenizer", str(tokenizer_dir), "--workers", "1", *args]
+    argv = [a for i in inputs for a in ("--input", str(i))] + [
+        "--output",
+        str(out),
+        "--tokenizer",
+        str(tokenizer_dir),
+        "--workers",
+        "1",
+        *args,
+    ]
     report = prepare_data.main(prepare_data.parse_args(argv))
     return report, utils.read_jsonl(out)
 
@@ -35,7 +57,17 @@ def write_jsonl(path, records):
 
 
 def sky(thought, solution):
-    return prepare_data.render(thought, solution, "sky-t1")
+    return markup.format_response(thought, solution, "sky-t1")
+
+
+def cli(*args, cwd):
+    return subprocess.run(
+        [sys.executable, str(REPO / "prepare_data.py"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
+    )
 
 
 # ----------------------------------------------------------------------------- parse-stage filters, output schema
@@ -43,30 +75,53 @@ def sky(thought, solution):
 
 def test_each_parse_filter_drops_exactly_its_records(tmp_path, tiny_model_dir):
     report, records = run(tmp_path, tiny_model_dir, "--skip-bad")
-    expected = ZERO | {"unparsable": 1, "empty": 1, "no_thought": 1, "truncated": 2, "no_answer": 1, "exact_duplicate": 1, "near_duplicate": 1}
+    expected = ZERO | {
+        "unparsable": 1,
+        "empty": 1,
+        "no_thought": 1,
+        "truncated": 2,
+        "no_answer": 1,
+        "exact_duplicate": 1,
+        "near_duplicate": 1,
+    }
     assert report["counts"] == {"read": 15, **expected, "kept": 7}
     assert report["per_source"][str(FIXTURE)]["kept"] == 7
     assert [r["id"] for r in records] == PARSED_IDS
     by_id = {r["id"]: r for r in records}
-    assert {i: r["domain"] for i, r in by_id.items() if r["domain"] == "code"} == {"raw-code-ok": "code", "raw-code-bad": "code"}
+    assert {i: r["domain"] for i, r in by_id.items() if r["domain"] == "code"} == {
+        "raw-code-ok": "code",
+        "raw-code-bad": "code",
+    }
     # sky-t1 style: Sky-T1's system prompt and markup everywhere, whatever the input markup was
     for r in records:
         system, user, assistant = r["messages"]
-        assert system == {"role": "system", "content": utils.SKY_T1_SYSTEM_PROMPT}
-        assert assistant["content"].startswith("<|begin_of_thought|>\n\n") and assistant["content"].endswith("\n\n<|end_of_solution|>")
+        assert system == {"role": "system", "content": markup.SKY_T1_SYSTEM_PROMPT}
+        assert assistant["content"].startswith("<|begin_of_thought|>\n\n") and assistant["content"].endswith(
+            "\n\n<|end_of_solution|>"
+        )
     # Sky-T1's prompt templates for raw problems; chat-shaped prompts kept verbatim
-    assert by_id["raw-domain-math"]["messages"][1]["content"] == "Return your final response within \\boxed{}. Compute 9 - 4."
-    assert by_id["raw-code-ok"]["messages"][1]["content"] == prepare_data.CODE_STDIN_PROMPT.format(problem="Read two integers and print their sum.")
-    assert by_id["sharegpt-math"]["messages"][1]["content"] == "Return your final response within \\boxed{}. What is 2 + 2?"
-    assert by_id["prompt-response-r1"]["messages"][2]["content"] == sky("Five twos make ten.", "So the product is \\boxed{10}.")
+    assert (
+        by_id["raw-domain-math"]["messages"][1]["content"]
+        == "Return your final response within \\boxed{}. Compute 9 - 4."
+    )
+    assert by_id["raw-code-ok"]["messages"][1]["content"] == markup.CODE_STDIN_PROMPT.format(
+        problem="Read two integers and print their sum."
+    )
+    assert (
+        by_id["sharegpt-math"]["messages"][1]["content"]
+        == "Return your final response within \\boxed{}. What is 2 + 2?"
+    )
+    assert by_id["prompt-response-r1"]["messages"][2]["content"] == sky(
+        "Five twos make ten.", "So the product is \\boxed{10}."
+    )
     # metadata: gold answers and tests normalised to [{input, output, testtype}]
     assert by_id["raw-domain-math"]["answer"] == "5" and "answer" not in by_id["raw-no-gold"]
     assert by_id["raw-code-bad"]["tests"] == [{"input": "1 2\n", "output": "3\n", "testtype": "stdin"}]
     assert by_id["sharegpt-math"]["source"] == str(FIXTURE)
     # n_tokens is exactly what training tokenizes: the whole chat-templated record
     tokenizer = utils.load_tokenizer(str(tiny_model_dir))
-    conversations, skipped = utils.load_conversations([str(tmp_path / "out.jsonl")])
-    samples, stats = utils.build_samples(tokenizer, conversations, max_length=100_000, truncate=False)
+    conversations, skipped = sft.load_conversations([str(tmp_path / "out.jsonl")])
+    samples, stats = sft.build_samples(tokenizer, conversations, max_length=100_000, truncate=False)
     assert skipped == 0 and stats["kept"] == 7
     assert [len(s.input_ids) for s in samples] == [r["n_tokens"] for r in records]
     lengths_png = tmp_path / "out_lengths.png"
@@ -80,7 +135,12 @@ def test_bad_input_is_one_error_naming_file_line_and_field(tmp_path, tiny_model_
         run(tmp_path, tiny_model_dir)
     good = json.loads(FIXTURE.read_text().splitlines()[0])
     broken = tmp_path / "broken.jsonl"
-    broken.write_text(json.dumps(good) + "\n{not json\n" + json.dumps({"problem": "p", "response": sky("t", "s"), "tests": {"inputs": ["1"]}}) + "\n")
+    broken.write_text(
+        json.dumps(good)
+        + "\n{not json\n"
+        + json.dumps({"problem": "p", "response": sky("t", "s"), "tests": {"inputs": ["1"]}})
+        + "\n"
+    )
     with pytest.raises(DataError, match=r"broken\.jsonl:2: invalid JSON"):
         run(tmp_path, tiny_model_dir, inputs=[broken])
     report, _ = run(tmp_path, tiny_model_dir, "--skip-bad", inputs=[broken])
@@ -95,15 +155,63 @@ def test_bad_input_is_one_error_naming_file_line_and_field(tmp_path, tiny_model_
         run(tmp_path, tiny_model_dir, inputs=[tmp_path / "missing.jsonl"])
 
 
+def latin1_file(tmp_path):
+    """Three good records around a line 3 exported as Latin-1 (the 'é' is the single byte 0xe9)."""
+    lines = FIXTURE.read_bytes().splitlines(keepends=True)
+    bad = json.dumps({"id": "latin1", "problem": "Café?", "response": sky("t", "\\boxed{1}")}, ensure_ascii=False)
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(lines[0] + lines[1] + bad.encode("latin-1") + b"\n" + lines[5])
+    return path
+
+
+def test_bytes_that_are_not_utf8_are_one_error_naming_file_and_line(tmp_path, tiny_model_dir):
+    path = latin1_file(tmp_path)
+    with pytest.raises(DataError, match=r"latin1\.jsonl:3: not UTF-8 text \(byte 0xe9\)"):
+        run(tmp_path, tiny_model_dir, inputs=[path])
+    report, records = run(tmp_path, tiny_model_dir, "--skip-bad", inputs=[path])
+    assert report["counts"]["read"] == 4 and report["counts"]["unparsable"] == 1
+    assert [r["id"] for r in records] == ["sharegpt-math", "messages-think-wrong", "raw-domain-math"]
+    rows = tmp_path / "rows.json"
+    rows.write_bytes(b'[{"problem": "p", "response": "r"},\n {"problem": "Caf\xe9", "response": "r"}]')
+    with pytest.raises(DataError, match=r"rows\.json:2: not UTF-8 text"):
+        run(tmp_path, tiny_model_dir, "--skip-bad", inputs=[rows])
+
+
+def test_a_parquet_name_on_other_bytes_is_one_error(tmp_path, tiny_model_dir):
+    fake = tmp_path / "traces.parquet"
+    fake.write_text('{"problem": "p", "response": "r"}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"^\S*traces\.parquet: not a Parquet file \(.+\)$"):
+        run(tmp_path, tiny_model_dir, inputs=[fake])
+
+
+def test_keeping_nothing_writes_the_report_then_fails_naming_the_filters(tmp_path, tiny_model_dir):
+    with pytest.raises(DataError) as failure:
+        run(tmp_path, tiny_model_dir, "--skip-bad", "--max-length", "1")
+    report_path = tmp_path / "out_report.json"
+    assert str(failure.value) == (
+        "no records kept out of 15 read (unparsable 1, empty 1, no_thought 1, truncated 2, no_answer 1, too_long 9); "
+        f"see {report_path}"
+    )
+    report = json.loads(report_path.read_text())
+    assert report["counts"]["kept"] == 0 and report["counts"]["too_long"] == 9
+    assert report["config"]["max_length"] == 1 and (tmp_path / "out_lengths.png").exists()
+
+
 def test_json_parquet_and_hub_inputs_read_like_jsonl(tmp_path, tiny_model_dir, monkeypatch):
-    rows = [{"problem": f"What is {i} + {i}?", "response": sky("Add.", f"\\boxed{{{2 * i}}}"), "answer": str(2 * i)} for i in range(1, 4)]
+    rows = [
+        {"problem": f"What is {i} + {i}?", "response": sky("Add.", f"\\boxed{{{2 * i}}}"), "answer": str(2 * i)}
+        for i in range(1, 4)
+    ]
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     (tmp_path / "rows.json").write_text(json.dumps(rows))
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "rows.parquet")
     write_jsonl(tmp_path / "rows.jsonl", rows)
-    loaded = {suffix: list(prepare_data.load_raw([str(tmp_path / f"rows{suffix}")])) for suffix in (".jsonl", ".json", ".parquet")}
+    loaded = {
+        suffix: list(prepare_data.load_raw([str(tmp_path / f"rows{suffix}")]))
+        for suffix in (".jsonl", ".json", ".parquet")
+    }
     for suffix, items in loaded.items():
         assert [(line, row) for _, line, row in items] == [(i, r) for i, r in enumerate(rows, 1)], suffix
 
@@ -113,7 +221,9 @@ def test_json_parquet_and_hub_inputs_read_like_jsonl(tmp_path, tiny_model_dir, m
     monkeypatch.setattr(datasets, "load_dataset", lambda name, split: calls.append((name, split)) or rows)
     report, records = run(tmp_path, tiny_model_dir, "--split", "train", inputs=["someone/cot-traces"])
     assert calls == [("someone/cot-traces", "train")]
-    assert [r["id"] for r in records] == ["cot-traces:1", "cot-traces:2", "cot-traces:3"] and report["counts"]["kept"] == 3
+    assert [r["id"] for r in records] == ["cot-traces:1", "cot-traces:2", "cot-traces:3"] and report["counts"][
+        "kept"
+    ] == 3
 
 
 # ----------------------------------------------------------------------------- verification, length
@@ -121,81 +231,79 @@ def test_json_parquet_and_hub_inputs_read_like_jsonl(tmp_path, tiny_model_dir, m
 
 def test_verify_keeps_correct_and_keep_incorrect_the_rest(tmp_path, tiny_model_dir):
     # starter code the sandbox cannot call: the grader's complaint makes the record unverifiable, not the run crash
-    odd = write_jsonl(tmp_path / "odd.jsonl", [{"id": "bad-starter", "problem": "Echo.", "starter_code": "class Solution:\n    pass",
-                                                "tests": [{"input": "1", "output": "1", "testtype": "functional"}],
-                                                "response": sky("t", "```python\nclass Solution:\n    pass\n```")}])
+    odd = write_jsonl(
+        tmp_path / "odd.jsonl",
+        [
+            {
+                "id": "bad-starter",
+                "problem": "Echo.",
+                "starter_code": "class Solution:\n    pass",
+                "tests": [{"input": "1", "output": "1", "testtype": "functional"}],
+                "response": sky("t", "```python\nclass Solution:\n    pass\n```"),
+            }
+        ],
+    )
     report, records = run(tmp_path, tiny_model_dir, "--skip-bad", "--verify", "--workers", "2", inputs=[FIXTURE, odd])
     # raw-no-gold has no answer: unverifiable. Dedup runs after verification, so near-dup (a correct response to
     # the same problem) now survives, while exact-dup still repeats sharegpt-math.
-    assert report["counts"] == {"read": 16, **ZERO, "unparsable": 1, "empty": 1, "no_thought": 1, "truncated": 2, "no_answer": 1,
-                                "unverifiable": 2, "rejected": 2, "exact_duplicate": 1, "kept": 5}
+    assert report["counts"] == {
+        "read": 16,
+        **ZERO,
+        "unparsable": 1,
+        "empty": 1,
+        "no_thought": 1,
+        "truncated": 2,
+        "no_answer": 1,
+        "unverifiable": 2,
+        "rejected": 2,
+        "exact_duplicate": 1,
+        "kept": 5,
+    }
     assert report["per_source"][str(odd)]["unverifiable"] == 1
-    assert [r["id"] for r in records] == ["sharegpt-math", "prompt-response-r1", "raw-code-ok", "raw-domain-math", "near-dup"]
+    assert [r["id"] for r in records] == [
+        "sharegpt-math",
+        "prompt-response-r1",
+        "raw-code-ok",
+        "raw-domain-math",
+        "near-dup",
+    ]
     report, records = run(tmp_path, tiny_model_dir, "--skip-bad", "--keep", "incorrect", name="wrong.jsonl")
     assert report["counts"]["rejected"] == 6 and report["counts"]["unverifiable"] == 1
     assert [r["id"] for r in records] == ["messages-think-wrong", "raw-code-bad"]
 
 
-def test_too_long_drops_exactly_the_records_over_max_tokens(tmp_path, tiny_model_dir):
+def test_too_long_drops_exactly_the_records_over_max_length(tmp_path, tiny_model_dir):
     _, records = run(tmp_path, tiny_model_dir, "--skip-bad", "--dedup", "none", name="all.jsonl")
     lengths = sorted(r["n_tokens"] for r in records)
     limit = lengths[3]
-    report, kept = run(tmp_path, tiny_model_dir, "--skip-bad", "--dedup", "none", "--max-tokens", str(limit))
+    report, kept = run(tmp_path, tiny_model_dir, "--skip-bad", "--dedup", "none", "--max-length", str(limit))
     assert report["counts"]["too_long"] == sum(n > limit for n in lengths) > 0
     assert [r["id"] for r in kept] == [r["id"] for r in records if r["n_tokens"] <= limit]
 
 
-# ----------------------------------------------------------------------------- style conversion
-
-
-def test_style_conversion_both_ways_and_round_trip():
-    sky_text = sky("Let me think.\nStill thinking.", "The answer is \\boxed{3}.")
-    think_text = "<think>\nLet me think.\nStill thinking.\n</think>\n\nThe answer is \\boxed{3}."
-    assert prepare_data.convert_style(sky_text, "think") == think_text
-    assert prepare_data.convert_style(think_text, "sky-t1") == sky_text
-    assert prepare_data.convert_style(prepare_data.convert_style(sky_text, "think"), "sky-t1") == sky_text
-    assert prepare_data.convert_style(think_text, "think") is think_text  # already in the target markup: untouched
-    assert prepare_data.convert_style(think_text, "keep") is think_text
-    # R1 without the opening tag (its chat template puts <think> in the prompt)
-    assert prepare_data.split_reasoning("Reason.\n</think>\nSo \\boxed{1}") == ("Reason.", "So \\boxed{1}", None)
-    assert prepare_data.split_reasoning("<|begin_of_thought|>\n\nhmm")[2] == "truncated"
-    assert prepare_data.split_reasoning("<think>\nhmm\n</think>\n\n  ")[2] == "truncated"
-    assert prepare_data.split_reasoning("just \\boxed{2}")[2] == "no_thought"
-    with pytest.raises(ValueError, match="truncated"):
-        prepare_data.convert_style("<think>\nhmm", "sky-t1")
+# ----------------------------------------------------------------------------- style
 
 
 def test_style_flag_in_the_pipeline(tmp_path, tiny_model_dir):
     raw = {json.loads(line)["id"]: json.loads(line) for line in FIXTURE.read_text().splitlines()}
-    _, records = run(tmp_path, tiny_model_dir, "--skip-bad", "--style", "think")
+    _, records = run(tmp_path, tiny_model_dir, "--skip-bad", "--style", "r1")
     by_id = {r["id"]: r for r in records}
     assert all([m["role"] for m in r["messages"]] == ["user", "assistant"] for r in records)  # R1: no system prompt
     assert all(r["messages"][1]["content"].startswith("<think>\n") for r in records)
-    assert by_id["messages-think-wrong"]["messages"][1]["content"] == raw["messages-think-wrong"]["messages"][1]["content"]
+    assert (
+        by_id["messages-think-wrong"]["messages"][1]["content"] == raw["messages-think-wrong"]["messages"][1]["content"]
+    )
     _, records = run(tmp_path, tiny_model_dir, "--skip-bad", "--style", "keep")
     by_id = {r["id"]: r for r in records}
     assert by_id["sharegpt-math"]["messages"][0] == {"role": "system", "content": "You are a careful solver."}
     assert by_id["prompt-response-r1"]["messages"][-1]["content"] == raw["prompt-response-r1"]["response"]
 
 
-@needs_shared
-def test_style_round_trip_on_bundled_long_cot_sample():
-    responses = [r["response"] for r in utils.read_jsonl(SKY_SAMPLE)]
-    untouched = 0
-    for response in responses:
-        think = prepare_data.convert_style(response, "think")
-        back = prepare_data.convert_style(think, "sky-t1")
-        assert prepare_data.convert_style(back, "think") == think
-        thought, solution, defect = prepare_data.split_reasoning(response)
-        assert defect is None and back == sky(thought, solution) and "<|" not in think
-        assert re.sub(r"\s+", "", back) == re.sub(r"\s+", "", response)  # at most whitespace at section edges differs
-        untouched += back == response
-    assert untouched >= 55  # the 59 responses in Sky-T1's exact layout come back byte for byte
-
-
 def test_domain_detection():
     def domain(response, **fields):
-        example, defect = prepare_data.parse_example("x.jsonl", 1, {"problem": "p", "response": response, **fields}, "sky-t1")
+        example, defect = prepare_data.parse_example(
+            "x.jsonl", 1, {"problem": "p", "response": response, **fields}, "sky-t1"
+        )
         return example.domain if example else defect
 
     code = "```python\nprint(1)\n```"
@@ -210,15 +318,19 @@ def test_domain_detection():
 
 
 def test_near_duplicate_index_threshold():
-    base = ("Let n be the number of ordered pairs of positive integers x and y such that x plus y equals twenty, x is even, "
-            "y is odd and neither number exceeds fifteen. Find the remainder when n is divided by one thousand.")
+    base = (
+        "Let n be the number of ordered pairs of positive integers x and y such that x plus y equals twenty, "
+        "x is even, y is odd and neither number exceeds fifteen. Find the remainder when n is divided by one thousand."
+    )
     edited = base.replace("twenty", "thirty")
     a, b = prepare_data.NearDuplicateIndex.shingles(base), prepare_data.NearDuplicateIndex.shingles(edited)
     assert 0.8 <= len(a & b) / len(a | b) < 0.95  # one word changed
     index = prepare_data.NearDuplicateIndex(threshold=0.8)
     assert index.add_if_new(base)
     assert not index.add_if_new(edited)
-    assert index.add_if_new("A circle of radius 3 is inscribed in a square. What is the area of the square outside the circle?")
+    assert index.add_if_new(
+        "A circle of radius 3 is inscribed in a square. What is the area of the square outside the circle?"
+    )
     strict = prepare_data.NearDuplicateIndex(threshold=0.95)
     assert strict.add_if_new(base) and strict.add_if_new(edited)
     assert not strict.add_if_new(base.upper() + "  ")
@@ -226,9 +338,17 @@ def test_near_duplicate_index_threshold():
 
 def test_dedup_modes_on_fixture(tmp_path, tiny_model_dir):
     report, _ = run(tmp_path, tiny_model_dir, "--skip-bad", "--dedup", "exact")
-    assert (report["counts"]["exact_duplicate"], report["counts"]["near_duplicate"], report["counts"]["kept"]) == (1, 0, 8)
+    assert (report["counts"]["exact_duplicate"], report["counts"]["near_duplicate"], report["counts"]["kept"]) == (
+        1,
+        0,
+        8,
+    )
     report, _ = run(tmp_path, tiny_model_dir, "--skip-bad", "--dedup", "none")
-    assert (report["counts"]["exact_duplicate"], report["counts"]["near_duplicate"], report["counts"]["kept"]) == (0, 0, 9)
+    assert (report["counts"]["exact_duplicate"], report["counts"]["near_duplicate"], report["counts"]["kept"]) == (
+        0,
+        0,
+        9,
+    )
     report, _ = run(tmp_path, tiny_model_dir, "--skip-bad", "--near-dup-threshold", "0.95")
     assert report["counts"]["near_duplicate"] == 0
 
@@ -242,7 +362,10 @@ def test_decontamination_catches_a_lightly_edited_aime24_problem(tmp_path, tiny_
     assert index.match("Read two integers and print their sum.") is None
     lcb = utils.read_jsonl(REPO / "data" / "eval" / "livecodebench.jsonl")[5]["problem"]
     assert index.match("Solve in Python.\n" + lcb) == "livecodebench"
-    extra = write_jsonl(tmp_path / "aime_like.jsonl", [{"id": "aime-edit", "problem": edited, "answer": "204", "response": sky("t", "\\boxed{204}")}])
+    extra = write_jsonl(
+        tmp_path / "aime_like.jsonl",
+        [{"id": "aime-edit", "problem": edited, "answer": "204", "response": sky("t", "\\boxed{204}")}],
+    )
     report, records = run(tmp_path, tiny_model_dir, "--skip-bad", "--decontaminate", inputs=[FIXTURE, extra])
     assert report["counts"]["contaminated"] == 1 and report["contaminated_by"] == {"aime24": 1}
     assert report["per_source"][str(extra)]["contaminated"] == 1
@@ -262,7 +385,9 @@ def test_size_and_mix_sample_deterministically(tmp_path, tiny_model_dir):
     assert (picked.count("math"), picked.count("code"), shortfall) == (30, 100, {"code": 20})
     # the pick for one domain does not depend on what else the mix asks for
     alone, _ = prepare_data.sample(examples, None, {"math": 30}, seed=1)
-    assert [k for e, k in zip(examples, alone) if e.domain == "math"] == [k for e, k in zip(examples, keep) if e.domain == "math"]
+    assert [k for e, k in zip(examples, alone) if e.domain == "math"] == [
+        k for e, k in zip(examples, keep) if e.domain == "math"
+    ]
 
     report, first = run(tmp_path, tiny_model_dir, "--skip-bad", "--mix", "math=3,code=1", "--seed", "7", name="a.jsonl")
     _, again = run(tmp_path, tiny_model_dir, "--skip-bad", "--mix", "math=3,code=1", "--seed", "7", name="b.jsonl")
@@ -283,31 +408,73 @@ def test_end_to_end_on_bundled_long_cot_sample(tmp_path, tiny_model_dir):
     assert counts["kept"] <= 191  # distinct problems in the sample
     assert len({r["messages"][1]["content"] for r in records}) == len(records)
     tokenizer = utils.load_tokenizer(str(tiny_model_dir))
-    conversations, _ = utils.load_conversations([str(tmp_path / "out.jsonl")])
-    samples, stats = utils.build_samples(tokenizer, conversations, max_length=16384, truncate=False)
+    conversations, _ = sft.load_conversations([str(tmp_path / "out.jsonl")])
+    samples, stats = sft.build_samples(tokenizer, conversations, max_length=16384, truncate=False)
     assert stats["kept"] == len(records) and all(s.n_targets > 0 for s in samples)
     assert [len(s.input_ids) for s in samples] == [r["n_tokens"] for r in records]
-    assert report["n_tokens"]["p50"] <= report["n_tokens"]["p90"] <= report["n_tokens"]["p99"] <= report["n_tokens"]["max"]
+    assert (
+        report["n_tokens"]["p50"] <= report["n_tokens"]["p90"] <= report["n_tokens"]["p99"] <= report["n_tokens"]["max"]
+    )
 
 
 def test_cli_subprocess(tmp_path, tiny_model_dir):
     out = tmp_path / "cli.jsonl"
-    cmd = [sys.executable, str(REPO / "prepare_data.py"), "--input", str(FIXTURE), "--output", str(out), "--tokenizer", str(tiny_model_dir)]
-    done = subprocess.run(cmd + ["--skip-bad", "--size", "4", "--seed", "3"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    args = ["--input", FIXTURE, "--output", out, "--tokenizer", tiny_model_dir]
+    done = cli(*args, "--skip-bad", "--size", "4", "--seed", "3", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "near_duplicate" in done.stdout and len(utils.read_jsonl(out)) == 4
     assert (tmp_path / "cli_report.json").exists() and (tmp_path / "cli_lengths.png").exists()
-    failed = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    failed = cli(*args, cwd=tmp_path)
     assert failed.returncode == 1
-    assert failed.stderr.strip().splitlines()[-1] == f"error: {FIXTURE}:15: unknown record shape: expected 'conversations', " \
+    assert failed.stderr.strip().splitlines()[-1] == (
+        f"error: {FIXTURE}:15: unknown record shape: expected 'conversations', "
         "'messages', 'prompt'+'response' or 'problem'+'response'|'generated_solution'|'solution'"
+    )
+
+
+@pytest.mark.parametrize("case", ["latin1", "parquet", "nothing_kept"])
+def test_cli_errors_are_one_line_without_traceback(tmp_path, tiny_model_dir, case):
+    source, extra = FIXTURE, ["--skip-bad", "--max-length", "1"]
+    if case == "latin1":
+        source, extra = latin1_file(tmp_path), []
+    elif case == "parquet":
+        source, extra = tmp_path / "fake.parquet", []
+        source.write_bytes(b"PAR1 but not really\n")
+    out = tmp_path / "cli.jsonl"
+    failed = cli("--input", source, "--output", out, "--tokenizer", tiny_model_dir, *extra, cwd=tmp_path)
+    expected = {
+        "latin1": f"error: {source}:3: not UTF-8 text (byte 0xe9)",
+        "parquet": f"error: {source}: not a Parquet file (",
+        "nothing_kept": "error: no records kept out of 15 read (unparsable 1, empty 1, no_thought 1, truncated 2, ",
+    }[case]
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr, failed.stderr
+    lines = failed.stderr.strip().splitlines()
+    assert lines[-1].startswith(expected) and not any(line.startswith("error") for line in lines[:-1])
+    assert (tmp_path / "cli_report.json").exists() == (case == "nothing_kept")
 
 
 def test_synthetic_traces_pass_every_filter_including_verification(tmp_path, tiny_model_dir):
     output = tmp_path / "synth.jsonl"
-    report = prepare_data.main(prepare_data.parse_args(["--synthetic", "arithmetic", "--size", "60", "--output", str(output),
-                                                        "--tokenizer", str(tiny_model_dir), "--verify", "--workers", "1"]))
+    report = prepare_data.main(
+        prepare_data.parse_args(
+            [
+                "--synthetic",
+                "arithmetic",
+                "--size",
+                "60",
+                "--output",
+                str(output),
+                "--tokenizer",
+                str(tiny_model_dir),
+                "--verify",
+                "--workers",
+                "1",
+            ]
+        )
+    )
     records = utils.read_jsonl(output)
     assert report["counts"]["read"] == 60 and report["counts"]["rejected"] == report["counts"]["unverifiable"] == 0
-    assert 50 <= len(records) <= 60 and all(r["domain"] == "math" and r["source"] == "synthetic:arithmetic" for r in records)
-    assert utils.load_conversations([str(output)])[0][0][-1]["content"].startswith("<|begin_of_thought|>")
+    assert 50 <= len(records) <= 60 and all(
+        r["domain"] == "math" and r["source"] == "synthetic:arithmetic" for r in records
+    )
+    assert sft.load_conversations([str(output)])[0][0][-1]["content"].startswith("<|begin_of_thought|>")

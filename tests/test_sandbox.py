@@ -2,6 +2,7 @@
 while host and evaluation stay untouched. Hostile programs print SAFE when the attack was contained, so
 a passing verdict is the proof; the host side is checked as well. Each hostile case runs under bwrap
 (skipped where it does not work) and under the rlimits fallback."""
+
 import json
 import os
 import pathlib
@@ -61,11 +62,15 @@ def live_processes_of(uid: int) -> list[str]:
 
 
 def test_extract_code_takes_last_python_block_of_the_final_answer():
-    response = ("<think>try\n```python\nprint('draft')\n```\n</think>\nFinal:\n```cpp\nint main(){}\n```\n"
-                "```Python3\nprint('first')\n```\ntext\n```py\nprint('final')\n```\n")
+    response = (
+        "<think>try\n```python\nprint('draft')\n```\n</think>\nFinal:\n```cpp\nint main(){}\n```\n"
+        "```Python3\nprint('first')\n```\ntext\n```py\nprint('final')\n```\n"
+    )
     assert sandbox.extract_code(response) == "print('final')\n"
-    sky = ("<|begin_of_thought|>\n```\nx = 1\n```\n<|end_of_thought|>\n"
-           "<|begin_of_solution|>\n```python\ny = 2\n```\n<|end_of_solution|>")
+    sky = (
+        "<|begin_of_thought|>\n```\nx = 1\n```\n<|end_of_thought|>\n"
+        "<|begin_of_solution|>\n```python\ny = 2\n```\n<|end_of_solution|>"
+    )
     assert sandbox.extract_code(sky) == "y = 2\n"
     assert sandbox.extract_code("plain ```\nprint(3)\n``` fence") is None  # fences sit at line starts
     assert sandbox.extract_code("```\nprint(3)\n```") == "print(3)\n"
@@ -120,8 +125,10 @@ def test_correct_wrong_and_crashing_stdin_programs(isolation):
     assert crash[1]["verdict"] == "wrong_answer"  # every test runs in a fresh fork with its own verdict
     assert sandbox.run_tests("print(", tests, isolation=isolation)[0]["detail"].startswith("SyntaxError")
     # stdin as a real fd, exit() after the answer, and a file written in the sandbox's scratch directory
-    reader = ("import sys\nopen('scratch.txt', 'w').write(sys.stdin.buffer.read().decode())\n"
-              "print(2 * int(open('scratch.txt').read()))\nexit(3)")
+    reader = (
+        "import sys\nopen('scratch.txt', 'w').write(sys.stdin.buffer.read().decode())\n"
+        "print(2 * int(open('scratch.txt').read()))\nexit(3)"
+    )
     assert all(r["passed"] for r in sandbox.run_tests(reader, tests, isolation=isolation))
 
 
@@ -129,26 +136,35 @@ def test_real_livecodebench_records():
     records = [json.loads(line) for line in (ROOT / "data/eval/livecodebench.jsonl").open(encoding="utf-8")]
     functional = next(r for r in records if "def countSubstrings(self, s: str, c: str)" in r["starter_code"])
     # List/Counter/etc. come from LiveCodeBench's implicit imports, as the harness provides them
-    solution = ("class Solution:\n    def countSubstrings(self, s: str, c: str) -> int:\n"
-                "        m = Counter(s)[c]\n        return m * (m + 1) // 2\n")
+    solution = (
+        "class Solution:\n    def countSubstrings(self, s: str, c: str) -> int:\n"
+        "        m = Counter(s)[c]\n        return m * (m + 1) // 2\n"
+    )
     response = f"<think>easy</think>\n```python\n{solution}```"
     graded = sandbox.grade_code(response, functional["tests"], functional["starter_code"])
     assert graded["correct"] and graded["verdicts"] == ["ok"] * len(functional["tests"])
     wrong = solution.replace("m * (m + 1) // 2", "m")
     assert not sandbox.grade_code(f"```python\n{wrong}```", functional["tests"], functional["starter_code"])["correct"]
     cards = next(r for r in records if r["problem"].startswith("There are three cards with letters"))
-    program = ("for _ in range(int(input())):\n    s = input()\n"
-               "    print('YES' if sum(a != b for a, b in zip(s, 'abc')) in (0, 2) else 'NO')\n")
+    program = (
+        "for _ in range(int(input())):\n    s = input()\n"
+        "    print('YES' if sum(a != b for a, b in zip(s, 'abc')) in (0, 2) else 'NO')\n"
+    )
     assert sandbox.grade_code(f"```python\n{program}```", cards["tests"])["correct"]
     assert sandbox.grade_code("I cannot solve this.", cards["tests"]) == {
-        "extracted": None, "correct": False, "verdicts": ["no_code"],
-        "results": [{"passed": False, "verdict": "no_code", "detail": "no fenced python block"}]}
+        "extracted": None,
+        "correct": False,
+        "verdicts": ["no_code"],
+        "results": [{"passed": False, "verdict": "no_code", "detail": "no fenced python block"}],
+    }
 
 
 def test_functional_tuples_floats_and_early_stop():
     starter = "class Solution:\n    def f(self, xs: List[int], k: int):\n        "
-    tests = [{"input": "[1, 2]\n3", "output": "[[1, 2], 0.3]", "testtype": "functional"},
-             {"input": "[5]\n1", "output": "[[5], 0.3]", "testtype": "functional"}]
+    tests = [
+        {"input": "[1, 2]\n3", "output": "[[1, 2], 0.3]", "testtype": "functional"},
+        {"input": "[5]\n1", "output": "[[5], 0.3]", "testtype": "functional"},
+    ]
     code = "class Solution:\n    def f(self, xs, k):\n        return (tuple(xs), 0.1 + 0.2)\n"
     assert [r["verdict"] for r in sandbox.run_tests(code, tests, starter)] == ["wrong_answer"] * 2
     assert all(r["passed"] for r in sandbox.run_tests(code, tests, starter, float_tol=1e-9))
@@ -172,9 +188,11 @@ def test_infinite_loop_and_sleep_time_out(isolation):
 
 
 def test_fork_bomb_is_contained(isolation, known_uid):
-    counter = ("import os, time\nn = 0\nfor _ in range(200):\n    try:\n        pid = os.fork()\n"
-               "    except OSError:\n        break\n    if pid == 0:\n        time.sleep(5)\n        os._exit(0)\n"
-               "    n += 1\nprint('SAFE' if n < 100 else 'BREACH')")
+    counter = (
+        "import os, time\nn = 0\nfor _ in range(200):\n    try:\n        pid = os.fork()\n"
+        "    except OSError:\n        break\n    if pid == 0:\n        time.sleep(5)\n        os._exit(0)\n"
+        "    n += 1\nprint('SAFE' if n < 100 else 'BREACH')"
+    )
     # Only set the real bomb off where this bounded probe shows RLIMIT_NPROC binds.
     assert run_one(counter, isolation)["passed"]
     bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"
@@ -224,8 +242,8 @@ def test_files_outside_the_sandbox_are_out_of_reach(isolation, tmp_path):
     attack = f"""
 import os
 attempts = [lambda: open({str(sentinel)!r}).read(), lambda: os.remove({str(sentinel)!r}),
-            lambda: open({str(outside / 'pwned.txt')!r}, 'w').write('x'), lambda: os.rename({str(outside)!r}, '/tmp/x'),
-            lambda: open({str(ROOT / 'pwned.txt')!r}, 'w').write('x'), lambda: open('/root/.bashrc').read()]
+            lambda: open({str(outside / "pwned.txt")!r}, 'w').write('x'), lambda: os.rename({str(outside)!r}, '/tmp/x'),
+            lambda: open({str(ROOT / "pwned.txt")!r}, 'w').write('x'), lambda: open('/root/.bashrc').read()]
 breaches = 0
 for attempt in attempts:
     try:
@@ -246,8 +264,10 @@ def test_environment_secrets_do_not_leak(isolation, monkeypatch):
     spy = "import os\nprint('BREACH' if 'MY_SECRET' in os.environ or 'x' in os.environ.values() else 'SAFE')"
     assert run_one(spy, isolation)["passed"]
     assert not run_one(spy.replace("'MY_SECRET'", "'HOME'"), isolation)["passed"]  # the spy itself works
-    allowed = ("import os\nprint('SAFE' if set(os.environ) <= {'PATH', 'LANG', 'HOME', 'PWD', 'OPENBLAS_NUM_THREADS',"
-               " 'OMP_NUM_THREADS'} else sorted(os.environ))")
+    allowed = (
+        "import os\nprint('SAFE' if set(os.environ) <= {'PATH', 'LANG', 'HOME', 'PWD', 'OPENBLAS_NUM_THREADS',"
+        " 'OMP_NUM_THREADS'} else sorted(os.environ))"
+    )
     assert run_one(allowed, isolation)["passed"]
 
 
@@ -311,6 +331,7 @@ def test_missing_bwrap_falls_back_with_one_warning(monkeypatch):
 
 def test_parallel_runs_from_threads_stay_separate():
     from concurrent.futures import ThreadPoolExecutor
+
     jobs = [(f"print(int(input()) + {k})", [stdin_test(f"{n}\n", f"{n + k}\n") for n in range(3)]) for k in range(8)]
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(lambda job: sandbox.run_tests(*job), jobs))

@@ -1,10 +1,10 @@
-"""train_full.py on the tiny model: one process learns and writes a loadable model, two FSDP ranks (gloo, CPU) compute
-the one-process run and resume exactly, and the --dry-run memory plans are right for the paper's models."""
+"""train_full.py on the tiny model: one process learns and writes a loadable model, micro-batching changes nothing but
+memory, two FSDP ranks (gloo, CPU) compute the one-process run and resume exactly, and --dry-run plans offline."""
+
 import os
 import shutil
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,6 +12,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+import memory_plan
+import sft
 import train_full
 import utils
 
@@ -22,30 +24,35 @@ LOSS_TOLERANCE = 1e-5
 RUN = dict(max_steps=4, samples_per_step=5, micro_batch_tokens=128, max_length=128, lr=1e-3, save_every=2, seed=3)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model gains nothing from a second thread, and on a shared 2-core machine the spin-waits cost 5x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def config(model_dir, data, out, **overrides):
-    return replace(train_full.Config(data=[str(data)], model=str(model_dir), output_dir=str(out), attn="sdpa", **RUN), **overrides)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+ONE_THREAD_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # the CLI subprocesses, as one_torch_thread for this one
 
 
 def cli_args(model_dir, data, out, *extra):
+    """The command line of a run of the tiny model; later flags override RUN's (argparse keeps the last value)."""
     args = ["--data", str(data), "--model", str(model_dir), "--output-dir", str(out), "--attn", "sdpa"]
     for key, value in RUN.items():
         args += [f"--{key.replace('_', '-')}", str(value)]
     return args + list(extra)
 
 
+def args(model_dir, data, out, *extra):
+    return train_full.parse_args(cli_args(model_dir, data, out, *extra))
+
+
 def torchrun(*args):
     """Two CPU ranks with the gloo backend; --standalone picks a free port."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(REPO / "train_full.py"), *args]
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        str(REPO / "train_full.py"),
+        *args,
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=ONE_THREAD_ENV, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result
 
@@ -58,7 +65,7 @@ def metrics(out: Path, key: str = "loss") -> list[float]:
 def single(tiny_model_dir, train_file, tmp_path_factory) -> Path:
     """The one-process reference run (no FSDP)."""
     out = tmp_path_factory.mktemp("single") / "run"
-    train_full.main(config(tiny_model_dir, train_file, out))
+    train_full.main(args(tiny_model_dir, train_file, out))
     return out
 
 
@@ -85,15 +92,17 @@ def test_ranks_get_equal_micro_batch_counts_and_every_sample_once():
     lengths = [100, 90, 80, 70, 60, 50, 40, 30, 20, 10, 5]
     ids = list(range(len(lengths)))
     for world in (1, 2, 3, 8):
-        per_rank = train_full.rank_micro_batches(ids, lengths, world, 100, utils.plan_step)
+        per_rank = train_full.rank_micro_batches(ids, lengths, world, 100, sft.pack_step)
         assert len(per_rank) == world and len({len(m) for m in per_rank}) == 1  # FSDP: same number of passes everywhere
         assert sorted(i for m in per_rank for micro in m for i in micro) == ids  # nobody drops or repeats a sample
         assert all(sum(lengths[i] for i in micro) <= 100 for m in per_rank for micro in m)
         loads = [sum(lengths[i] for micro in m for i in micro) for m in per_rank]
         assert max(loads) - min(loads) <= max(lengths)
-        assert per_rank == train_full.rank_micro_batches(list(reversed(ids)), lengths, world, 100, utils.plan_step)  # deterministic
-    assert train_full.rank_micro_batches(ids, lengths, 1, 100, utils.plan_step) == [utils.plan_step(ids, lengths, 100)]
-    assert train_full.rank_micro_batches([0, 1, 2], lengths, 8, 100, utils.plan_step)[7] == [[]]  # more ranks than samples
+        assert per_rank == train_full.rank_micro_batches(list(reversed(ids)), lengths, world, 100, sft.pack_step)
+    assert train_full.rank_micro_batches(ids, lengths, 1, 100, sft.pack_step) == [sft.pack_step(ids, lengths, 100)]
+    assert train_full.rank_micro_batches([0, 1, 2], lengths, 8, 100, sft.pack_step)[7] == [
+        []
+    ]  # more ranks than samples
 
 
 def test_single_process_learns_and_writes_a_loadable_model(single, tiny_model_dir):
@@ -106,15 +115,50 @@ def test_single_process_learns_and_writes_a_loadable_model(single, tiny_model_di
     for (name, a), (_, b) in zip(trained.named_parameters(), start.named_parameters()):
         assert not torch.allclose(a.float(), b.to(torch.bfloat16).float()), f"{name} did not change"
     assert (single / "final" / "tokenizer.json").exists() and (single / "final" / "run_config.json").exists()
+    assert trained.generation_config.eos_token_id == start.generation_config.eos_token_id  # the model's stop tokens
+
+
+def test_micro_batch_size_changes_memory_not_the_curves(tiny_model_dir, train_file, tmp_path):
+    """The loss is summed over micro-batches and divided by the whole step's target tokens, so splitting a step into
+    more micro-batches must give the same losses and gradient norms, step after step."""
+    data = sft.load_training_data([str(train_file)], str(tiny_model_dir), 256, False, False)
+    steps = [sft.step_sample_ids(len(data.samples), 6, 3, step) for step in range(3)]
+    assert all(len(sft.pack_step(ids, data.lengths, 256)) >= 3 for ids in steps)  # several micro-batches per step
+    assert all(len(sft.pack_step(ids, data.lengths, 1024)) == 1 for ids in steps)  # one
+    runs = {}
+    for name, extra in {
+        "256": ["--micro-batch-tokens", "256"],
+        "1024": ["--micro-batch-tokens", "1024"],
+        "5 per step": ["--micro-batch-tokens", "256", "--samples-per-step", "5"],
+    }.items():
+        out = tmp_path / name
+        run = ["--max-length", "256", "--samples-per-step", "6", "--max-steps", "3", "--save-every", "0", *extra]
+        train_full.main(args(tiny_model_dir, train_file, out, *run))
+        runs[name] = utils.read_jsonl(out / "metrics.jsonl")
+    assert [r["target_tokens"] for r in runs["256"]] == [sum(data.n_targets[i] for i in ids) for ids in steps]
+    for a, b in zip(runs["256"], runs["1024"], strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5), (runs["256"], runs["1024"])
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5), (runs["256"], runs["1024"])
+        assert (a["tokens"], a["target_tokens"], a["lr"]) == (b["tokens"], b["target_tokens"], b["lr"])
+    # the comparison can fail: another batch size, another curve at this tolerance
+    other = runs["5 per step"]
+    assert any(a["loss"] != pytest.approx(b["loss"], rel=1e-5) for a, b in zip(runs["256"], other))
+    assert any(a["grad_norm"] != pytest.approx(b["grad_norm"], rel=1e-5) for a, b in zip(runs["256"], other))
 
 
 def test_two_fsdp_ranks_compute_the_single_process_run(single, two_ranks, tiny_model_dir, train_file):
     # The data must exercise the uneven case: some step where one rank runs an empty (zero-weight) micro-batch.
-    samples, _ = utils.build_samples(utils.load_tokenizer(str(tiny_model_dir)), utils.load_conversations([str(train_file)])[0], 128, False)
-    lengths = [len(s.input_ids) for s in samples]
-    steps = [train_full.rank_micro_batches(utils.step_sample_ids(len(samples), 5, 3, step), lengths, 2, 128, utils.plan_step) for step in range(4)]
+    data = sft.load_training_data([str(train_file)], str(tiny_model_dir), 128, False, False)
+    steps = [
+        train_full.rank_micro_batches(
+            sft.step_sample_ids(len(data.samples), 5, 3, step), data.lengths, 2, 128, sft.pack_step
+        )
+        for step in range(4)
+    ]
     assert any([] in rank for step in steps for rank in step)
-    for a, b in zip(utils.read_jsonl(single / "metrics.jsonl"), utils.read_jsonl(two_ranks / "metrics.jsonl"), strict=True):
+    for a, b in zip(
+        utils.read_jsonl(single / "metrics.jsonl"), utils.read_jsonl(two_ranks / "metrics.jsonl"), strict=True
+    ):
         assert abs(a["loss"] - b["loss"]) < LOSS_TOLERANCE, (metrics(single), metrics(two_ranks))
         assert abs(a["grad_norm"] - b["grad_norm"]) < LOSS_TOLERANCE * a["grad_norm"]
         assert (a["tokens"], a["target_tokens"], a["lr"]) == (b["tokens"], b["target_tokens"], b["lr"])
@@ -129,12 +173,21 @@ def test_fsdp_resume_is_exact_under_torchrun_and_in_one_process(two_ranks, tiny_
     split = interrupted_copy(two_ranks, tmp_path / "split", at_step=2)
     torchrun(*cli_args(tiny_model_dir, train_file, split, "--resume", "auto"))
     assert metrics(split, "step") == [1, 2, 3, 4]
-    assert max(abs(a - b) for a, b in zip(metrics(two_ranks), metrics(split))) < 1e-9, (metrics(two_ranks), metrics(split))
+    assert max(abs(a - b) for a, b in zip(metrics(two_ranks), metrics(split))) < 1e-9, (
+        metrics(two_ranks),
+        metrics(split),
+    )
     # the sharded checkpoint reshards: a 2-rank checkpoint resumes in a single process
     one = interrupted_copy(two_ranks, tmp_path / "one", at_step=2)
-    train_full.main(config(tiny_model_dir, train_file, one, resume="auto"))
+    train_full.main(args(tiny_model_dir, train_file, one, "--resume", "auto"))
     assert max(abs(a - b) for a, b in zip(metrics(two_ranks), metrics(one))) < LOSS_TOLERANCE
     assert AutoModelForCausalLM.from_pretrained(one / "final").dtype == torch.bfloat16
+
+
+def test_resume_refuses_a_checkpoint_of_other_data(single, tiny_model_dir, train_file, tmp_path):
+    run = interrupted_copy(single, tmp_path / "run", at_step=2)
+    with pytest.raises(SystemExit, match="different data"):
+        train_full.main(args(tiny_model_dir, train_file, run, "--resume", "auto", "--max-length", "90", "--truncate"))
 
 
 def test_tied_lm_head_and_cpu_offload_in_one_fsdp_process(tiny_model_dir, train_file, tmp_path):
@@ -146,8 +199,8 @@ def test_tied_lm_head_and_cpu_offload_in_one_fsdp_process(tiny_model_dir, train_
     model.save_pretrained(tied_dir)
     utils.load_tokenizer(str(tiny_model_dir)).save_pretrained(tied_dir)
     plain, offload = tmp_path / "plain", tmp_path / "offload"
-    train_full.main(config(tied_dir, train_file, plain, max_steps=2, save_every=0))
-    train_full.main(config(tied_dir, train_file, offload, max_steps=2, save_every=0, cpu_offload=True))
+    train_full.main(args(tied_dir, train_file, plain, "--max-steps", "2", "--save-every", "0"))
+    train_full.main(args(tied_dir, train_file, offload, "--max-steps", "2", "--save-every", "0", "--cpu-offload"))
     assert max(abs(a - b) for a, b in zip(metrics(plain), metrics(offload), strict=True)) < LOSS_TOLERANCE
     trained = AutoModelForCausalLM.from_pretrained(offload / "final")
     assert trained.lm_head.weight is trained.get_input_embeddings().weight
@@ -156,56 +209,71 @@ def test_tied_lm_head_and_cpu_offload_in_one_fsdp_process(tiny_model_dir, train_
 
 def test_eight_bit_adamw_trains_and_resumes_exactly(tiny_model_dir, train_file, tmp_path):
     run = tmp_path / "adam8"
-    train_full.main(config(tiny_model_dir, train_file, run, optim="adamw8bit", max_steps=2, save_every=1))
+    eight_bit = ["--optim", "adamw8bit", "--max-steps", "2", "--save-every", "1"]
+    train_full.main(args(tiny_model_dir, train_file, run, *eight_bit))
     split = interrupted_copy(run, tmp_path / "split", at_step=1, logged_after=0)
-    train_full.main(config(tiny_model_dir, train_file, split, optim="adamw8bit", max_steps=2, save_every=1, resume=str(split / "step-000001")))
+    train_full.main(args(tiny_model_dir, train_file, split, *eight_bit, "--resume", str(split / "step-000001")))
     assert metrics(split) == metrics(run) and len(metrics(run)) == 2
     with pytest.raises(SystemExit, match="bitsandbytes optimizers cannot step FSDP"):
-        train_full.main(config(tiny_model_dir, train_file, tmp_path / "x", optim="adamw8bit", fsdp=True))
+        train_full.main(args(tiny_model_dir, train_file, tmp_path / "x", "--optim", "adamw8bit", "--fsdp"))
 
 
 def test_bad_data_fails_before_the_model_loads(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "Q", "response": "A"}\n{"prompt": "Q"}\n')
     with pytest.raises(SystemExit, match=r"bad.jsonl:2: unknown record shape"):
-        train_full.main(config("/nonexistent/never-loaded", bad, tmp_path / "o"))
+        train_full.main(args("/nonexistent/never-loaded", bad, tmp_path / "o"))
 
 
-def test_memory_plan_counts_match_real_models(tiny_model_dir):
-    from peft import LoraConfig, get_peft_model
+def test_flags_and_their_checks():
+    defaults = train_full.parse_args(["--data", "x.jsonl"])
+    assert defaults.gradient_checkpointing and defaults.packing and defaults.optim == "adamw" and defaults.gpus == 0
+    assert not train_full.parse_args(["--data", "x.jsonl", "--no-gradient-checkpointing"]).gradient_checkpointing
+    with pytest.raises(SystemExit):
+        train_full.parse_args([])  # --data is required (except for --demo and --dry-run)
+    demo = train_full.parse_args(["--demo"])
+    assert demo.data and demo.model == "out/tiny-model" and demo.output_dir == "out/demo-full"
+    with pytest.raises(SystemExit, match="must be >= --max-length"):
+        train_full.main(train_full.parse_args(["--data", "x.jsonl", "--micro-batch-tokens", "100"]))
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    n_params = sum(p.numel() for p in model.parameters())
-    plan = utils.memory_plan(str(tiny_model_dir), seq_len=128, mode="lora", lora_rank=8)  # local config.json via AutoConfig
-    assert round(plan["params_billion"] * 1e9) == n_params
-    peft_model = get_peft_model(model, LoraConfig(r=8, target_modules="all-linear", task_type="CAUSAL_LM"))
-    assert round(plan["lora_params_million"] * 1e6) == sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
-    assert utils.memory_plan("Qwen/Qwen2.5-7B-Instruct")["params_billion"] * 1e9 == 7_615_616_512  # the published count
-    assert round(utils.memory_plan("Qwen/Qwen2.5-32B-Instruct", mode="qlora")["lora_params_million"] * 1e6) == 536_870_912  # rank 64
 
-
-def test_dry_run_plans_the_paper_configurations_offline(monkeypatch, capsys):
+def test_dry_run_plans_the_trainers_configuration_offline(monkeypatch, capsys):
+    """The figures themselves are tested in test_memory_plan.py; here, that every flag reaches the plan."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    seven = train_full.main(train_full.Config(model="Qwen/Qwen2.5-7B-Instruct", optim="adamw8bit", dry_run=True))
-    assert seven["n_gpus"] == 1 and not seven["sharded"]
-    assert seven["weights"] == pytest.approx(7.6156e9 * 4 / 2**30, rel=1e-3)  # fp32 master weights: 28.4 GiB
-    assert seven["optimizer"] == pytest.approx(seven["weights"] / 2, rel=1e-3)  # two 8-bit moments
-    assert 75 < seven["total"] < 95 and not seven["fits"]
+
+    def dry_run(*flags):
+        return train_full.main(train_full.parse_args(["--dry-run", *flags]))
+
+    seven = dry_run("--model", "Qwen/Qwen2.5-7B-Instruct", "--optim", "adamw8bit")
+    assert seven == memory_plan.estimate("Qwen/Qwen2.5-7B-Instruct", optimizer="adamw8bit")
+    assert seven["n_gpus"] == 1 and not seven["sharded"] and not seven["fits"]
     assert "would fit with --optim paged_adamw8bit" in capsys.readouterr().out
-    plan = train_full.main(train_full.Config(model="Qwen/Qwen2.5-32B-Instruct", dry_run=True, gpus=8))
-    assert plan["sharded"] and plan["weights"] == pytest.approx(2 * 7.63, rel=1e-2)  # bf16 shard ~7.6 GiB, held in fp32
-    assert plan["optimizer"] == pytest.approx(2 * plan["weights"])
-    assert 5 < plan["activation_checkpoints"] < plan["total"] - plan["weights"] - plan["gradients"] - plan["optimizer"]
-    offload = train_full.main(train_full.Config(model="Qwen/Qwen2.5-32B-Instruct", dry_run=True, gpus=8, cpu_offload=True))
-    assert offload["weights"] == offload["optimizer"] == 0 and offload["fits"] and 15 < offload["total"] < 40
-    assert offload["cpu_per_gpu"] == pytest.approx(16 * 32.76e9 / 8 / 2**30, rel=1e-2)  # fp32 weights + grads + 2 moments
-    with pytest.raises(ValueError, match="not one of"):
-        utils.memory_plan("/no/such/model")
+    plan = dry_run("--gpus", "8")  # the default model: Qwen2.5-32B-Instruct
+    assert plan["model"] == "Qwen/Qwen2.5-32B-Instruct" and plan["n_gpus"] == 8 and plan["sharded"]
+    offload = dry_run("--gpus", "8", "--cpu-offload")
+    assert offload["cpu_offload"] and offload["weights"] == 0 and offload["fits"]
+    monkeypatch.setenv("WORLD_SIZE", "4")  # under torchrun the plan assumes its world size
+    assert dry_run()["n_gpus"] == 4
+    knobs = dry_run("--micro-batch-tokens", "4096", "--loss-chunk-tokens", "0", "--no-gradient-checkpointing")
+    expected = memory_plan.estimate(
+        "Qwen/Qwen2.5-32B-Instruct", n_gpus=4, seq_len=4096, loss_chunk_tokens=0, gradient_checkpointing=False
+    )
+    assert knobs == expected
+    assert dry_run("--offload-activations")["activation_checkpoints"] == 0
 
 
 def test_cli_dry_run_offline():
-    cmd = [sys.executable, str(REPO / "train_full.py"), "--dry-run", "--model", "Qwen/Qwen2.5-32B-Instruct", "--gpus", "8", "--cpu-offload"]
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=120)
+    cmd = [
+        sys.executable,
+        str(REPO / "train_full.py"),
+        "--dry-run",
+        "--model",
+        "Qwen/Qwen2.5-32B-Instruct",
+        "--gpus",
+        "8",
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(cmd + ["--cpu-offload"], capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "32.76B params" in result.stdout and "FSDP-sharded over 8 GPU(s), CPU offload" in result.stdout
-    assert "-> fits" in result.stdout
+    assert "-> fits" in result.stdout and "rank 0 CPU memory" in result.stdout

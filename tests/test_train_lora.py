@@ -1,107 +1,184 @@
-"""train_lora.py end to end on the tiny model: QLoRA learns, resume is exact, merge is faithful, the CLI contract holds."""
+"""train_lora.py end to end on the tiny model: QLoRA learns, resume is exact, micro-batching changes nothing but memory,
+merge is faithful, bad data stops before the model loads, and the CLI contract holds."""
+
 import json
+import os
+import shutil
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+import sft
 import train_lora
 import utils
 
 REPO = Path(__file__).resolve().parents[1]
+RUN = ["--quant", "none", "--lora-rank", "8", "--lora-alpha", "16", "--lr", "1e-2", "--max-steps", "6"]
+RUN += ["--samples-per-step", "4", "--micro-batch-tokens", "256", "--max-length", "256", "--save-every", "0"]
+RUN += ["--seed", "3"]
 
 
-def config(model_dir, data, out, **overrides):
-    base = train_lora.Config(data=[str(data)], model=str(model_dir), output_dir=str(out), quant="none", lora_rank=8, lora_alpha=16,
-                             lr=1e-2, max_steps=6, samples_per_step=4, micro_batch_tokens=256, max_length=256, save_every=0, seed=3)
-    return replace(base, **overrides)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+ONE_THREAD_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # the CLI subprocesses, as one_torch_thread for this one
 
 
-def losses(out: Path) -> list[float]:
-    return [r["loss"] for r in utils.read_jsonl(out / "metrics.jsonl")]
+def args(model_dir, data, out, *extra):
+    """A run of the tiny model; later flags override RUN's (argparse keeps the last value)."""
+    return train_lora.parse_args(
+        ["--data", str(data), "--model", str(model_dir), "--output-dir", str(out), *RUN, *extra]
+    )
+
+
+def metrics(out: Path, key: str = "loss") -> list[float]:
+    return [r[key] for r in utils.read_jsonl(out / "metrics.jsonl")]
 
 
 def test_qlora_nf4_trains_and_loss_falls(tiny_model_dir, train_file, tmp_path):
-    summary = train_lora.main(config(tiny_model_dir, train_file, tmp_path / "q", quant="nf4", max_steps=12))
-    curve = losses(tmp_path / "q")
+    summary = train_lora.main(args(tiny_model_dir, train_file, tmp_path / "q", "--quant", "nf4", "--max-steps", "12"))
+    curve = metrics(tmp_path / "q")
     assert len(curve) == 12
     assert sum(curve[-3:]) / 3 < sum(curve[:3]) / 3 - 0.3, curve
-    assert summary["last_loss"] == curve[-1]
+    assert summary["last_loss"] == curve[-1] and summary["first_loss"] == curve[0]
     adapter_config = json.loads((tmp_path / "q" / "final" / "adapter_config.json").read_text())
-    assert adapter_config["r"] == 8 and {m.split(".")[-1] for m in adapter_config["target_modules"]} == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    linears = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert adapter_config["r"] == 8 and {m.split(".")[-1] for m in adapter_config["target_modules"]} == linears
+
+
+def test_micro_batch_size_changes_memory_not_the_curves(tiny_model_dir, train_file, tmp_path):
+    """The loss is summed over micro-batches and divided by the whole step's target tokens, so splitting a step into
+    more micro-batches must give the same losses and gradient norms, step after step."""
+    data = sft.load_training_data([str(train_file)], str(tiny_model_dir), 256, False, False)
+    steps = [sft.step_sample_ids(len(data.samples), 6, 3, step) for step in range(3)]
+    assert all(len(sft.pack_step(ids, data.lengths, 256)) >= 3 for ids in steps)  # several micro-batches per step
+    assert all(len(sft.pack_step(ids, data.lengths, 1024)) == 1 for ids in steps)  # one
+    step_targets = [sum(data.n_targets[i] for i in ids) for ids in steps]
+    runs = {}
+    for name, extra in {
+        "256": ["--micro-batch-tokens", "256"],
+        "1024": ["--micro-batch-tokens", "1024"],
+        "5 per step": ["--micro-batch-tokens", "256", "--samples-per-step", "5"],
+    }.items():
+        out = tmp_path / name
+        train_lora.main(args(tiny_model_dir, train_file, out, "--samples-per-step", "6", "--max-steps", "3", *extra))
+        runs[name] = utils.read_jsonl(out / "metrics.jsonl")
+    assert [r["target_tokens"] for r in runs["256"]] == step_targets
+    for a, b in zip(runs["256"], runs["1024"], strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5), (runs["256"], runs["1024"])
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5), (runs["256"], runs["1024"])
+        assert (a["tokens"], a["target_tokens"], a["lr"]) == (b["tokens"], b["target_tokens"], b["lr"])
+    # the comparison can fail: another batch size, another curve at this tolerance
+    other = runs["5 per step"]
+    assert any(a["loss"] != pytest.approx(b["loss"], rel=1e-5) for a, b in zip(runs["256"], other))
+    assert any(a["grad_norm"] != pytest.approx(b["grad_norm"], rel=1e-5) for a, b in zip(runs["256"], other))
 
 
 def test_resume_reproduces_the_uninterrupted_run(tiny_model_dir, train_file, tmp_path):
     straight = tmp_path / "straight"
-    train_lora.main(config(tiny_model_dir, train_file, straight))
+    train_lora.main(args(tiny_model_dir, train_file, straight))
     split = tmp_path / "split"
-    train_lora.main(config(tiny_model_dir, train_file, split, max_steps=6, save_every=3))
+    train_lora.main(args(tiny_model_dir, train_file, split, "--save-every", "3"))
     # simulate a kill after step 3's checkpoint: step 6 and its metrics never happened
-    import shutil
-
     shutil.rmtree(split / "step-000006")
     shutil.rmtree(split / "final")
     lines = (split / "metrics.jsonl").read_text().splitlines()
     (split / "metrics.jsonl").write_text("\n".join(lines[:4]) + "\n")  # step 4 was logged before the kill
-    train_lora.main(config(tiny_model_dir, train_file, split, resume="auto"))
-    assert [r["step"] for r in utils.read_jsonl(split / "metrics.jsonl")] == list(range(1, 7))
-    for a, b in zip(losses(straight), losses(split)):
-        assert abs(a - b) < 1e-6, (losses(straight), losses(split))
+    train_lora.main(args(tiny_model_dir, train_file, split, "--save-every", "3", "--resume", "auto"))
+    assert metrics(split, "step") == list(range(1, 7))
+    for a, b in zip(metrics(straight), metrics(split), strict=True):
+        assert abs(a - b) < 1e-6, (metrics(straight), metrics(split))
 
 
 def test_resume_refuses_a_checkpoint_of_other_data(tiny_model_dir, train_file, tmp_path):
     out = tmp_path / "run"
-    train_lora.main(config(tiny_model_dir, train_file, out, max_steps=2, save_every=1))
+    train_lora.main(args(tiny_model_dir, train_file, out, "--max-steps", "2", "--save-every", "1"))
+    other = ["--resume", "--max-length", "40", "--micro-batch-tokens", "40", "--truncate", "--max-steps", "3"]
     with pytest.raises(SystemExit, match="different data"):
-        train_lora.main(config(tiny_model_dir, train_file, out, resume="auto", max_length=40, micro_batch_tokens=40, truncate=True, max_steps=3))
+        train_lora.main(args(tiny_model_dir, train_file, out, *other))
 
 
 def test_merged_model_matches_base_plus_adapter(tiny_model_dir, train_file, tmp_path):
+    """merged/ is bf16 (what vLLM serves): every merged weight is base + scale * B @ A, rounded once to bf16."""
     from peft import PeftModel
 
     out = tmp_path / "m"
-    train_lora.main(config(tiny_model_dir, train_file, out, max_steps=3))
-    train_lora.merge_adapter(str(tiny_model_dir), out / "final", out / "merged", dtype=torch.float32)
-    ids = torch.randint(3, 3000, (1, 24))
-    with torch.no_grad():
-        adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), out / "final")(ids).logits
-        merged = AutoModelForCausalLM.from_pretrained(out / "merged")(ids).logits
-        base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)(ids).logits
-    torch.testing.assert_close(merged, adapted, atol=1e-4, rtol=1e-4)
-    assert not torch.allclose(merged, base, atol=1e-3)  # the adapter did change something
+    train_lora.main(args(tiny_model_dir, train_file, out, "--max-steps", "3"))
+    train_lora.merge_adapter(str(tiny_model_dir), out / "final", out / "merged")
+    merged = AutoModelForCausalLM.from_pretrained(out / "merged")
+    assert merged.dtype == torch.bfloat16 and not any("lora" in n for n, _ in merged.named_parameters())
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    adapted = PeftModel.from_pretrained(base, out / "final")
+    expected = {k: v.clone() for k, v in adapted.merge_and_unload().state_dict().items()}  # fp32 merge of fp32 weights
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).state_dict()
+    changed = 0
+    for name, weight in merged.state_dict().items():
+        torch.testing.assert_close(weight.float(), expected[name], atol=1e-3, rtol=1e-2, msg=name)  # bf16 rounding
+        changed += not torch.allclose(weight.float(), base[name], atol=1e-3, rtol=1e-2)
+    assert changed >= 7 * 2  # every linear of both layers moved by more than bf16 rounding
+    assert (out / "merged" / "tokenizer.json").exists()
 
 
-def test_bad_data_fails_before_the_model_loads(tiny_model_dir, tmp_path):
+def test_bad_data_fails_before_the_model_loads(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "Q", "response": "A"}\n{"prompt": "Q"}\n')
     with pytest.raises(SystemExit, match=r"bad.jsonl:2: unknown record shape"):
-        train_lora.main(config("/nonexistent/never-loaded", bad, tmp_path / "o"))
+        train_lora.main(args("/nonexistent/never-loaded", bad, tmp_path / "o"))
+
+
+def test_cli_bad_bytes_exit_with_one_line(tiny_model_dir, tmp_path):
+    bad = tmp_path / "BAD.jsonl"
+    good = b'{"prompt": "What is 1 + 1?", "response": "2"}\n'
+    bad.write_bytes(good * 2 + '{"prompt": "caf\xe9", "response": "3"}\n'.encode("latin-1"))
+    cmd = [sys.executable, str(REPO / "train_lora.py"), "--data", str(bad), "--model", str(tiny_model_dir)]
+    result = subprocess.run(
+        cmd + ["--output-dir", str(tmp_path / "o")], capture_output=True, text=True, cwd=REPO, env=ONE_THREAD_ENV
+    )
+    assert result.returncode != 0
+    assert "Traceback" not in result.stdout + result.stderr
+    naming = [line for line in (result.stdout + result.stderr).splitlines() if "BAD.jsonl:" in line]
+    assert naming == [f"data error: {bad}:3: not UTF-8 text (byte 0xe9)"]
+    assert result.stderr.strip().splitlines()[-1] == naming[0]  # the last word, on stderr
 
 
 def test_cli_contract(tiny_model_dir, train_file, tmp_path):
     out = tmp_path / "cli"
-    cmd = [sys.executable, str(REPO / "train_lora.py"), "--data", str(train_file), "--model", str(tiny_model_dir), "--output-dir", str(out),
-           "--quant", "nf4", "--lora-rank", "4", "--lora-alpha", "8", "--lr", "1e-3", "--max-steps", "2", "--max-length", "512",
-           "--samples-per-step", "4", "--micro-batch-tokens", "512", "--save-every", "1", "--seed", "1", "--attn", "sdpa", "--merge"]
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    cmd = [sys.executable, str(REPO / "train_lora.py"), "--data", str(train_file), "--model", str(tiny_model_dir)]
+    cmd += ["--output-dir", str(out), "--quant", "nf4", "--lora-rank", "4", "--lora-alpha", "8", "--lr", "1e-3"]
+    cmd += ["--max-steps", "2", "--max-length", "512", "--samples-per-step", "4", "--micro-batch-tokens", "512"]
+    cmd += ["--save-every", "1", "--seed", "1", "--attn", "sdpa", "--merge"]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=ONE_THREAD_ENV)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "step 2/2 | loss" in result.stdout + result.stderr
     records = utils.read_jsonl(out / "metrics.jsonl")
     assert [r["step"] for r in records] == [1, 2]
     assert {"step", "loss", "lr", "grad_norm", "tokens", "tokens_per_s", "peak_mem_gb"} <= set(records[0])
     assert (out / "step-000001" / "training_state.pt").exists() and (out / "step-000002" / "run_config.json").exists()
-    for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json", "run_config.json"):
+    final_files = ["adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+    for name in final_files + ["run_config.json"]:
         assert (out / "final" / name).exists(), name
+    assert json.loads((out / "final" / "run_config.json").read_text())["quant"] == "nf4"
     merged = AutoModelForCausalLM.from_pretrained(out / "merged")
     assert merged.dtype == torch.bfloat16 and not any("lora" in n for n, _ in merged.named_parameters())
     # resuming a finished run does no more steps and keeps the result
-    again = subprocess.run(cmd + ["--resume", "auto"], capture_output=True, text=True, cwd=REPO)
+    again = subprocess.run(cmd + ["--resume", "auto"], capture_output=True, text=True, cwd=REPO, env=ONE_THREAD_ENV)
     assert again.returncode == 0, again.stderr[-3000:]
     assert [r["step"] for r in utils.read_jsonl(out / "metrics.jsonl")] == [1, 2]
+
+
+def test_flags_and_their_checks():
+    defaults = train_lora.parse_args(["--data", "x.jsonl"])
+    assert defaults.gradient_checkpointing and defaults.packing and defaults.quant == "nf4"
+    assert not train_lora.parse_args(["--data", "x.jsonl", "--no-gradient-checkpointing"]).gradient_checkpointing
+    assert train_lora.parse_args(["--data", "a", "--data", "b"]).data == ["a", "b"]
+    with pytest.raises(SystemExit):
+        train_lora.parse_args([])  # --data is required (except for --demo and --dry-run)
+    demo = train_lora.parse_args(["--demo"])
+    assert demo.data and demo.model == "out/tiny-model" and demo.max_steps == 30
+    with pytest.raises(SystemExit, match="must be >= --max-length"):
+        train_lora.main(train_lora.parse_args(["--data", "x.jsonl", "--micro-batch-tokens", "100"]))
 
 
 def test_dry_run_plans_memory_offline_without_data():
@@ -109,5 +186,9 @@ def test_dry_run_plans_memory_offline_without_data():
     assert plan["mode"] == "qlora" and plan["fits"]
     assert 530 < plan["lora_params_million"] < 540  # rank 64 on every linear of Qwen2.5-32B's 64 layers
     assert 15 < plan["weights"] < 25  # NF4 decoder linears + fp32 embeddings/head, not 65 GB of bf16
-    wider = train_lora.main(train_lora.parse_args(["--dry-run", "--micro-batch-tokens", "32768", "--offload-activations"]))
-    assert wider["activation_checkpoints"] == 0 and wider["cpu_per_gpu"] > 0
+    wider = train_lora.main(
+        train_lora.parse_args(["--dry-run", "--micro-batch-tokens", "32768", "--offload-activations"])
+    )
+    assert wider["activation_checkpoints"] == 0 and wider["cpu_per_gpu"] > 0 and wider["seq_len"] == 32768
+    bf16 = train_lora.main(train_lora.parse_args(["--dry-run", "--quant", "none", "--no-gradient-checkpointing"]))
+    assert bf16["mode"] == "lora" and not bf16["fits"]

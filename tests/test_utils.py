@@ -1,209 +1,133 @@
-"""The decisive details of SFT, each checked directly: label masks, packing, loss normalisation, chunked loss."""
+"""The plumbing in utils.py: JSON/JSONL I/O and its errors, atomic writes, tables, the LR schedule, the step logger,
+checkpoint folders and RNG state, and the OpenAI-compatible client against a local fake server."""
+
 import json
+import random
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import utils
 
-SYSTEM = "You are a careful reasoner."
-CONVERSATION = [
-    {"role": "system", "content": SYSTEM},
-    {"role": "user", "content": "What is 12*3?"},
-    {"role": "assistant", "content": "<|begin_of_thought|>\n\n12*3 = 36.\n\n<|end_of_thought|>\n\n\\boxed{36}"},
-]
+# ----------------------------------------------------------------------------- JSON / JSONL I/O
 
 
-@pytest.fixture(scope="module")
-def tokenizer(tiny_model_dir):
-    return AutoTokenizer.from_pretrained(tiny_model_dir)
+def test_jsonl_round_trip_keeps_unicode_and_skips_blank_lines(tmp_path):
+    records = [{"a": 1, "text": "café ∑ 数学"}, {"b": [1, 2], "c": None}]
+    path = tmp_path / "sub" / "x.jsonl"
+    assert utils.write_jsonl(path, records) == 2
+    assert utils.read_jsonl(path) == records
+    assert "café" in path.read_text(encoding="utf-8")  # written as UTF-8, not \\u escapes
+    assert not list(tmp_path.glob("sub/*.tmp"))
+    path.write_text(path.read_text(encoding="utf-8") + "\n  \n", encoding="utf-8")
+    assert list(utils.iter_json_records(path)) == [(1, records[0]), (2, records[1])]
 
 
-def decoded_targets(tokenizer, messages):
-    ids, labels = next(utils.tokenize_conversations(tokenizer, [messages]))
-    return ids, labels, [(tokenizer.decode([i]), label != utils.IGNORE_INDEX) for i, label in zip(ids, labels)]
-
-
-def test_mask_covers_exactly_the_reply_and_its_end_of_turn_token(tokenizer):
-    ids, labels, pieces = decoded_targets(tokenizer, CONVERSATION)
-    in_loss = "".join(p for p, t in pieces if t)
-    masked = "".join(p for p, t in pieces if not t)
-    assert in_loss == CONVERSATION[2]["content"] + "<|im_end|>"
-    assert masked == f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\nWhat is 12*3?<|im_end|>\n<|im_start|>assistant\n" + "\n"
-    # token by token: everything up to and including "assistant\n" is masked, then a contiguous target run ending at <|im_end|>
-    first = next(i for i, (_, t) in enumerate(pieces) if t)
-    last = max(i for i, (_, t) in enumerate(pieces) if t)
-    assert "".join(p for p, _ in pieces[:first]).endswith("<|im_start|>assistant\n")
-    assert all(t for _, t in pieces[first : last + 1])
-    assert pieces[last][0] == "<|im_end|>" and ids[last] == tokenizer.convert_tokens_to_ids("<|im_end|>")
-    assert pieces[last + 1:] == [("\n", False)]
-    assert labels[first : last + 1] == ids[first : last + 1]
-
-
-def test_mask_with_default_system_prompt_and_two_assistant_turns(tokenizer):
-    messages = [
-        {"role": "user", "content": "hi"},
-        {"role": "assistant", "content": "hello"},
-        {"role": "user", "content": "add 2 and 2"},
-        {"role": "assistant", "content": "4"},
-    ]
-    _, _, pieces = decoded_targets(tokenizer, messages)
-    in_loss = [p for p, t in pieces if t]
-    assert "".join(in_loss) == "hello<|im_end|>4<|im_end|>"
-    text = "".join(p for p, _ in pieces)
-    assert text.startswith("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud.")  # the template's own default
-    # the second user turn sits between the two replies and is masked
-    assert "add 2 and 2" in "".join(p for p, t in pieces if not t)
-
-
-def test_to_messages_accepts_the_three_shapes_and_they_agree():
-    sharegpt = {"system": "S", "conversations": [{"from": "user", "value": "Q"}, {"from": "assistant", "value": "A"}]}
-    chat = {"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]}
-    pair = {"system": "S", "prompt": "Q", "response": "A"}
-    assert utils.to_messages(sharegpt) == utils.to_messages(chat) == utils.to_messages(pair)
+def test_json_array_and_single_object(tmp_path):
+    array, single = tmp_path / "a.json", tmp_path / "s.json"
+    array.write_text(json.dumps([{"x": 1}, {"x": 2}]))
+    single.write_text(json.dumps({"x": 3}))
+    assert list(utils.iter_json_records(array)) == [(1, {"x": 1}), (2, {"x": 2})]
+    assert utils.read_jsonl(single) == [{"x": 3}]
 
 
 @pytest.mark.parametrize(
-    "line, problem",
+    "name, content, message",
     [
-        ('{"prompt": "Q", "response": ""}', "no non-empty assistant turn"),
-        ('{"messages": [{"role": "user", "content": "Q"}]}', "no non-empty assistant turn"),
-        ('{"conversations": [{"from": "robot", "value": "x"}]}', "conversations[0]"),
-        ('{"prompt": "Q", "response": 3}', "'content' must be a string"),
-        ('{"text": "Q"}', "unknown record shape"),
-        ('{"prompt": "Q", "response": "A"', "invalid JSON"),
+        ("x.jsonl", '{"a": 1}\n{"a": \n', r"x.jsonl:2: invalid JSON"),
+        ("x.jsonl", '{"a": 1}\n\n[1]\n', r"x.jsonl:3: expected a JSON object, got list"),
+        ("x.json", '[{"a": 1},\n 2]', r"x.json: item 2: expected a JSON object, got int"),
+        ("x.json", '[{"a": 1},\n{"a": ]', r"x.json:2: invalid JSON"),
+        ("x.json", '"text"', r"x.json: expected a JSON array of objects, got str"),
     ],
 )
-def test_bad_record_error_names_file_line_and_problem(tmp_path, line, problem):
-    path = tmp_path / "train.jsonl"
-    path.write_text('{"prompt": "Q", "response": "A"}\n' + line + "\n")
+def test_bad_json_names_file_and_line(tmp_path, name, content, message):
+    (tmp_path / name).write_text(content)
+    with pytest.raises(utils.DataError, match=message):
+        utils.read_jsonl(tmp_path / name)
+    with pytest.raises(utils.DataError, match="missing.jsonl: file not found"):
+        utils.read_jsonl(tmp_path / "missing.jsonl")
+
+
+def test_bad_lines_can_be_handed_to_on_error_and_reading_goes_on(tmp_path):
+    path = tmp_path / "x.jsonl"
+    path.write_bytes(b'{"a": 1}\n{"a": \n' + '{"a": "\xe9"}\n'.encode("latin-1") + b'[2]\n{"a": 5}\n')
+    errors = []
+    assert list(utils.iter_json_records(path, on_error=errors.append)) == [(1, {"a": 1}), (5, {"a": 5})]
+    assert [str(e).split(": ")[0] for e in errors] == [f"{path}:2", f"{path}:3", f"{path}:4"]
+
+
+def test_bad_bytes_in_jsonl_name_their_line(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    lines = [b'{"prompt": "1 + 1?", "response": "2"}', b'{"prompt": "2 + 2?", "response": "4"}']
+    path.write_bytes(b"\n".join(lines + ['{"prompt": "caf\xe9?", "response": "5"}'.encode("latin-1")]) + b"\n")
+    records = utils.iter_json_records(path)
+    assert [n for n, _ in (next(records), next(records))] == [1, 2]  # the good lines before it still read
     with pytest.raises(utils.DataError) as err:
-        utils.load_conversations([str(path)])
-    assert str(err.value).startswith(f"{path}:2:") and problem in str(err.value)
-    assert "\n" not in str(err.value)
-    conversations, skipped = utils.load_conversations([str(path)], skip_bad=True)
-    assert (len(conversations), skipped) == (1, 1)
+        next(records)
+    assert str(err.value) == f"{path}:3: not UTF-8 text (byte 0xe9)"
 
 
-def test_empty_file_and_json_array(tmp_path):
-    empty = tmp_path / "empty.jsonl"
-    empty.write_text("\n")
-    with pytest.raises(utils.DataError, match="empty.jsonl: no records"):
-        utils.load_conversations([str(empty)])
-    array = tmp_path / "data.json"
-    array.write_text(json.dumps([{"prompt": "Q", "response": "A"}, {"messages": [{"role": "assistant", "content": "B"}]}]))
-    assert len(utils.load_conversations([str(array)])[0]) == 2
+def test_bad_bytes_in_json_name_their_line(tmp_path):
+    path = tmp_path / "latin1.json"
+    path.write_bytes(
+        '[\n{"prompt": "1 + 1?", "response": "2"},\n{"prompt": "caf\xe9?", "response": "5"}\n]'.encode("latin-1")
+    )
+    with pytest.raises(utils.DataError) as err:
+        utils.read_jsonl(path)
+    assert str(err.value) == f"{path}:3: not UTF-8 text (byte 0xe9)"
 
 
-def test_over_long_samples_are_dropped_or_truncated_and_counted(tokenizer):
-    short = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
-    long = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "word " * 200}]
-    n_short = len(next(utils.tokenize_conversations(tokenizer, [short]))[0])
-    samples, stats = utils.build_samples(tokenizer, [short, long], max_length=n_short + 20, truncate=False)
-    assert (len(samples), stats["too_long_dropped"], stats["truncated"]) == (1, 1, 0)
-    samples, stats = utils.build_samples(tokenizer, [short, long], max_length=n_short + 20, truncate=True)
-    assert (len(samples), stats["truncated"]) == (2, 1) and len(samples[1].input_ids) == n_short + 20
+def test_atomic_writes_replace_whole_files_and_leave_no_temporaries(tmp_path):
+    path = tmp_path / "deep" / "er" / "config.json"
+    utils.atomic_write_text(path, "first")
+    utils.atomic_write_text(path, "second ✓")
+    assert path.read_text(encoding="utf-8") == "second ✓"
+    utils.write_jsonl(tmp_path / "r.jsonl", iter([{"i": i} for i in range(3)]))  # any iterable, counted once
+    assert [p.name for p in sorted(tmp_path.rglob("*")) if p.is_file()] == ["config.json", "r.jsonl"]
 
 
-def test_targets_are_shifted_inside_each_sample():
-    sample = utils.make_sample([5, 6, 7, 8], [utils.IGNORE_INDEX, utils.IGNORE_INDEX, 7, 8])
-    assert sample.targets == [utils.IGNORE_INDEX, 7, 8, utils.IGNORE_INDEX]
-    packed = utils.collate_packed([sample, utils.make_sample([9, 10], [9, 10])], pad_id=0)
-    assert packed["targets"].tolist() == [[utils.IGNORE_INDEX, 7, 8, utils.IGNORE_INDEX, 10, utils.IGNORE_INDEX]]
-    assert packed["position_ids"].tolist() == [[0, 1, 2, 3, 0, 1]]
+def test_append_jsonl_flushes_every_line(tmp_path):
+    with open(tmp_path / "m.jsonl", "a", encoding="utf-8") as f:
+        utils.append_jsonl(f, {"step": 1})
+        assert utils.read_jsonl(tmp_path / "m.jsonl") == [{"step": 1}]  # readable before the file is closed
 
 
-def test_plans_cover_every_sample_once_within_budget():
-    lengths = [100, 900, 350, 350, 20, 640, 500, 1000]
-    for plan in (utils.plan_step, utils.plan_padded_step):
-        bins = plan(list(range(len(lengths))), lengths, 1000)
-        assert sorted(i for b in bins for i in b) == list(range(len(lengths)))
-        for b in bins:
-            cost = sum(lengths[i] for i in b) if plan is utils.plan_step else len(b) * max(lengths[i] for i in b)
-            assert cost <= 1000
-    assert len(utils.plan_step(list(range(len(lengths))), lengths, 1000)) == 4  # 3760 tokens: first-fit decreasing needs 4 bins
+# ----------------------------------------------------------------------------- reports and schedule
 
 
-def test_epoch_order_is_a_pure_function_of_seed_and_epoch():
-    steps = [utils.step_sample_ids(10, 4, seed=1, step=s) for s in range(3)]
-    assert sorted(i for s in steps for i in s) == list(range(10))  # one epoch = every sample once, last step partial
-    assert steps == [utils.step_sample_ids(10, 4, seed=1, step=s) for s in range(3)]
-    assert utils.step_sample_ids(10, 4, seed=1, step=3) != steps[0] or utils.step_sample_ids(10, 4, seed=1, step=4) != steps[1]
+def test_format_table_aligns_first_column_left_and_the_rest_right():
+    table = utils.format_table(["model", "acc", "n"], [["tiny", "0.5", 10], ["bigger-name", 1.0, 7]])
+    assert table.splitlines() == [
+        "model        acc   n",
+        "tiny         0.5  10",
+        "bigger-name  1.0   7",
+    ]
 
 
-def random_samples(n, vocab, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for k in range(n):
-        length = int(torch.randint(8, 40, (1,), generator=g))
-        ids = torch.randint(3, vocab, (length,), generator=g).tolist()
-        labels = [utils.IGNORE_INDEX] * (length // 3) + ids[length // 3 :]
-        out.append(utils.make_sample(ids, labels))
-    return out
+def test_cosine_schedule_warms_up_linearly_then_decays_to_zero():
+    f = utils.cosine_schedule(warmup_steps=4, total_steps=24)
+    assert [f(s) for s in range(4)] == pytest.approx([0.2, 0.4, 0.6, 0.8])
+    assert f(4) == 1.0  # the peak right after warmup
+    assert f(14) == pytest.approx(0.5)  # half-way through the decay
+    assert f(24) == pytest.approx(0.0, abs=1e-12) and f(100) == pytest.approx(0.0, abs=1e-12)  # never negative
+    assert all(f(s) >= f(s + 1) for s in range(4, 30))
+    assert utils.cosine_schedule(0, 1)(0) == 1.0
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_packed_per_token_losses_equal_each_sample_alone(tiny_model_dir, attn):
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=attn, dtype=torch.float32).eval()
-    samples = random_samples(3, 4000)
-
-    def token_losses(batch):
-        logits = model(input_ids=batch["input_ids"], position_ids=batch.get("position_ids"), use_cache=False).logits
-        return torch.nn.functional.cross_entropy(logits[0], batch["targets"][0], reduction="none", ignore_index=utils.IGNORE_INDEX)
-
-    with torch.no_grad():
-        packed = token_losses(utils.collate_packed(samples, pad_id=0))
-        alone = torch.cat([token_losses(utils.collate_packed([s], pad_id=0)) for s in samples])
-    torch.testing.assert_close(packed, alone, atol=1e-5, rtol=1e-5)
-    # and the check has teeth: without position_ids restarting, the samples would see each other
-    with torch.no_grad():
-        leaky = utils.collate_packed(samples, pad_id=0)
-        leaky["position_ids"] = torch.arange(leaky["input_ids"].shape[1])[None]
-        assert not torch.allclose(token_losses(leaky), alone, atol=1e-3)
+def test_step_logger_appends_one_record_per_step(tmp_path):
+    logger = utils.StepLogger(tmp_path, total_steps=10, start_step=2, wandb_project=None, config={})
+    record = {"step": 3, "loss": 1.23456, "lr": 1e-4, "grad_norm": 0.5, "tokens_per_s": 1234.4, "peak_mem_gb": 1.5}
+    line = logger.log(record)
+    logger.close()
+    assert line.startswith("step 3/10 | loss 1.2346 | lr 1.00e-04 | grad 0.500 | tok/s 1234 | mem 1.50 GB | eta ")
+    assert utils.read_jsonl(tmp_path / "metrics.jsonl") == [record]
 
 
-def test_chunked_loss_equals_full_logits_loss_and_gradients():
-    torch.manual_seed(0)
-    hidden = torch.randn(2, 37, 16, requires_grad=True)
-    weight = torch.randn(301, 16, requires_grad=True)
-    targets = torch.randint(0, 301, (2, 37))
-    targets[0, :5] = utils.IGNORE_INDEX
-    full = utils.full_logits_lm_loss(hidden, weight, targets)
-    grads_full = torch.autograd.grad(full, (hidden, weight))
-    chunked = utils.chunked_lm_loss(hidden, weight, targets, chunk_tokens=7)
-    grads_chunked = torch.autograd.grad(chunked, (hidden, weight))
-    torch.testing.assert_close(chunked, full)
-    for a, b in zip(grads_chunked, grads_full):
-        torch.testing.assert_close(a, b)
-
-
-def test_accumulated_micro_batches_give_the_gradient_of_one_big_batch(tiny_model_dir):
-    """Loss = sum over the step / target tokens in the step, whatever the split into micro-batches."""
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    decoder, head = model.get_decoder(), model.get_output_embeddings()
-    samples = random_samples(5, 4000, seed=1)
-    n_targets = sum(s.n_targets for s in samples)
-
-    def grads(micro_batches):
-        model.zero_grad()
-        for micro in micro_batches:
-            batch = utils.collate_packed([samples[i] for i in micro], pad_id=0)
-            hidden = decoder(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).last_hidden_state
-            (utils.chunked_lm_loss(hidden, head.weight, batch["targets"], 16) / n_targets).backward()
-        return [p.grad.clone() for p in model.parameters()]
-
-    for a, b in zip(grads([[0, 1, 2, 3, 4]]), grads([[0], [1, 2], [3, 4]])):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
-    # a mean of micro-batch means (the common bug) gives a different gradient when target counts differ
-    model.zero_grad()
-    for micro in ([0], [1, 2], [3, 4]):
-        batch = utils.collate_packed([samples[i] for i in micro], pad_id=0)
-        hidden = decoder(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).last_hidden_state
-        n = sum(samples[i].n_targets for i in micro)
-        (utils.chunked_lm_loss(hidden, head.weight, batch["targets"], 16) / n / 3).backward()
-    wrong = [p.grad.clone() for p in model.parameters()]
-    assert any(not torch.allclose(w, r, atol=1e-6) for w, r in zip(wrong, grads([[0, 1, 2, 3, 4]])))
+# ----------------------------------------------------------------------------- checkpoints and RNG
 
 
 def test_atomic_dir_save_leaves_old_checkpoint_when_writer_dies(tmp_path):
@@ -218,17 +142,122 @@ def test_atomic_dir_save_leaves_old_checkpoint_when_writer_dies(tmp_path):
         utils.save_dir_atomically(target, crash)
     assert (target / "a.txt").read_text() == "old"
     assert utils.resolve_resume("auto", tmp_path) == target  # the .tmp leftover is never taken for a checkpoint
+    utils.save_dir_atomically(target, lambda d: (d / "b.txt").write_text("new"))  # replaces the leftover and the old
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"] and not (tmp_path / "step-000002.tmp").exists()
 
 
-def test_tiny_model_cli(tmp_path):
-    import subprocess
-    import sys
+def test_checkpoint_folders_are_found_pruned_and_resolved(tmp_path):
+    for step in (10, 2, 30):
+        (tmp_path / f"step-{step:06d}").mkdir()
+    (tmp_path / "step-000040.tmp").mkdir()
+    (tmp_path / "final").mkdir()
+    assert [p.name for p in utils.checkpoint_dirs(tmp_path)] == ["step-000002", "step-000010", "step-000030"]
+    assert utils.resolve_resume(None, tmp_path) is None
+    assert utils.resolve_resume("auto", tmp_path / "final") is None  # nothing to resume: a fresh start
+    with pytest.raises(SystemExit, match="not a checkpoint folder"):
+        utils.resolve_resume(str(tmp_path / "step-000030"), tmp_path)
+    utils.prune_checkpoints(tmp_path, keep=2)
+    assert [p.name for p in utils.checkpoint_dirs(tmp_path)] == ["step-000010", "step-000030"]
+    utils.prune_checkpoints(tmp_path, keep=0)  # 0 keeps everything
+    assert len(utils.checkpoint_dirs(tmp_path)) == 2
 
-    out = tmp_path / "m"
-    subprocess.run([sys.executable, str(utils.REPO_DIR / "utils.py"), "tiny-model", str(out), "--vocab-size", "5000", "--hidden-size", "32",
-                    "--layers", "1"], check=True, capture_output=True)
-    model = AutoModelForCausalLM.from_pretrained(out)
-    tok = AutoTokenizer.from_pretrained(out)
-    assert (model.config.vocab_size, model.config.hidden_size, model.config.num_hidden_layers) == (5000, 32, 1)
-    assert tok.eos_token == "<|im_end|>" and "<|im_start|>" in tok.get_vocab()
-    assert tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True).endswith("<|im_start|>assistant\n")
+
+def test_training_state_refuses_other_data_and_metrics_truncate(tmp_path):
+    torch.save({"step": 2, "data_fingerprint": "abc"}, tmp_path / "training_state.pt")
+    assert utils.load_training_state(tmp_path, "abc")["step"] == 2
+    assert utils.resolve_resume(str(tmp_path), tmp_path) == tmp_path
+    with pytest.raises(SystemExit, match="different data"):
+        utils.load_training_state(tmp_path, "xyz")
+    utils.write_jsonl(tmp_path / "metrics.jsonl", [{"step": s, "loss": 1.0 / s} for s in range(1, 6)])
+    utils.truncate_metrics(tmp_path, 2)
+    assert [r["step"] for r in utils.read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2]
+
+
+def test_rng_state_round_trip_replays_random_numbers():
+    state = utils.rng_state()
+    first = (random.random(), torch.rand(3))
+    utils.set_rng_state(state)
+    again = (random.random(), torch.rand(3))
+    assert first[0] == again[0] and torch.equal(first[1], again[1])
+
+
+# ----------------------------------------------------------------------------- OpenAI-compatible client
+
+
+class FakeServer:
+    """A chat-completions endpoint on 127.0.0.1 answering from a script: one (status, body) per request."""
+
+    def __init__(self, replies):
+        self.replies, self.requests = list(replies), []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                server.requests.append({"path": self.path, "headers": dict(self.headers), "body": json.loads(body)})
+                status, reply = server.replies.pop(0)
+                data = reply.encode() if isinstance(reply, str) else json.dumps(reply).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.01,), daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+COMPLETION = {
+    "choices": [{"message": {"role": "assistant", "content": "\\boxed{4}"}}],
+    "usage": {"completion_tokens": 7},
+}
+MESSAGES = [{"role": "user", "content": "2 + 2?"}]
+
+
+@pytest.fixture
+def sleeps(monkeypatch):
+    """The backoff delays the client asked for, without waiting them out."""
+    delays = []
+    monkeypatch.setattr(utils.time, "sleep", delays.append)
+    return delays
+
+
+def test_chat_completion_retries_a_500_then_returns_the_reply(sleeps):
+    with FakeServer([(500, "overloaded"), (200, COMPLETION)]) as server:
+        reply = utils.chat_completion(server.url, "m", MESSAGES, api_key="k", max_tokens=16, temperature=0.0, seed=1)
+    assert reply == ("\\boxed{4}", 7)
+    assert len(server.requests) == 2 and sleeps == [1.0]
+    request = server.requests[0]
+    assert request["path"] == "/v1/chat/completions" and request["headers"]["Authorization"] == "Bearer k"
+    assert request["body"] == {"model": "m", "messages": MESSAGES, "max_tokens": 16, "temperature": 0.0, "seed": 1}
+
+
+def test_chat_completion_does_not_retry_a_400(sleeps):
+    with FakeServer([(400, '{"error": "max_tokens too large"}'), (200, COMPLETION)]) as server:
+        with pytest.raises(utils.ChatCompletionError, match=re.escape('HTTP 400: {"error": "max_tokens too large"}')):
+            utils.chat_completion(server.url + "/chat/completions", "m", MESSAGES, api_key="k")
+    assert len(server.requests) == 1 and sleeps == []
+
+
+def test_chat_completion_gives_up_after_its_retries_and_rejects_non_completions(sleeps):
+    with FakeServer([(503, "busy")] * 3) as server:
+        with pytest.raises(utils.ChatCompletionError, match=r"gave up after 3 attempts \(HTTP 503\)"):
+            utils.chat_completion(server.url, "m", MESSAGES, retries=2)
+    assert len(server.requests) == 3 and sleeps == [1.0, 2.0]
+    with FakeServer([(200, {"object": "error"})]) as server:
+        with pytest.raises(utils.ChatCompletionError, match="not a chat completion reply"):
+            utils.chat_completion(server.url, "m", MESSAGES)
+    with FakeServer([(200, {"choices": [{"message": {"content": None}}]})]) as server:
+        assert utils.chat_completion(server.url, "m", MESSAGES) == ("", None)  # no usage block: token count unknown

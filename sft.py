@@ -1,0 +1,347 @@
+"""The details of supervised fine-tuning that decide results, in the order data flows through them.
+
+    records -> messages (to_messages) -> chat-template text and assistant spans (assistant_char_spans)
+    -> token labels (tokenize_conversations) -> shift inside each sample (make_sample) -> drop or cut long samples
+    -> each step's samples (step_sample_ids) -> first-fit packing (pack_step) -> one packed row (collate_packed)
+    -> summed chunked cross-entropy (summed_loss), divided by the step's target tokens in the trainer.
+
+Both trainers call these functions, and nothing else decides which tokens are learned or how they are weighted.
+Every rule here is tested token by token in tests/test_sft.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+
+from utils import DataError, iter_json_records, load_tokenizer
+
+IGNORE_INDEX = -100  # label value PyTorch's cross-entropy skips
+
+
+# ----------------------------------------------------------------------------- records -> messages
+
+_SHAREGPT_ROLES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant", "system": "system"}
+
+
+def to_messages(record: dict) -> list[dict]:
+    """Normalise one record of any supported shape to [{"role", "content"}, ...].
+
+    Shapes: Sky-T1 ShareGPT {"system", "conversations": [{"from", "value"}]}, chat {"messages": [...]},
+    and {"prompt", "response"[, "system"]}. Raises ValueError naming the offending field.
+    """
+    system = [{"role": "system", "content": record["system"]}] if record.get("system") else []
+    if "messages" in record:
+        raw = record["messages"]
+        if not isinstance(raw, list):
+            raise ValueError("field 'messages' must be a list")
+        messages = []
+        for i, m in enumerate(raw):
+            if not isinstance(m, dict) or "role" not in m or "content" not in m:
+                raise ValueError(f"field 'messages[{i}]' needs 'role' and 'content'")
+            messages.append({"role": m["role"], "content": m["content"]})
+    elif "conversations" in record:
+        raw = record["conversations"]
+        if not isinstance(raw, list):
+            raise ValueError("field 'conversations' must be a list")
+        messages = list(system)
+        for i, turn in enumerate(raw):
+            if not isinstance(turn, dict) or turn.get("from") not in _SHAREGPT_ROLES or "value" not in turn:
+                raise ValueError(f"field 'conversations[{i}]' needs 'from' (user|assistant) and 'value'")
+            messages.append({"role": _SHAREGPT_ROLES[turn["from"]], "content": turn["value"]})
+    elif "prompt" in record and "response" in record:
+        messages = system + [
+            {"role": "user", "content": record["prompt"]},
+            {"role": "assistant", "content": record["response"]},
+        ]
+    else:
+        raise ValueError("unknown record shape: expected 'messages', 'conversations' or 'prompt'+'response'")
+    for i, m in enumerate(messages):
+        if m["role"] not in ("system", "user", "assistant", "tool"):
+            raise ValueError(f"message {i}: unknown role {m['role']!r}")
+        if not isinstance(m["content"], str):
+            raise ValueError(f"message {i} ({m['role']}): 'content' must be a string")
+    if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
+        raise ValueError("no non-empty assistant turn")
+    return messages
+
+
+def load_conversations(paths: Iterable[str], skip_bad: bool = False) -> tuple[list[list[dict]], int]:
+    """Read and validate every record of every file before anything expensive starts.
+
+    Returns (conversations, n_skipped). Without skip_bad the first bad record raises DataError naming it.
+    """
+    conversations, bad = [], []
+    for path in paths:
+        n_in_file, n_bad_before = 0, len(bad)
+        # with skip_bad a bad line is counted and skipped, not the rest of its file; a missing file always stops
+        for line, record in iter_json_records(path, on_error=bad.append if skip_bad else None):
+            n_in_file += 1
+            try:
+                conversations.append(to_messages(record))
+            except ValueError as e:
+                if not skip_bad:
+                    raise DataError(f"{path}:{line}: {e}") from None
+                bad.append(e)
+        if n_in_file == 0 and len(bad) == n_bad_before:
+            raise DataError(f"{path}: no records (empty file)")
+    return conversations, len(bad)
+
+
+# ----------------------------------------------------------------------------- messages -> tokens and labels
+
+
+def assistant_char_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+    """Render the conversation with the model's own chat template; return the text and, per assistant turn,
+    the character span that belongs in the loss: the reply and its end-of-turn token, but not what the
+    template appends after it (Qwen's trailing newline is never generated: decoding stops at <|im_end|>).
+
+    Spans come from rendering prefixes, so any template works whose rendering of a prefix is a prefix of
+    the whole rendering (true of ChatML/Qwen, Llama 3 and most others; checked here).
+    """
+
+    def render(msgs: list[dict], add_generation_prompt: bool) -> str:
+        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+    text = render(messages, False)
+    eos = tokenizer.eos_token
+    spans = []
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        before, through = render(messages[:i], True), render(messages[: i + 1], False)
+        if not (text.startswith(before) and text.startswith(through) and through.startswith(before)):
+            raise ValueError("chat template is not prefix-stable; cannot locate assistant tokens")
+        end = len(through)
+        stop = through.rfind(eos, len(before)) if eos else -1
+        if stop != -1:
+            end = stop + len(eos)
+        spans.append((len(before), end))
+    return text, spans
+
+
+def tokenize_conversations(tokenizer, conversations: list[list[dict]], batch_size: int = 256):
+    """Yield (input_ids, labels) per conversation; labels are IGNORE_INDEX outside assistant spans.
+
+    A token is a target when its first character lies inside an assistant span. Texts are tokenized in
+    batches because the fast tokenizer parallelises a batch across cores.
+    """
+    for start in range(0, len(conversations), batch_size):
+        rendered = [assistant_char_spans(tokenizer, c) for c in conversations[start : start + batch_size]]
+        enc = tokenizer([t for t, _ in rendered], add_special_tokens=False, return_offsets_mapping=True)
+        for (_, spans), ids, offsets in zip(rendered, enc["input_ids"], enc["offset_mapping"]):
+            labels = [IGNORE_INDEX] * len(ids)
+            for j, (a, _) in enumerate(offsets):
+                if any(s <= a < e for s, e in spans):
+                    labels[j] = ids[j]
+            yield ids, labels
+
+
+@dataclass
+class Sample:
+    """One tokenized training sequence; targets[t] is the token the model must predict after input_ids[t]."""
+
+    input_ids: list[int]
+    targets: list[int]
+
+    @property
+    def n_targets(self) -> int:
+        return sum(t != IGNORE_INDEX for t in self.targets)
+
+
+def make_sample(input_ids: list[int], labels: list[int]) -> Sample:
+    # Shift inside each sample, before packing, so the last token of one sample never learns to predict
+    # the first token of the next one.
+    return Sample(list(input_ids), list(labels[1:]) + [IGNORE_INDEX])
+
+
+def build_samples(tokenizer, conversations, max_length: int, truncate: bool) -> tuple[list[Sample], dict]:
+    """Tokenize, then drop (default) or truncate samples over max_length. Never silent: returns counts."""
+    from tqdm import tqdm
+
+    stats = {"total": len(conversations), "too_long_dropped": 0, "truncated": 0, "no_target_after_truncation": 0}
+    samples = []
+    tokenized = tokenize_conversations(tokenizer, conversations)
+    for ids, labels in tqdm(tokenized, total=len(conversations), desc="tokenize", leave=False):
+        if len(ids) > max_length:
+            if not truncate:
+                stats["too_long_dropped"] += 1
+                continue
+            ids, labels = ids[:max_length], labels[:max_length]
+            stats["truncated"] += 1
+        sample = make_sample(ids, labels)
+        if sample.n_targets == 0:
+            stats["no_target_after_truncation"] += 1
+            continue
+        samples.append(sample)
+    stats["kept"] = len(samples)
+    return samples, stats
+
+
+@dataclass
+class TrainingData:
+    tokenizer: object
+    samples: list[Sample]
+    lengths: list[int]  # tokens per sample: what packing fills micro-batches with
+    n_targets: list[int]  # loss tokens per sample: what a step's loss is divided by
+    report: str  # one line: what was read, dropped and kept
+    fingerprint: str  # lengths and targets hashed: a resumed run refuses a checkpoint made on other data
+
+
+def load_training_data(paths: list[str], model: str, max_length: int, truncate: bool, skip_bad: bool) -> TrainingData:
+    """Everything both trainers do before the model loads: validate every record, tokenize, drop or cut long samples.
+
+    Bad data exits with its one-line `file:line: problem`.
+    """
+    try:
+        conversations, n_bad = load_conversations(paths, skip_bad)
+    except DataError as e:
+        raise SystemExit(f"data error: {e}") from None
+    tokenizer = load_tokenizer(model)
+    samples, stats = build_samples(tokenizer, conversations, max_length, truncate)
+    if not samples:
+        too_long = stats["too_long_dropped"]
+        raise SystemExit(f"no trainable samples left (read {stats['total']}, {too_long} over {max_length} tokens)")
+    lengths = [len(s.input_ids) for s in samples]
+    n_targets = [s.n_targets for s in samples]
+    report = (
+        f"data: {stats['total']} records, {n_bad} bad skipped, {stats['too_long_dropped']} over {max_length} tokens "
+        f"dropped, {stats['truncated']} truncated, {stats['no_target_after_truncation']} without targets dropped -> "
+        f"{len(samples)} samples, {sum(lengths):,} tokens ({sum(n_targets):,} in the loss), longest {max(lengths)}"
+    )
+    fingerprint = hashlib.sha256(json.dumps([lengths, n_targets]).encode()).hexdigest()[:16]
+    return TrainingData(tokenizer, samples, lengths, n_targets, report, fingerprint)
+
+
+# ----------------------------------------------------------------------------- steps, packing and collation
+
+
+def epoch_order(n_samples: int, seed: int, epoch: int) -> list[int]:
+    """The sample order of one epoch; a pure function of (seed, epoch), so a resumed run replays it exactly."""
+    order = list(range(n_samples))
+    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    return order
+
+
+def step_sample_ids(n_samples: int, samples_per_step: int, seed: int, step: int) -> list[int]:
+    """The samples of one optimizer step: consecutive slices of each epoch's order (the last one may be short)."""
+    steps_per_epoch = math.ceil(n_samples / samples_per_step)
+    epoch, i = divmod(step, steps_per_epoch)
+    return epoch_order(n_samples, seed, epoch)[i * samples_per_step : (i + 1) * samples_per_step]
+
+
+def pack_step(sample_ids: list[int], lengths: list[int], micro_batch_tokens: int) -> list[list[int]]:
+    """Split one optimizer step's samples into micro-batches of at most micro_batch_tokens tokens.
+
+    First-fit decreasing: longest first, each into the first micro-batch with room. Deterministic.
+    """
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(sample_ids, key=lambda i: (-lengths[i], i)):
+        for b, free in enumerate(room):
+            if lengths[i] <= free:
+                bins[b].append(i)
+                room[b] -= lengths[i]
+                break
+        else:
+            bins.append([i])
+            room.append(micro_batch_tokens - lengths[i])
+    return bins
+
+
+def pad_step(sample_ids: list[int], lengths: list[int], micro_batch_tokens: int) -> list[list[int]]:
+    """The padded baseline: rows of similar length, as many as fit when every row is padded to the longest."""
+    bins, current = [], []
+    for i in sorted(sample_ids, key=lambda i: (-lengths[i], i)):
+        if current and (len(current) + 1) * lengths[current[0]] > micro_batch_tokens:
+            bins.append(current)
+            current = []
+        current.append(i)
+    return bins + ([current] if current else [])
+
+
+def collate_packed(samples: list[Sample], pad_id: int) -> dict[str, torch.Tensor]:
+    """One row holding all samples back to back; position_ids restart at 0 so attention stays inside each sample.
+
+    No attention mask is passed: from position_ids alone transformers builds a block-diagonal mask (SDPA, eager)
+    or calls FlashAttention-2's varlen kernel. No padding either, so pad_id is unused (it is the padded
+    collator's argument, and both collators are called alike).
+    """
+    return {
+        "input_ids": torch.tensor([[t for s in samples for t in s.input_ids]]),
+        "position_ids": torch.tensor([[p for s in samples for p in range(len(s.input_ids))]]),
+        "targets": torch.tensor([[t for s in samples for t in s.targets]]),
+    }
+
+
+def collate_padded(samples: list[Sample], pad_id: int) -> dict[str, torch.Tensor]:
+    """One row per sample, right-padded; the attention mask hides the padding."""
+    width = max(len(s.input_ids) for s in samples)
+
+    def pad(seq: list[int], value: int) -> list[int]:
+        return seq + [value] * (width - len(seq))
+
+    return {
+        "input_ids": torch.tensor([pad(s.input_ids, pad_id) for s in samples]),
+        "attention_mask": torch.tensor([pad([1] * len(s.input_ids), 0) for s in samples]),
+        "targets": torch.tensor([pad(s.targets, IGNORE_INDEX) for s in samples]),
+    }
+
+
+# ----------------------------------------------------------------------------- loss
+
+
+def _chunk_ce_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(F.linear(hidden, weight).float(), targets, reduction="sum")
+
+
+def chunked_lm_loss(
+    hidden: torch.Tensor, lm_head_weight: torch.Tensor, targets: torch.Tensor, chunk_tokens: int = 1024
+) -> torch.Tensor:
+    """Sum of next-token cross-entropies without materialising full-vocabulary logits for the sequence.
+
+    Only target positions get logits at all (prompt tokens are masked anyway), and those in chunks whose
+    logits are recomputed in backward instead of stored: the peak is about three chunk x vocab fp32 buffers
+    (logits, log-softmax, their gradient), measured 7.1 GiB at chunk 4096 and 1.8 GiB at chunk 1024 for vocab
+    152064, where the full-logits loss of a 16k sequence needs ~28 GiB (bench/RESULTS.md).
+    """
+    hidden = hidden.reshape(-1, hidden.shape[-1])
+    targets = targets.reshape(-1).to(hidden.device)
+    keep = targets != IGNORE_INDEX
+    hidden, targets = hidden[keep], targets[keep]
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, targets.numel(), chunk_tokens):
+        chunk = slice(start, start + chunk_tokens)
+        total = total + torch.utils.checkpoint.checkpoint(
+            _chunk_ce_sum, hidden[chunk], lm_head_weight, targets[chunk], use_reentrant=False
+        )
+    return total
+
+
+def full_logits_lm_loss(hidden: torch.Tensor, lm_head_weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The naive loss (full fp32 logits for every position), kept as the baseline the benchmarks compare against."""
+    logits = F.linear(hidden, lm_head_weight).float()
+    logits, targets = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1).to(logits.device)
+    return F.cross_entropy(logits, targets, reduction="sum", ignore_index=IGNORE_INDEX)
+
+
+def summed_loss(lm, batch: dict[str, torch.Tensor], loss_chunk_tokens: int) -> torch.Tensor:
+    """Summed cross-entropy of one micro-batch over its target tokens; the trainer divides by the whole step's count.
+
+    lm is a transformers causal LM (a PEFT model's base model too: LoRA layers sit inside it). The decoder runs on
+    its own so that logits are made only at target positions (chunked_lm_loss), never for the whole sequence.
+    """
+    inputs = {k: v for k, v in batch.items() if k != "targets"}
+    # use_cache=False matters: with a cache, transformers ignores packed position_ids and samples attend to each other.
+    hidden = lm.get_decoder()(**inputs, use_cache=False).last_hidden_state
+    head = lm.get_output_embeddings().weight
+    if loss_chunk_tokens:
+        return chunked_lm_loss(hidden, head, batch["targets"], loss_chunk_tokens)
+    return full_logits_lm_loss(hidden, head, batch["targets"])

@@ -1,0 +1,291 @@
+"""The decisive details of SFT (sft.py), each checked directly: record shapes and their errors, label masks from the
+chat template, the shift inside each sample, over-long samples, step order, packing, collation and the loss."""
+
+import json
+import re
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import sft
+import utils
+
+IGNORE = sft.IGNORE_INDEX
+SYSTEM = "You are a careful reasoner."
+CONVERSATION = [
+    {"role": "system", "content": SYSTEM},
+    {"role": "user", "content": "What is 12*3?"},
+    {"role": "assistant", "content": "<|begin_of_thought|>\n\n12*3 = 36.\n\n<|end_of_thought|>\n\n\\boxed{36}"},
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir):
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir):
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa", dtype=torch.float32).eval()
+
+
+def decoded_targets(tokenizer, messages):
+    ids, labels = next(sft.tokenize_conversations(tokenizer, [messages]))
+    return ids, labels, [(tokenizer.decode([i]), label != IGNORE) for i, label in zip(ids, labels)]
+
+
+# ----------------------------------------------------------------------------- records -> messages
+
+
+def test_to_messages_accepts_the_three_shapes_and_they_agree():
+    sharegpt = {"system": "S", "conversations": [{"from": "user", "value": "Q"}, {"from": "assistant", "value": "A"}]}
+    chat = {
+        "messages": [
+            {"role": "system", "content": "S"},
+            {"role": "user", "content": "Q"},
+            {"role": "assistant", "content": "A"},
+        ]
+    }
+    pair = {"system": "S", "prompt": "Q", "response": "A"}
+    assert sft.to_messages(sharegpt) == sft.to_messages(chat) == sft.to_messages(pair)
+    human_gpt = {"conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}]}
+    assert [m["role"] for m in sft.to_messages(human_gpt)] == ["user", "assistant"]
+
+
+@pytest.mark.parametrize(
+    "line, problem",
+    [
+        ('{"prompt": "Q", "response": ""}', "no non-empty assistant turn"),
+        ('{"messages": [{"role": "user", "content": "Q"}]}', "no non-empty assistant turn"),
+        ('{"messages": [{"role": "assistant"}]}', "messages[0]"),
+        ('{"messages": [{"role": "wizard", "content": "A"}]}', "unknown role 'wizard'"),
+        ('{"conversations": [{"from": "robot", "value": "x"}]}', "conversations[0]"),
+        ('{"prompt": "Q", "response": 3}', "'content' must be a string"),
+        ('{"text": "Q"}', "unknown record shape"),
+        ('{"prompt": "Q", "response": "A"', "invalid JSON"),
+        ("[1, 2]", "expected a JSON object"),
+    ],
+)
+def test_bad_record_error_names_file_line_and_problem(tmp_path, line, problem):
+    path = tmp_path / "train.jsonl"
+    good = '{"prompt": "Q", "response": "A"}\n'
+    path.write_text(good + line + "\n" + good)
+    with pytest.raises(utils.DataError) as err:
+        sft.load_conversations([str(path)])
+    assert str(err.value).startswith(f"{path}:2:") and problem in str(err.value)
+    assert "\n" not in str(err.value)
+    # --skip-bad counts the bad record and keeps reading: the record after it is not lost
+    conversations, skipped = sft.load_conversations([str(path)], skip_bad=True)
+    assert (len(conversations), skipped) == (2, 1)
+
+
+def test_bad_bytes_are_a_data_error_or_skipped(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    good = b'{"prompt": "Q", "response": "A"}\n'
+    path.write_bytes(good * 2 + '{"prompt": "caf\xe9", "response": "A"}\n'.encode("latin-1") + good)
+    with pytest.raises(utils.DataError, match=rf"^{re.escape(str(path))}:3: not UTF-8 text"):
+        sft.load_conversations([str(path)])
+    conversations, skipped = sft.load_conversations([str(path)], skip_bad=True)
+    assert (len(conversations), skipped) == (3, 1)
+
+
+def test_empty_file_missing_file_and_json_array(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(utils.DataError, match="empty.jsonl: no records"):
+        sft.load_conversations([str(empty)])
+    with pytest.raises(utils.DataError, match="missing.jsonl: file not found"):
+        sft.load_conversations([str(tmp_path / "missing.jsonl")], skip_bad=True)  # a missing file is never skipped
+    array = tmp_path / "data.json"
+    records = [{"prompt": "Q", "response": "A"}, {"messages": [{"role": "assistant", "content": "B"}]}]
+    array.write_text(json.dumps(records))
+    assert len(sft.load_conversations([str(array)])[0]) == 2
+    # several files: all of them are read, in order
+    conversations, _ = sft.load_conversations([str(array), str(array)])
+    assert len(conversations) == 4 and conversations[1] == conversations[3]
+
+
+# ----------------------------------------------------------------------------- messages -> tokens and labels
+
+
+def test_mask_covers_exactly_the_reply_and_its_end_of_turn_token(tokenizer):
+    ids, labels, pieces = decoded_targets(tokenizer, CONVERSATION)
+    in_loss = "".join(p for p, t in pieces if t)
+    masked = "".join(p for p, t in pieces if not t)
+    assert in_loss == CONVERSATION[2]["content"] + "<|im_end|>"
+    prompt = (
+        f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\nWhat is 12*3?<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert masked == prompt + "\n"  # the template's newline after <|im_end|> is never generated, so never learned
+    # token by token: everything up to "assistant\n" is masked, then one contiguous target run ending at <|im_end|>
+    first = next(i for i, (_, t) in enumerate(pieces) if t)
+    last = max(i for i, (_, t) in enumerate(pieces) if t)
+    assert "".join(p for p, _ in pieces[:first]).endswith("<|im_start|>assistant\n")
+    assert all(t for _, t in pieces[first : last + 1])
+    assert pieces[last][0] == "<|im_end|>" and ids[last] == tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert pieces[last + 1 :] == [("\n", False)]
+    assert labels[first : last + 1] == ids[first : last + 1]
+
+
+def test_mask_with_default_system_prompt_and_two_assistant_turns(tokenizer):
+    messages = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "add 2 and 2"},
+        {"role": "assistant", "content": "4"},
+    ]
+    _, _, pieces = decoded_targets(tokenizer, messages)
+    assert "".join(p for p, t in pieces if t) == "hello<|im_end|>4<|im_end|>"
+    text = "".join(p for p, _ in pieces)
+    assert text.startswith("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud.")  # the template's own default
+    assert "add 2 and 2" in "".join(p for p, t in pieces if not t)  # the user turn between the replies is masked
+
+
+def test_spans_refuse_a_template_that_is_not_prefix_stable(tokenizer):
+    class Reversed:  # renders turns newest first: a prefix of the conversation is not a prefix of the text
+        eos_token = tokenizer.eos_token
+
+        def apply_chat_template(self, messages, tokenize, add_generation_prompt):
+            return "".join(f"[{m['role']}]{m['content']}" for m in reversed(messages)) + "[gen]" * add_generation_prompt
+
+    with pytest.raises(ValueError, match="not prefix-stable"):
+        sft.assistant_char_spans(Reversed(), CONVERSATION[1:])
+
+
+def test_targets_are_shifted_inside_each_sample():
+    sample = sft.make_sample([5, 6, 7, 8], [IGNORE, IGNORE, 7, 8])
+    assert sample.targets == [IGNORE, 7, 8, IGNORE] and sample.n_targets == 2
+    packed = sft.collate_packed([sample, sft.make_sample([9, 10], [9, 10])], pad_id=0)
+    assert packed["input_ids"].tolist() == [[5, 6, 7, 8, 9, 10]]
+    assert packed["targets"].tolist() == [[IGNORE, 7, 8, IGNORE, 10, IGNORE]]  # 8 never learns to predict 9
+    assert packed["position_ids"].tolist() == [[0, 1, 2, 3, 0, 1]]
+    padded = sft.collate_padded([sample, sft.make_sample([9, 10], [9, 10])], pad_id=0)
+    assert padded["input_ids"].tolist() == [[5, 6, 7, 8], [9, 10, 0, 0]]
+    assert padded["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
+    assert padded["targets"].tolist() == [[IGNORE, 7, 8, IGNORE], [10, IGNORE, IGNORE, IGNORE]]
+
+
+def test_over_long_samples_are_dropped_or_truncated_and_counted(tokenizer):
+    short = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
+    long = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "word " * 200}]
+    prompt_only = [{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "y"}]
+    n_short = len(next(sft.tokenize_conversations(tokenizer, [short]))[0])
+    samples, stats = sft.build_samples(tokenizer, [short, long], max_length=n_short + 20, truncate=False)
+    assert (len(samples), stats["too_long_dropped"], stats["truncated"]) == (1, 1, 0)
+    samples, stats = sft.build_samples(tokenizer, [short, long, prompt_only], max_length=n_short + 20, truncate=True)
+    assert (len(samples), stats["truncated"], stats["no_target_after_truncation"], stats["kept"]) == (2, 2, 1, 2)
+    assert len(samples[1].input_ids) == n_short + 20 and samples[1].targets[-1] == IGNORE
+
+
+def test_load_training_data_reports_and_fingerprints(tiny_model_dir, train_file):
+    data = sft.load_training_data([str(train_file)], str(tiny_model_dir), 256, False, False)
+    assert len(data.samples) == 12 and data.lengths == [len(s.input_ids) for s in data.samples]
+    assert data.n_targets == [s.n_targets for s in data.samples] and 0 < min(data.n_targets)
+    assert data.report.startswith("data: 12 records, 0 bad skipped") and "-> 12 samples" in data.report
+    assert data.tokenizer.eos_token == "<|im_end|>"
+    again = sft.load_training_data([str(train_file)], str(tiny_model_dir), 256, False, False)
+    assert again.fingerprint == data.fingerprint  # deterministic: a resumed run recognises its data
+    cut = sft.load_training_data([str(train_file)], str(tiny_model_dir), 90, True, False)
+    assert cut.fingerprint != data.fingerprint and max(cut.lengths) == 90
+    with pytest.raises(SystemExit, match=r"no trainable samples left \(read 12, 12 over 40 tokens\)"):
+        sft.load_training_data([str(train_file)], str(tiny_model_dir), 40, False, False)
+
+
+def test_load_training_data_turns_bad_data_into_one_line_exit(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "Q", "response": "A"}\n{"prompt": "Q"}\n')
+    with pytest.raises(SystemExit, match=rf"^data error: {bad}:2: unknown record shape"):
+        sft.load_training_data([str(bad)], "/nonexistent/never-loaded", 256, False, False)  # before the tokenizer loads
+
+
+# ----------------------------------------------------------------------------- steps and packing
+
+
+def test_epoch_order_is_a_pure_function_of_seed_and_epoch():
+    steps = [sft.step_sample_ids(10, 4, seed=1, step=s) for s in range(3)]
+    assert [len(s) for s in steps] == [4, 4, 2]
+    assert sorted(i for s in steps for i in s) == list(range(10))  # one epoch = every sample once, last step partial
+    assert steps == [sft.step_sample_ids(10, 4, seed=1, step=s) for s in range(3)]
+    next_epoch = [sft.step_sample_ids(10, 4, seed=1, step=s) for s in range(3, 6)]
+    assert sorted(i for s in next_epoch for i in s) == list(range(10)) and next_epoch != steps  # reshuffled
+    assert sft.epoch_order(10, 1, 0) != sft.epoch_order(10, 2, 0)
+
+
+def test_packing_covers_every_sample_once_within_budget():
+    lengths = [100, 900, 350, 350, 20, 640, 500, 1000]
+    ids = list(range(len(lengths)))
+    for pack in (sft.pack_step, sft.pad_step):
+        bins = pack(ids, lengths, 1000)
+        assert sorted(i for b in bins for i in b) == ids
+        for b in bins:
+            cost = sum(lengths[i] for i in b) if pack is sft.pack_step else len(b) * max(lengths[i] for i in b)
+            assert cost <= 1000
+        assert pack(list(reversed(ids)), lengths, 1000) == bins  # deterministic, whatever the order given
+    assert len(sft.pack_step(ids, lengths, 1000)) == 4  # 3860 tokens: first-fit decreasing needs 4 bins
+    assert sft.pack_step(ids, lengths, 1000)[0] == [7]  # longest first
+
+
+# ----------------------------------------------------------------------------- loss
+
+
+def random_samples(n, vocab, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        length = int(torch.randint(8, 40, (1,), generator=g))
+        ids = torch.randint(3, vocab, (length,), generator=g).tolist()
+        labels = [IGNORE] * (length // 3) + ids[length // 3 :]
+        out.append(sft.make_sample(ids, labels))
+    return out
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_per_token_losses_equal_each_sample_alone(tiny_model_dir, attn):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=attn, dtype=torch.float32).eval()
+    samples = random_samples(3, 4000)
+
+    def token_losses(batch):
+        logits = model(input_ids=batch["input_ids"], position_ids=batch.get("position_ids"), use_cache=False).logits
+        return torch.nn.functional.cross_entropy(logits[0], batch["targets"][0], reduction="none", ignore_index=IGNORE)
+
+    with torch.no_grad():
+        packed = token_losses(sft.collate_packed(samples, pad_id=0))
+        alone = torch.cat([token_losses(sft.collate_packed([s], pad_id=0)) for s in samples])
+    torch.testing.assert_close(packed, alone, atol=1e-5, rtol=1e-5)
+    # and the check has teeth: without position_ids restarting, the samples would see each other
+    with torch.no_grad():
+        leaky = sft.collate_packed(samples, pad_id=0)
+        leaky["position_ids"] = torch.arange(leaky["input_ids"].shape[1])[None]
+        assert not torch.allclose(token_losses(leaky), alone, atol=1e-3)
+
+
+def test_chunked_loss_equals_full_logits_loss_and_gradients():
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 37, 16, requires_grad=True)
+    weight = torch.randn(301, 16, requires_grad=True)
+    targets = torch.randint(0, 301, (2, 37))
+    targets[0, :5] = IGNORE
+    full = sft.full_logits_lm_loss(hidden, weight, targets)
+    grads_full = torch.autograd.grad(full, (hidden, weight))
+    chunked = sft.chunked_lm_loss(hidden, weight, targets, chunk_tokens=7)
+    grads_chunked = torch.autograd.grad(chunked, (hidden, weight))
+    torch.testing.assert_close(chunked, full)
+    for a, b in zip(grads_chunked, grads_full):
+        torch.testing.assert_close(a, b)
+
+
+def test_summed_loss_is_the_models_own_cross_entropy_summed_over_targets(model):
+    """The trainers' one loss: decoder + LM head at target positions only, summed (the step divides)."""
+    samples = random_samples(4, 4000, seed=1)
+    batch = sft.collate_packed(samples, pad_id=0)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+        reference = torch.nn.functional.cross_entropy(logits[0], batch["targets"][0], reduction="sum")
+        chunked = sft.summed_loss(model, batch, loss_chunk_tokens=16)
+        full = sft.summed_loss(model, batch, loss_chunk_tokens=0)
+        padded = sft.summed_loss(model, sft.collate_padded(samples, pad_id=0), loss_chunk_tokens=16)
+    torch.testing.assert_close(chunked, reference, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(full, reference, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(padded, reference, rtol=1e-5, atol=1e-4)  # padding is masked out, not learned
+    assert reference / sum(s.n_targets for s in samples) > 5  # a random model: ~log(vocab) per token, so not vacuous
