@@ -44,6 +44,8 @@ CODE_FORMAT = "Put your final solution in a single ```python code block."
 PROMPT_STYLES = {
     "sky-t1": (SKY_T1_SYSTEM_PROMPT, MATH_PROMPT),
     "step-by-step": (None, "{problem}\nPlease reason step by step, and put your final answer within \\boxed{{}}."),
+    # The paper's Table 2 harness (Qwen2.5-Math evaluation, prompt type "Sky-T1"): the system prompt, the bare question.
+    "sky-t1-bare": (SKY_T1_SYSTEM_PROMPT, "{problem}"),
     "none": (None, "{problem}"),
 }
 # Instruction boilerplate (Sky-T1 math/APPS/TACO, R1) that would otherwise make unrelated prompts look alike to

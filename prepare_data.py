@@ -121,8 +121,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def load_raw(inputs: list[str], split: str = "train") -> Iterator[tuple[str, int, dict | str]]:
-    """Yield (source, line, record) from every input; a malformed .jsonl line yields the reason instead of a record
-    (so --skip-bad can count it). A .json or .parquet file that cannot be read at all raises DataError."""
+    """Yield (source, line, record) from every input; a malformed JSON line or item yields its DataError instead of a
+    record (so --skip-bad can count it). A file that cannot be read at all raises DataError."""
     for name in inputs:
         path = Path(name)
         if not path.exists():
@@ -134,24 +134,10 @@ def load_raw(inputs: list[str], split: str = "train") -> Iterator[tuple[str, int
                 yield name, line, row
         elif path.suffix == ".parquet":
             yield from ((name, line, row) for line, row in parquet_rows(path))
-        elif path.suffix == ".json":
-            yield from ((name, line, row) for line, row in utils.iter_json_records(path))
-        elif path.suffix == ".jsonl":
-            with open(path, "rb") as f:
-                yield from ((name, line, jsonl_record(data)) for line, data in enumerate(f, 1) if data.strip())
+        elif path.suffix in (".json", ".jsonl"):
+            yield from ((name, line, row) for line, row in utils.iter_json_lines(path))
         else:
             raise DataError(f"{name}: unsupported input (expected .jsonl, .json, .parquet or a Hugging Face dataset)")
-
-
-def jsonl_record(data: bytes) -> dict | str:
-    """The record on one line, or why there is none: not UTF-8 text, invalid JSON, or not an object."""
-    try:
-        record = json.loads(data.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        return f"not UTF-8 text (byte 0x{data[e.start]:02x})"
-    except json.JSONDecodeError as e:
-        return f"invalid JSON ({e.msg} at column {e.colno})"
-    return record if isinstance(record, dict) else f"expected a JSON object, got {type(record).__name__}"
 
 
 def parquet_rows(path: Path) -> Iterator[tuple[int, dict]]:
@@ -381,9 +367,12 @@ def parse_all(raw_records, cfg, counts: dict[str, Counter]) -> list[Example]:
     examples = []
     for source, line, raw in tqdm(raw_records, desc="parse", unit=" rec", leave=False):
         counts[source]["read"] += 1
+        if isinstance(raw, DataError):  # not UTF-8, not JSON or not an object: the error already names file and line
+            if not cfg.skip_bad:
+                raise raw
+            counts[source]["unparsable"] += 1
+            continue
         try:
-            if isinstance(raw, str):
-                raise ValueError(raw)
             example, defect = parse_example(source, line, raw, cfg.style)
         except ValueError as e:
             if not cfg.skip_bad:

@@ -267,12 +267,11 @@ def pad_step(sample_ids: list[int], lengths: list[int], micro_batch_tokens: int)
     return bins + ([current] if current else [])
 
 
-def collate_packed(samples: list[Sample], pad_id: int) -> dict[str, torch.Tensor]:
+def collate_packed(samples: list[Sample]) -> dict[str, torch.Tensor]:
     """One row holding all samples back to back; position_ids restart at 0 so attention stays inside each sample.
 
     No attention mask is passed: from position_ids alone transformers builds a block-diagonal mask (SDPA, eager)
-    or calls FlashAttention-2's varlen kernel. No padding either, so pad_id is unused (it is the padded
-    collator's argument, and both collators are called alike).
+    or calls FlashAttention-2's varlen kernel.
     """
     return {
         "input_ids": torch.tensor([[t for s in samples for t in s.input_ids]]),

@@ -24,6 +24,7 @@ import os
 import shutil
 import time
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -245,7 +246,7 @@ def main(args: argparse.Namespace) -> dict:
     steps_per_epoch = math.ceil(len(samples) / args.samples_per_step)
     total_steps = args.max_steps or args.epochs * steps_per_epoch
     pack = sft.pack_step if args.packing else sft.pad_step
-    collate = sft.collate_packed if args.packing else sft.collate_padded
+    collate = sft.collate_packed if args.packing else partial(sft.collate_padded, pad_id=tokenizer.pad_token_id)
     # Stands in for a real micro-batch on a rank with fewer of them; its loss is weighted by zero. It has one target so
     # the LM head gets a (zero) gradient too: every rank then reduce-scatters the same tensors.
     empty_micro_batch = [sft.Sample([tokenizer.pad_token_id], [tokenizer.pad_token_id])]
@@ -363,7 +364,7 @@ def main(args: argparse.Namespace) -> dict:
         loss_sum, n_tokens = 0.0, 0
         for micro in rank_micro_batches(sample_ids, lengths, world, args.micro_batch_tokens, pack)[rank]:
             weight = 1.0 if micro else 0.0
-            batch = collate([samples[i] for i in micro] or empty_micro_batch, tokenizer.pad_token_id)
+            batch = collate([samples[i] for i in micro] or empty_micro_batch)
             with autocast:
                 micro_loss = model({k: v.to(device) for k, v in batch.items()})
             (micro_loss * (weight / n_targets)).backward()

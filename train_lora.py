@@ -17,6 +17,7 @@ import json
 import math
 import time
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -134,7 +135,7 @@ def main(args: argparse.Namespace) -> dict:
     steps_per_epoch = math.ceil(len(samples) / args.samples_per_step)
     total_steps = args.max_steps or args.epochs * steps_per_epoch
     pack = sft.pack_step if args.packing else sft.pad_step
-    collate = sft.collate_packed if args.packing else sft.collate_padded
+    collate = sft.collate_packed if args.packing else partial(sft.collate_padded, pad_id=tokenizer.pad_token_id)
     print(data.report)
     out.mkdir(parents=True, exist_ok=True)  # only now: bad data leaves no empty run folder behind
     micro_batches = math.ceil(args.samples_per_step * sum(lengths) / len(lengths) / args.micro_batch_tokens)
@@ -213,7 +214,7 @@ def main(args: argparse.Namespace) -> dict:
         n_targets = sum(data.n_targets[i] for i in sample_ids)
         loss_sum, n_tokens = 0.0, 0
         for micro in pack(sample_ids, lengths, args.micro_batch_tokens):
-            batch = collate([samples[i] for i in micro], tokenizer.pad_token_id)
+            batch = collate([samples[i] for i in micro])
             with autocast:
                 micro_loss = sft.summed_loss(lm, {k: v.to(device) for k, v in batch.items()}, args.loss_chunk_tokens)
             (micro_loss / n_targets).backward()

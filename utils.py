@@ -39,14 +39,10 @@ def _decode(path: Path, data: bytes, first_line: int = 1) -> str:
         raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x})") from None
 
 
-def iter_json_records(
-    path: str | os.PathLike, on_error: Callable[[DataError], None] | None = None
-) -> Iterator[tuple[int, dict]]:
-    """Yield (line_or_item_number, record) from a .jsonl file or a .json array, numbering from 1.
-
-    A bad line or item raises its DataError, or with on_error is handed to it and skipped (reading goes on).
-    Problems of the whole file (missing, a .json that does not parse) always raise.
-    """
+def iter_json_lines(path: str | os.PathLike) -> Iterator[tuple[int, dict | DataError]]:
+    """(line or item number from 1, record) for every record of a .jsonl file or a .json array; a bad line or item
+    comes as its DataError instead, naming file, line and problem, for the caller to raise or count. Problems of the
+    whole file (missing, a .json that does not parse) raise."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
@@ -63,37 +59,36 @@ def iter_json_records(
             if isinstance(item, dict):
                 yield n, item
             else:
-                _bad_record(DataError(f"{path}: item {n}: expected a JSON object, got {type(item).__name__}"), on_error)
+                yield n, DataError(f"{path}: item {n}: expected a JSON object, got {type(item).__name__}")
         return
     with open(path, "rb") as f:
         for n, raw in enumerate(f, 1):
             try:
-                item = _parse_jsonl_line(path, n, raw)
+                line = _decode(path, raw, n)
+                if line.strip():
+                    item = json.loads(line)
+                    if isinstance(item, dict):
+                        yield n, item
+                    else:
+                        yield n, DataError(f"{path}:{n}: expected a JSON object, got {type(item).__name__}")
             except DataError as e:
-                _bad_record(e, on_error)
-                continue
-            if item is not None:
-                yield n, item
+                yield n, e
+            except json.JSONDecodeError as e:
+                yield n, DataError(f"{path}:{n}: invalid JSON ({e.msg} at column {e.colno})")
 
 
-def _parse_jsonl_line(path: Path, n: int, raw: bytes) -> dict | None:
-    """One JSONL line as a record, None for a blank line, or a DataError naming file, line and problem."""
-    line = _decode(path, raw, n)
-    if not line.strip():
-        return None
-    try:
-        item = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{n}: invalid JSON ({e.msg} at column {e.colno})") from None
-    if not isinstance(item, dict):
-        raise DataError(f"{path}:{n}: expected a JSON object, got {type(item).__name__}")
-    return item
-
-
-def _bad_record(error: DataError, on_error: Callable[[DataError], None] | None) -> None:
-    if on_error is None:
-        raise error
-    on_error(error)
+def iter_json_records(
+    path: str | os.PathLike, on_error: Callable[[DataError], None] | None = None
+) -> Iterator[tuple[int, dict]]:
+    """(line or item number, record) of a .jsonl file or a .json array. A bad line or item raises its DataError, or
+    with on_error is handed to it and skipped (reading goes on)."""
+    for n, item in iter_json_lines(path):
+        if not isinstance(item, DataError):
+            yield n, item
+        elif on_error is None:
+            raise item
+        else:
+            on_error(item)
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
@@ -240,12 +235,22 @@ def pick_attention(requested: str, device: torch.device) -> str:
     return "flash_attention_2" if device.type == "cuda" and has_flash else "sdpa"
 
 
-def load_tokenizer(name_or_dir: str):
+CHAT_TEMPLATES = ("model", "chatml")  # --chat-template: these names, or the path of a Jinja file
+
+
+def load_tokenizer(name_or_dir: str, chat_template: str = "model"):
+    """The model's tokenizer with the chat template to train and evaluate with: the model's own ("model"), plain
+    ChatML ("chatml", for a base model whose tokenizer has <|im_start|> and <|im_end|>), or a Jinja file's."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(name_or_dir)
+    if chat_template != "model":
+        path = DATA_DIR / "chatml_template.jinja" if chat_template == "chatml" else Path(chat_template)
+        if not path.is_file():
+            raise SystemExit(f"--chat-template {chat_template}: no such file (or use 'model' or 'chatml')")
+        tokenizer.chat_template = path.read_text(encoding="utf-8")
     if tokenizer.chat_template is None:
-        raise SystemExit(f"{name_or_dir}: the tokenizer has no chat template; use an instruct/chat model")
+        raise SystemExit(f"{name_or_dir}: the tokenizer has no chat template; use a chat model or --chat-template")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

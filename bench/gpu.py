@@ -237,7 +237,7 @@ def make_samples(lengths: list[int], vocab: int, rng: random.Random) -> list[sft
 
 def step_ours(model, samples, device, autocast, chunk_tokens: int) -> None:
     base = model.get_base_model()
-    batch = {k: v.to(device) for k, v in sft.collate_packed(samples, 0).items()}
+    batch = {k: v.to(device) for k, v in sft.collate_packed(samples).items()}
     targets = batch.pop("targets")
     n_targets = int((targets != sft.IGNORE_INDEX).sum())
     with autocast:

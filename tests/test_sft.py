@@ -156,7 +156,7 @@ def test_spans_refuse_a_template_that_is_not_prefix_stable(tokenizer):
 def test_targets_are_shifted_inside_each_sample():
     sample = sft.make_sample([5, 6, 7, 8], [IGNORE, IGNORE, 7, 8])
     assert sample.targets == [IGNORE, 7, 8, IGNORE] and sample.n_targets == 2
-    packed = sft.collate_packed([sample, sft.make_sample([9, 10], [9, 10])], pad_id=0)
+    packed = sft.collate_packed([sample, sft.make_sample([9, 10], [9, 10])])
     assert packed["input_ids"].tolist() == [[5, 6, 7, 8, 9, 10]]
     assert packed["targets"].tolist() == [[IGNORE, 7, 8, IGNORE, 10, IGNORE]]  # 8 never learns to predict 9
     assert packed["position_ids"].tolist() == [[0, 1, 2, 3, 0, 1]]
@@ -250,12 +250,12 @@ def test_packed_per_token_losses_equal_each_sample_alone(tiny_model_dir, attn):
         return torch.nn.functional.cross_entropy(logits[0], batch["targets"][0], reduction="none", ignore_index=IGNORE)
 
     with torch.no_grad():
-        packed = token_losses(sft.collate_packed(samples, pad_id=0))
-        alone = torch.cat([token_losses(sft.collate_packed([s], pad_id=0)) for s in samples])
+        packed = token_losses(sft.collate_packed(samples))
+        alone = torch.cat([token_losses(sft.collate_packed([s])) for s in samples])
     torch.testing.assert_close(packed, alone, atol=1e-5, rtol=1e-5)
     # and the check has teeth: without position_ids restarting, the samples would see each other
     with torch.no_grad():
-        leaky = sft.collate_packed(samples, pad_id=0)
+        leaky = sft.collate_packed(samples)
         leaky["position_ids"] = torch.arange(leaky["input_ids"].shape[1])[None]
         assert not torch.allclose(token_losses(leaky), alone, atol=1e-3)
 
@@ -278,7 +278,7 @@ def test_chunked_loss_equals_full_logits_loss_and_gradients():
 def test_summed_loss_is_the_models_own_cross_entropy_summed_over_targets(model):
     """The trainers' one loss: decoder + LM head at target positions only, summed (the step divides)."""
     samples = random_samples(4, 4000, seed=1)
-    batch = sft.collate_packed(samples, pad_id=0)
+    batch = sft.collate_packed(samples)
     with torch.no_grad():
         logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
         reference = torch.nn.functional.cross_entropy(logits[0], batch["targets"][0], reduction="sum")
