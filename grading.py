@@ -400,8 +400,11 @@ def math_equal(pred: str | None, gold, timeout: float = 5.0) -> bool:
     return _symbolic_equal(pred, gold, timeout)
 
 
-def grade_math(response: str | None, gold, timeout: float = 5.0) -> dict:
-    """{"extracted": answer or None, "correct": bool} for one model response."""
+def grade_math(response: str | None, gold, timeout: float = 5.0, finish_reason: str | None = None) -> dict:
+    """{"extracted": answer or None, "correct": bool} for one model response. A response the backend cut off at its
+    token limit (finish_reason "length") has no answer, whatever number happens to stand near its end."""
+    if finish_reason == "length":
+        return {"extracted": None, "correct": False}
     extracted = extract_answer(response or "")
     correct = math_equal(extracted, gold, timeout)
     if not correct and isinstance(gold, list) and len(gold) > 1 and response:
