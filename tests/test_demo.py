@@ -8,11 +8,15 @@ import sys
 from collections import Counter
 
 import pytest
+import torch
+from transformers import AutoModelForCausalLM
 
 import demo
 import markup
 import perturb
+import sft
 import synthetic
+import utils
 
 REPO = demo.utils.REPO_DIR
 
@@ -129,37 +133,55 @@ def test_task_file_cli_writes_what_evaluate_loads(tmp_path):
     assert all(0 <= int(p["answer"]) <= 30 for p in problems)
 
 
-def test_a_short_demo_learns_to_solve_held_out_problems(tmp_path):
-    """The end-to-end check, through demo.py -> synthetic, train_full, evaluate: a random model trained with broken
-    masking, packing, loss normalisation, saving, generation, stopping or grading does not end up solving held-out
-    problems in well-formed Sky-T1 answers that stop at end of turn. Measured with these settings and seeds on the
-    2-core CI machine (2.5 min): 13 of 50 right, 26%. The floor is twice uniform guessing over the 11 possible answers;
-    always answering the most common one would score 20% here. This budget sits where the arithmetic is only starting
-    to be learned (README, "experiment in miniature"): a 2000-step run is far above it, but takes 6 minutes."""
+def teacher_forced_accuracy(model_dir, records: list[dict]) -> dict[str, float]:
+    """Share of the assistant tokens of correct held-out traces that the model predicts right (greedy, teacher-forced),
+    apart for digit tokens (the arithmetic: content) and every other token (the trace's words and layout: structure);
+    plus what always predicting the commonest digit would score on the digit tokens."""
+    tokenizer = utils.load_tokenizer(str(model_dir))
+    samples, _ = sft.build_samples(tokenizer, [r["messages"] for r in records], 4096, truncate=False)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    right, total, digits = Counter(), Counter(), Counter()
+    with torch.no_grad():
+        for sample in samples:
+            predicted = model(torch.tensor([sample.input_ids])).logits[0].argmax(-1).tolist()
+            for guess, target in zip(predicted, sample.targets):
+                if target == sft.IGNORE_INDEX:
+                    continue
+                kind = "digit" if tokenizer.decode([target]).strip().isdigit() else "structure"
+                total[kind] += 1
+                right[kind] += guess == target
+                if kind == "digit":
+                    digits[target] += 1
+    accuracy = {kind: right[kind] / total[kind] for kind in total}
+    accuracy["commonest_digit"] = max(digits.values()) / total["digit"]
+    return accuracy
+
+
+def test_a_short_demo_learns_the_structure_of_held_out_traces(tmp_path):
+    """The end-to-end check, through demo.py -> synthetic, train_full, evaluate (2-3 min on 2 cores). A random model
+    trained with broken masking, packing, loss normalisation, saving, generation, stopping or grading does not end up
+    writing well-formed Sky-T1 answers that stop at end of turn, nor predicting held-out traces token by token.
+
+    What a run this short learns reliably is the structure: teacher-forced on 50 correct held-out traces, 98% of the
+    non-digit tokens right (1% before training) and 55-66% of the digit tokens (the commonest digit alone: ~15%),
+    measured at 900 and 1800 steps. Greedy held-out accuracy is not asserted: at this budget it swings between 10% and
+    26% with the seed and the machine (12% here with this seed, the same before and after the layout change), around
+    the 20% of always answering the commonest value, so a floor on it would test noise (docs/findings.md)."""
     out = tmp_path / "demo"
-    cmd = [
-        sys.executable,
-        str(REPO / "demo.py"),
-        "--output-dir",
-        str(out),
-        "--train-size",
-        "3000",
-        "--test-size",
-        "50",
-        "--steps",
-        "900",
-    ]
+    cmd = [sys.executable, str(REPO / "demo.py"), "--output-dir", str(out), "--train-size", "3000"]
+    cmd += ["--test-size", "50", "--steps", "900"]
     subprocess.run(cmd, check=True, cwd=REPO, timeout=900, capture_output=True)
     report = json.loads((out / "results.json").read_text())
     result = report["results"][0]
     assert report["before_accuracy"] == 0.0
     assert result["last_loss"] < 0.1 * result["first_loss"]
     assert (out / "loss_curve.png").stat().st_size > 0
-    answers = [json.loads(line)["answer"] for line in (out / "data" / "synthetic_test.jsonl").read_text().splitlines()]
-    majority = max(Counter(answers).values()) / len(answers)  # what always answering the most common value would score
-    assert result["accuracy"] >= 2 / 11, (
-        f"held-out accuracy {result['accuracy']:.0%} (most common answer: {majority:.0%})"
-    )
+    held_out = synthetic.generate(50, 0, "test", 2, 3, 10, prompt_style=demo.PROMPT_STYLE)
+    before = teacher_forced_accuracy(out / "model", held_out)
+    after = teacher_forced_accuracy(out / "runs" / "correct" / "final", held_out)
+    assert before["structure"] < 0.1 and before["digit"] < 0.1, before
+    assert after["structure"] >= 0.95, after
+    assert after["digit"] >= 2 * after["commonest_digit"], after
     shape = re.compile(
         r"<\|begin_of_thought\|>\n\n.+\n\n<\|end_of_thought\|>\n\n<\|begin_of_solution\|>\n\n.+\\boxed\{\d+\}"
         r"\n\n<\|end_of_solution\|>",
@@ -173,9 +195,9 @@ def test_a_short_demo_learns_to_solve_held_out_problems(tmp_path):
         return sum(bool(shape.fullmatch(s["response"].strip())) for s in samples)
 
     assert well_formed(read("before")) == 0
-    after = read("correct")
-    assert well_formed(after) >= 0.9 * len(after), (
-        f"only {well_formed(after)} of {len(after)} answers are well-formed Sky-T1"
+    answers = read("correct")
+    assert well_formed(answers) >= 0.9 * len(answers), (
+        f"only {well_formed(answers)} of {len(answers)} answers are well-formed Sky-T1"
     )
 
 
