@@ -5,8 +5,10 @@
     python evaluate.py --model my-model --backend openai --base-url http://localhost:8000/v1 --tasks math500
     python evaluate.py --responses my_generations.jsonl --tasks math500          # score only, no model
 
-Writes DIR/samples.jsonl (one scored sample per line), DIR/results.json (accuracy = mean pass@1 over samples,
-unbiased pass@k, LiveCodeBench by difficulty) and prints a table. Rerun the same command to resume after a kill.
+Writes DIR/samples.jsonl (one scored sample per line, with the backend's finish_reason), DIR/results.json (accuracy =
+mean pass@1 over samples, unbiased pass@k, the shares with no answer and cut off at --max-tokens, LiveCodeBench by
+difficulty, the settings used) and prints a table. Samples are written as each chunk finishes: rerun the same command
+to resume after a kill.
 A custom task is a JSONL file of {"id", "problem", "answer"} (maths) or {"id", "problem", "tests"[, "starter_code"]}
 (code; tests = [{"input", "output", "testtype": "stdin"|"functional"}]). Data sources: data/eval/README.md.
 """
@@ -27,6 +29,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_compl
 from pathlib import Path
 from typing import Iterator
 
+import torch
 from tqdm import tqdm
 
 import grading
@@ -38,7 +41,8 @@ from utils import DataError
 BUILTIN_TASKS = ("aime24", "amc23", "math500", "olympiadbench", "livecodebench")
 # Settings that change what a sample is: a rerun into the same folder must match them.
 # --n may differ (samples are indexed).
-GENERATION_KEYS = ("model", "adapter", "responses", "prompt_style", "temperature", "top_p", "max_tokens", "seed")
+GENERATION_KEYS = ("model", "adapter", "responses", "backend", "prompt_style", "chat_template")
+GENERATION_KEYS += ("temperature", "top_p", "max_tokens", "seed")
 VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # max_lora_rank values vLLM accepts
 
 
@@ -46,10 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="HF name or folder (vllm, hf), or the name the server knows it by (openai)")
     p.add_argument("--adapter", help="LoRA adapter folder, evaluated on top of --model without merging")
-    p.add_argument("--responses", help="JSONL of {task, id, response[, sample]}: score existing generations, no model")
-    p.add_argument(
-        "--tasks", required=True, help=f"comma list of built-in tasks ({','.join(BUILTIN_TASKS)}) or custom task files"
-    )
+    p.add_argument("--responses", help="JSONL of {task, id, response[, sample, finish_reason]}: score, no model")
+    p.add_argument("--tasks", required=True, help=f"comma list of {','.join(BUILTIN_TASKS)} or custom task files")
     p.add_argument(
         "--backend",
         choices=["vllm", "hf", "openai"],
@@ -59,48 +61,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n", type=int, default=1, help="samples per problem; pass@k is reported for k <= n")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy, SkyThought's setting for one sample")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
-    p.add_argument(
-        "--max-tokens", type=int, default=32768, help="generation budget per sample; long CoT needs tens of thousands"
-    )
-    p.add_argument(
-        "--seed", type=int, default=0, help="base of the per-sample seeds, so a resumed run draws the same samples"
-    )
+    p.add_argument("--max-tokens", type=int, default=32768, help="tokens per sample; paper: 32768 (long CoT)")
+    p.add_argument("--seed", type=int, default=0, help="base of the per-sample seeds: a resumed run redraws the same")
     p.add_argument(
         "--prompt-style",
         choices=list(PROMPT_STYLES),
         default="sky-t1",
-        help="sky-t1: the paper's system prompt and templates; step-by-step: plain \\boxed{} instruction; "
-        "none: bare problem",
+        help="sky-t1: SkyThought's evaluation (Sky-T1 system prompt, 'Return your final response within \\boxed{}.' "
+        "before the problem); sky-t1-bare: the paper's Table 2 harness (Qwen2.5-Math evaluation, prompt type 'Sky-T1': "
+        "the Sky-T1 system prompt, then the bare question); step-by-step: no system prompt, the problem, then 'Please "
+        "reason step by step, and put your final answer within \\boxed{}.'; none: the bare problem",
     )
     p.add_argument(
-        "--output-dir", help="samples and results go here (default out/eval/<model or responses name>); rerun to resume"
+        "--chat-template", default="model", help="model|chatml|Jinja file: the template the model was trained with"
     )
+    p.add_argument("--output-dir", help="default out/eval/<model or responses name>; rerun into it to resume")
     p.add_argument("--limit", type=int, help="only the first N problems of each task, for quick checks")
-    p.add_argument(
-        "--workers", type=int, default=os.cpu_count(), help="scoring processes: sympy and test programs are CPU-bound"
-    )
+    p.add_argument("--workers", type=int, default=os.cpu_count(), help="scoring processes: sympy, sandboxed tests")
     p.add_argument("--batch-size", type=int, default=8, help="hf: sequences generated together")
     p.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm: GPUs the model is split over")
+    p.add_argument("--chunk-size", type=int, default=1024, help="vllm: samples per call, saved when it returns")
     p.add_argument("--base-url", default="http://localhost:8000/v1", help="openai: server root (vllm serve's default)")
-    p.add_argument(
-        "--api-key",
-        default=os.environ.get("OPENAI_API_KEY", "EMPTY"),
-        help="openai: bearer token (default $OPENAI_API_KEY)",
-    )
+    p.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY", "EMPTY"), help="openai: $OPENAI_API_KEY")
     p.add_argument("--concurrency", type=int, default=32, help="openai: requests in flight; servers batch them")
-    p.add_argument(
-        "--max-retries", type=int, default=5, help="openai: retries on 429/5xx/network errors, with exponential backoff"
-    )
-    p.add_argument(
-        "--request-timeout", type=float, default=3600.0, help="openai: seconds per request; long CoT is slow"
-    )
+    p.add_argument("--max-retries", type=int, default=5, help="openai: retries on 429/5xx/network errors, backoff")
+    p.add_argument("--request-timeout", type=float, default=3600.0, help="openai: seconds per request (long CoT)")
     cfg = p.parse_args(argv)
     if (cfg.model is None) == (cfg.responses is None):
         p.error("give exactly one of --model (generate and score) or --responses (score existing generations)")
-    if cfg.n < 1 or (cfg.limit is not None and cfg.limit < 1) or cfg.workers < 1:
-        p.error("--n, --limit and --workers must be at least 1")
+    if min(cfg.n, cfg.workers, cfg.batch_size, cfg.chunk_size, 1 if cfg.limit is None else cfg.limit) < 1:
+        p.error("--n, --limit, --workers, --batch-size and --chunk-size must be at least 1")
     if cfg.adapter and cfg.backend == "openai":
         p.error("--adapter with --backend openai: load the adapter in the server and pass its served name as --model")
+    if cfg.chat_template != "model" and cfg.backend == "openai" and cfg.model:
+        p.error("--chat-template with --backend openai: the server applies its own (vllm serve --chat-template FILE)")
     if cfg.model and cfg.backend == "vllm" and importlib.util.find_spec("vllm") is None:
         raise SystemExit(
             "--backend vllm: vllm is not installed (pip install -r requirements-gpu.txt), or use --backend hf"
@@ -122,14 +116,8 @@ def code_problem(pid: str, record: dict) -> dict:
             raise ValueError(f"field 'tests[{i}].testtype' must be 'stdin' or 'functional'")
     if len({test["testtype"] for test in tests}) > 1:
         raise ValueError("field 'tests' mixes 'stdin' and 'functional' tests")
-    return {
-        "id": pid,
-        "kind": "code",
-        "problem": record["problem"],
-        "tests": tests,
-        "starter_code": record.get("starter_code") or "",
-        "difficulty": record.get("difficulty"),
-    }
+    problem = {"id": pid, "kind": "code", "problem": record["problem"], "tests": tests}
+    return problem | {"starter_code": record.get("starter_code") or "", "difficulty": record.get("difficulty")}
 
 
 def builtin_problem(task: str, record: dict) -> dict:
@@ -188,7 +176,8 @@ def sample_seed(base: int, task: str, pid: str, sample: int) -> int:
     return int.from_bytes(digest[:4], "little") >> 1  # 31 bits fit every backend's seed type
 
 
-def load_responses(path: str, tasks: dict[str, list[dict]]) -> dict[tuple, dict]:
+def load_responses(path: str, tasks: dict[str, list[dict]], aliases: dict[str, str]) -> dict[tuple, dict]:
+    """Read --responses; a record's task is a built-in name, or a custom task's file stem or its path."""
     ids = {name: {p["id"] for p in problems} for name, problems in tasks.items()}
     responses, next_sample = {}, {}
     for line, record in utils.iter_json_records(path):
@@ -196,34 +185,45 @@ def load_responses(path: str, tasks: dict[str, list[dict]]) -> dict[tuple, dict]
         for field in ("task", "id", "response"):
             if field not in record:
                 raise DataError(f"{where}: field '{field}' missing")
-        task, pid = record["task"], str(record["id"])
-        if not isinstance(task, str):
+        if not isinstance(record["task"], str):
             raise DataError(f"{where}: field 'task' must be a string")
-        if task not in ids:
-            raise DataError(f"{where}: unknown task '{task}' (not among --tasks: {', '.join(ids)})")
+        task, pid = aliases.get(record["task"]) or aliases.get(os.path.abspath(record["task"])), str(record["id"])
+        if task is None:
+            raise DataError(f"{where}: unknown task '{record['task']}' (not among --tasks: {', '.join(tasks)})")
         if pid not in ids[task]:
             raise DataError(f"{where}: id '{pid}' not in task '{task}'")
         if not isinstance(record["response"], str):
             raise DataError(f"{where}: field 'response' must be a string")
+        if not isinstance(record.get("finish_reason"), (str, type(None))):
+            raise DataError(f"{where}: field 'finish_reason' must be a string ('stop', 'length', ...) or null")
         sample = record.get("sample", next_sample.get((task, pid), 0))
         if not isinstance(sample, int) or sample < 0:
             raise DataError(f"{where}: field 'sample' must be an integer >= 0")
         if (task, pid, sample) in responses:
             raise DataError(f"{where}: duplicate sample {sample} of task '{task}' id '{pid}'")
         next_sample[(task, pid)] = max(next_sample.get((task, pid), 0), sample + 1)
-        key = {"task": task, "id": pid, "sample": sample}
-        responses[(task, pid, sample)] = generation(key, record.get("prompt"), record["response"], record.get("tokens"))
+        fields = [record.get(field) for field in ("prompt", "response", "tokens", "finish_reason")]
+        responses[(task, pid, sample)] = generation({"task": task, "id": pid, "sample": sample}, *fields)
     return responses
 
 
 # ----------------------------------------------------------------------------- backends
-# Each yields generations as they finish.
+# Each backend is set up once and returns (chunk size, generate_chunk): generate_chunk(jobs) yields a chunk's samples,
+# and the loop in generate_and_score saves each as it arrives, so a kill loses at most the chunk in flight.
 
 
-def generation(job: dict, prompt, response: str, tokens: int | None) -> dict:
-    """One generated sample as generations.jsonl keeps it; --responses records are read into the same shape."""
+def generation(job: dict, prompt, response: str, tokens: int | None, finish_reason: str | None) -> dict:
+    """One generated sample as generations.jsonl keeps it; --responses records are read into the same shape.
+    finish_reason: "stop" (a stop token), "length" (cut off at --max-tokens), or None where the backend gives none."""
     gen = {key: job[key] for key in ("task", "id", "sample")}
-    return gen | {"prompt": prompt, "response": response, "tokens": tokens}
+    return gen | {"prompt": prompt, "response": response, "tokens": tokens, "finish_reason": finish_reason}
+
+
+def sampling_params(cfg) -> dict:
+    """What every backend asks for, spelled out: a value left unset lets vllm serve or transformers apply the
+    checkpoint's generation_config (Qwen2.5: top_k 20, repetition_penalty 1.05), and the backends would disagree.
+    top_k -1 = every token (vLLM's and SGLang's convention); the paper's harness ran with these vLLM defaults."""
+    return {"temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": -1, "repetition_penalty": 1.0}
 
 
 def tokenizer_source(cfg) -> str:
@@ -242,10 +242,28 @@ def stop_token_ids(tokenizer, extra=()) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
-def generate_hf(cfg, jobs: list[dict]) -> Iterator[dict]:
-    import torch
+def per_sample_sampler(seeds: list[int], temperature: float, top_p: float, device):
+    """Temperature and top-p sampling with one torch.Generator per batch row, seeded with that sample's seed, as vLLM
+    seeds each request: a sample does not depend on its batch, so a resumed run redraws what a kill lost. A logits
+    processor for greedy decoding: every token but the drawn one gets -inf, so argmax picks it."""
+    generators = [torch.Generator(device).manual_seed(seed) for seed in seeds]
 
-    tokenizer = utils.load_tokenizer(tokenizer_source(cfg))
+    def draw(input_ids, scores):
+        probs = torch.softmax(scores.float() / temperature, dim=-1)
+        if top_p < 1.0:  # the smallest set of most likely tokens whose mass reaches top_p (transformers' rule)
+            sorted_probs, order = probs.sort(dim=-1, descending=True)
+            sorted_probs[sorted_probs.cumsum(-1) - sorted_probs >= top_p] = 0.0
+            probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+        drawn = torch.stack([torch.multinomial(row, 1, generator=g) for row, g in zip(probs, generators)])
+        return torch.full_like(scores, -math.inf).scatter(-1, drawn, 0.0)
+
+    return draw
+
+
+def hf_backend(cfg, jobs: list[dict]):
+    from transformers import GenerationConfig
+
+    tokenizer = utils.load_tokenizer(tokenizer_source(cfg), cfg.chat_template)
     tokenizer.padding_side = "left"  # generation appends on the right, so prompts must end flush
     device = utils.pick_device()
     model = utils.load_model(cfg.model, device, utils.pick_dtype(device), utils.pick_attention("auto", device))
@@ -256,46 +274,44 @@ def generate_hf(cfg, jobs: list[dict]) -> Iterator[dict]:
     model.eval()
     model_eos = model.generation_config.eos_token_id
     stops = stop_token_ids(tokenizer, model_eos if isinstance(model_eos, list) else [model_eos])
-    # Explicit top_k/repetition_penalty so a checkpoint's generation_config (Qwen: top_k 20, penalty 1.05)
-    # does not leak in.
-    if cfg.temperature > 0:
-        sampling = {"do_sample": True, "temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": 0}
-    else:
-        sampling = {"do_sample": False}
-    for start in range(0, len(jobs), cfg.batch_size):
-        batch = jobs[start : start + cfg.batch_size]
+    model.generation_config = GenerationConfig()  # the checkpoint's sampling defaults must not leak in
+    fixed = {
+        "do_sample": False,
+        "max_new_tokens": cfg.max_tokens,
+        "eos_token_id": stops,
+    }  # sampling: per_sample_sampler
+    fixed |= {"pad_token_id": tokenizer.pad_token_id, "repetition_penalty": sampling_params(cfg)["repetition_penalty"]}
+
+    def generate_batch(batch: list[dict]) -> Iterator[dict]:
         prompts = [prompt_text(tokenizer, job["messages"]) for job in batch]
         encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-        torch.manual_seed(batch[0]["seed"])
+        seeds = [job["seed"] for job in batch]
+        sampler = [per_sample_sampler(seeds, cfg.temperature, cfg.top_p, device)] if cfg.temperature > 0 else []
         with torch.no_grad():
-            out = model.generate(
-                **encoded,
-                max_new_tokens=cfg.max_tokens,
-                eos_token_id=stops,
-                pad_token_id=tokenizer.pad_token_id,
-                repetition_penalty=1.0,
-                **sampling,
-            )
+            out = model.generate(**encoded, **fixed, logits_processor=sampler)
         for job, prompt, row in zip(batch, prompts, out[:, encoded["input_ids"].shape[1] :].tolist()):
-            length = next((i + 1 for i, t in enumerate(row) if t in stops), len(row))
-            yield generation(job, prompt, tokenizer.decode(row[:length], skip_special_tokens=True), length)
+            stop = next((i for i, t in enumerate(row) if t in stops), None)
+            length, reason = (len(row), "length") if stop is None else (stop + 1, "stop")
+            yield generation(job, prompt, tokenizer.decode(row[:length], skip_special_tokens=True), length, reason)
+
+    return cfg.batch_size, generate_batch
 
 
-def generate_vllm(cfg, jobs: list[dict]) -> Iterator[dict]:
+def vllm_backend(cfg, jobs: list[dict]):
     from transformers import AutoConfig
     from vllm import LLM, SamplingParams
 
-    tokenizer = utils.load_tokenizer(tokenizer_source(cfg))
-    prompts = [prompt_text(tokenizer, job["messages"]) for job in jobs]
-    # Token ids, not text: vLLM would add a second BOS to templates that already start with one (Llama 3).
-    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    max_len = cfg.max_tokens + max(map(len, prompt_ids))
+    tokenizer = utils.load_tokenizer(tokenizer_source(cfg), cfg.chat_template)
+
+    def encode(chunk: list[dict]) -> tuple[list[str], list[list[int]]]:
+        prompts = [prompt_text(tokenizer, job["messages"]) for job in chunk]
+        # Token ids, not text: vLLM would add a second BOS to templates that already start with one (Llama 3).
+        return prompts, tokenizer(prompts, add_special_tokens=False)["input_ids"]
+
+    max_len = cfg.max_tokens + max(map(len, encode(jobs)[1]))
     model_limit = getattr(AutoConfig.from_pretrained(cfg.model), "max_position_embeddings", None)
     if model_limit and max_len > model_limit:
-        print(
-            f"note: max_model_len {max_len} > the model's {model_limit}; long samples stop at {model_limit} tokens",
-            file=sys.stderr,
-        )
+        print(f"note: max_model_len {max_len} > the model's {model_limit}: samples stop there", file=sys.stderr)
         max_len = model_limit
     lora_request, lora_args = None, {}
     if cfg.adapter:
@@ -312,41 +328,45 @@ def generate_vllm(cfg, jobs: list[dict]) -> Iterator[dict]:
         seed=cfg.seed,
         **lora_args,
     )
-    stops = stop_token_ids(tokenizer)
-    params = [
-        SamplingParams(
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            max_tokens=min(cfg.max_tokens, max_len - len(ids)),
-            seed=job["seed"],
-            stop_token_ids=stops,
-        )
-        for job, ids in zip(jobs, prompt_ids)
-    ]
-    outputs = llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params, lora_request=lora_request)
-    for job, prompt, out in zip(jobs, prompts, outputs):
-        yield generation(job, prompt, out.outputs[0].text, len(out.outputs[0].token_ids))
+    shared = sampling_params(cfg) | {"stop_token_ids": stop_token_ids(tokenizer)}
+
+    def generate_chunk(chunk: list[dict]) -> Iterator[dict]:
+        prompts, prompt_ids = encode(chunk)
+        # max_tokens depends on the sample alone, not on the chunk it falls in
+        budgets = [min(cfg.max_tokens, max_len - len(ids)) for ids in prompt_ids]
+        params = [SamplingParams(**shared, max_tokens=b, seed=job["seed"]) for job, b in zip(chunk, budgets)]
+        outputs = llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params, lora_request=lora_request)
+        for job, prompt, out in zip(chunk, prompts, outputs):
+            sample = out.outputs[0]
+            yield generation(job, prompt, sample.text, len(sample.token_ids), sample.finish_reason)
+
+    return cfg.chunk_size, generate_chunk
 
 
-def generate_openai(cfg, jobs: list[dict]) -> Iterator[dict]:
+def openai_backend(cfg, jobs: list[dict]):
     connection = {"api_key": cfg.api_key, "timeout": cfg.request_timeout, "retries": cfg.max_retries}
-    sampling = {"max_tokens": cfg.max_tokens, "temperature": cfg.temperature, "top_p": cfg.top_p}
+    sampling = sampling_params(cfg) | {"max_tokens": cfg.max_tokens}
 
     def one(job):
         messages = job["messages"]
         try:
-            text, tokens = utils.chat_completion(
+            text, tokens, *finish = utils.chat_completion(
                 cfg.base_url, cfg.model, messages, **connection, **sampling, seed=job["seed"]
             )
         except utils.ChatCompletionError as e:  # one line naming the URL and the error (an HTML error page's too)
             raise SystemExit(str(e)) from None
-        return generation(job, messages, text, tokens)
+        # finish: [choices[0].finish_reason] once utils.chat_completion returns it, [] until then
+        return generation(job, messages, text, tokens, finish[0] if finish else None)
 
-    pool = ThreadPoolExecutor(cfg.concurrency)
-    try:
-        yield from (future.result() for future in as_completed([pool.submit(one, job) for job in jobs]))
-    finally:  # on a kill or error, drop the queued requests instead of waiting for them
-        pool.shutdown(wait=False, cancel_futures=True)
+    def generate_all(chunk: list[dict]) -> Iterator[dict]:
+        pool = ThreadPoolExecutor(cfg.concurrency)
+        try:
+            yield from (future.result() for future in as_completed([pool.submit(one, job) for job in chunk]))
+        finally:  # on a kill or error, drop the queued requests instead of waiting for them
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    # One chunk: replies are saved as they arrive, so a kill loses only the --concurrency requests in flight.
+    return len(jobs), generate_all
 
 
 # ----------------------------------------------------------------------------- scoring and results
@@ -357,21 +377,16 @@ def read_resumable(path: Path) -> list[dict]:
     if not path.exists():
         return []
     text = path.read_text(encoding="utf-8", errors="replace")
-    complete, _, tail = text.rpartition("\n")  # tail is "" unless the last append lost its end
-    records = []
-    for number, line in enumerate(complete.split("\n"), 1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise SystemExit(f"{path}:{number}: invalid JSON; fix or delete this line to resume") from None
-    if tail:
-        try:  # a whole record that only misses its newline is kept
-            records.append(json.loads(tail))
-            complete = f"{complete}\n{tail}" if complete else tail
+    lines, records = text.split("\n"), []  # the last line is "" unless the last append lost its end
+    for number, line in enumerate(lines, 1):
+        try:
+            records.extend([json.loads(line)] if line.strip() else [])
         except json.JSONDecodeError:
-            pass
-        utils.atomic_write_text(path, complete + "\n" if complete else "")
+            if number < len(lines):
+                raise SystemExit(f"{path}:{number}: invalid JSON; fix or delete this line to resume") from None
+            lines[-1] = ""
+    if not text.endswith("\n") and text:  # keep a whole last record that only misses its newline, and end the file
+        utils.atomic_write_text(path, "\n".join(lines + [""] if lines[-1] else lines))
     return records
 
 
@@ -410,7 +425,9 @@ def generate_and_score(
     def submit(gen: dict) -> None:
         problem = problems[(gen["task"], gen["id"])]
         if problem["kind"] == "math":
-            pending[pool.submit(grading.grade_math, gen["response"], problem["answer"])] = gen
+            # A response cut off at --max-tokens has no answer, whatever number stands near its end.
+            finish = gen.get("finish_reason")  # absent from generations.jsonl files of older versions
+            pending[pool.submit(grading.grade_math, gen["response"], problem["answer"], finish_reason=finish)] = gen
         else:
             pending[pool.submit(sandbox.grade_code, gen["response"], problem["tests"], problem["starter_code"])] = gen
 
@@ -427,11 +444,14 @@ def generate_and_score(
     with pool, open(out_dir / "samples.jsonl", "a", encoding="utf-8") as samples_file:
         for gen in unscored:
             submit(gen)
-        if jobs:
-            backend = {"vllm": generate_vllm, "hf": generate_hf, "openai": generate_openai}[cfg.backend]
+        if jobs:  # the chunk loop every backend runs in
+            backend = {"vllm": vllm_backend, "hf": hf_backend, "openai": openai_backend}[cfg.backend]
+            chunk_size, generate_chunk = backend(cfg, jobs)
+            chunks = (jobs[start : start + chunk_size] for start in range(0, len(jobs), chunk_size))
+            stream = (gen for chunk in chunks for gen in generate_chunk(chunk))
             # Raw generations are kept apart, so a kill while scoring does not throw away GPU hours.
             with open(out_dir / "generations.jsonl", "a", encoding="utf-8") as generations_file:
-                for gen in tqdm(backend(cfg, jobs), total=len(jobs), desc="generate", unit="sample", position=0):
+                for gen in tqdm(stream, total=len(jobs), desc="generate", unit="sample", position=0):
                     utils.append_jsonl(generations_file, gen)
                     submit(gen)
                     collect(block=False)
@@ -449,15 +469,21 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
-def summarise(problems: list[dict], correct: dict[str, list[bool]]) -> dict:
-    """Per-task numbers; problems may have different sample counts (--responses), so n is the smallest."""
-    rated = [(p, correct[p["id"]]) for p in problems if correct.get(p["id"])]
+def summarise(problems: list[dict], samples: dict[str, list[dict]]) -> dict:
+    """Per-task numbers from the scored samples of each problem id; problems may have different sample counts
+    (--responses), so n is the smallest. no_answer and cut_off (the shares of samples with no extracted answer and
+    cut off at the token limit, of those whose finish_reason is known) explain a low score."""
+    rated = [(p, [s["correct"] for s in samples[p["id"]]]) for p in problems if samples.get(p["id"])]
+    flat = [s for p, _ in rated for s in samples[p["id"]]]
+    finished = [s["finish_reason"] == "length" for s in flat if s.get("finish_reason") is not None]
     n = min(len(c) for _, c in rated)
     summary = {
         "problems": len(rated),
         "n": n,
         "accuracy": _mean([sum(c) / len(c) for _, c in rated]),
         "pass@k": {str(k): _mean([pass_at_k(len(c), sum(c), k) for _, c in rated]) for k in range(1, n + 1)},
+        "no_answer": _mean([s["extracted"] is None for s in flat]),
+        "cut_off": _mean(finished) if finished else None,
     }
     levels = {
         level: [sum(c) / len(c) for p, c in rated if p.get("difficulty") == level]
@@ -471,23 +497,25 @@ def summarise(problems: list[dict], correct: dict[str, list[bool]]) -> dict:
 
 
 def results_table(results: dict) -> str:
-    """The printed summary: per task its problems, n, accuracy and pass@k for the powers of two and n (results.json
-    has every k <= n), then LiveCodeBench's difficulty levels under it."""
+    """The printed summary: per task its problems, n, accuracy, the shares with no answer and cut off, and pass@k for
+    the powers of two and n (results.json has every k <= n), then LiveCodeBench's difficulty levels under it."""
     shown = set()
     for r in results.values():
         shown |= {int(k) for k in r["pass@k"] if int(k) & (int(k) - 1) == 0 or int(k) == r["n"]}
     ks = sorted(shown - {1})
-    blank = [""] * len(ks)
+    blank = [""] * (len(ks) + 2)
     rows = []
     for task, r in results.items():
         passes = [_percent(r["pass@k"][str(k)]) if str(k) in r["pass@k"] else "" for k in ks]
-        rows.append([task, r["problems"], r["n"], _percent(r["accuracy"]), *passes])
+        shares = [_percent(r[key]) if r.get(key) is not None else "" for key in ("no_answer", "cut_off")]
+        rows.append([task, r["problems"], r["n"], _percent(r["accuracy"]), *shares, *passes])
         for level, v in r.get("difficulty", {}).items():
             rows.append([f"  {level}", v["problems"], "", _percent(v["accuracy"]), *blank])
         if "difficulty_weighted_accuracy" in r:
             problems = sum(v["problems"] for v in r["difficulty"].values())
             rows.append(["  easy+medium+hard", problems, "", _percent(r["difficulty_weighted_accuracy"]), *blank])
-    return utils.format_table(["task", "problems", "n", "accuracy", *(f"pass@{k}" for k in ks)], rows)
+    header = ["task", "problems", "n", "accuracy", "no_answer", "cut_off", *(f"pass@{k}" for k in ks)]
+    return utils.format_table(header, rows)
 
 
 def _percent(fraction: float) -> str:
@@ -503,7 +531,10 @@ def check_config(out_dir: Path, cfg) -> None:
     current = {k: v for k, v in vars(cfg).items() if k != "api_key"}  # never write a secret to disk
     if path.exists():
         saved = json.loads(path.read_text(encoding="utf-8"))
-        changed = [f"{k} {saved.get(k)!r} -> {current[k]!r}" for k in GENERATION_KEYS if saved.get(k) != current[k]]
+        # A key missing from the saved file was not checked by the version that wrote it: nothing to compare.
+        changed = [
+            f"{k} {saved[k]!r} -> {current[k]!r}" for k in GENERATION_KEYS if k in saved and saved[k] != current[k]
+        ]
         if changed:
             raise SystemExit(
                 f"{path}: this folder holds samples made with other settings ({'; '.join(changed)}); "
@@ -512,11 +543,23 @@ def check_config(out_dir: Path, cfg) -> None:
     utils.atomic_write_text(path, json.dumps(current, indent=2) + "\n")
 
 
+def run_settings(cfg) -> dict:
+    """What results.json records of how its samples were made: every setting that changes a sample, and the sampling
+    parameters the backend was sent; for --responses, the file they came from."""
+    if cfg.responses:
+        return {"responses": cfg.responses}
+    return {key: getattr(cfg, key) for key in GENERATION_KEYS if key != "responses"} | sampling_params(cfg)
+
+
 def main(cfg) -> dict:
     specs = [spec.strip() for spec in cfg.tasks.split(",") if spec.strip()]
     try:
-        tasks = dict(load_task(spec) for spec in specs)
-        responses = load_responses(cfg.responses, tasks) if cfg.responses else None
+        named = {spec: load_task(spec) for spec in specs}
+        tasks = dict(named.values())
+        # --responses names a custom task by its file stem, or by its path as given (or the same file's path).
+        aliases = {spec: name for spec, (name, _) in named.items()} | {name: name for name in tasks}
+        aliases |= {os.path.abspath(spec): name for spec, (name, _) in named.items() if spec != name}
+        responses = load_responses(cfg.responses, tasks, aliases) if cfg.responses else None
     except DataError as e:
         raise SystemExit(str(e)) from None
     if len(tasks) != len(specs):
@@ -550,13 +593,8 @@ def main(cfg) -> dict:
     done = {(r["task"], r["id"], r["sample"]): r for r in read_resumable(out_dir / "samples.jsonl")}
     unscored = [generated[key] for key in wanted if key not in done and key in generated]
     jobs = [
-        {
-            "task": t,
-            "id": pid,
-            "sample": s,
-            "seed": sample_seed(cfg.seed, t, pid, s),
-            "messages": eval_messages(problems[(t, pid)], cfg.prompt_style),
-        }
+        {"task": t, "id": pid, "sample": s, "seed": sample_seed(cfg.seed, t, pid, s)}
+        | {"messages": eval_messages(problems[(t, pid)], cfg.prompt_style)}
         for t, pid, s in wanted
         if (t, pid, s) not in done and (t, pid, s) not in generated
     ]
@@ -565,10 +603,11 @@ def main(cfg) -> dict:
     for record in generate_and_score(cfg, problems, unscored, jobs, out_dir):
         done[(record["task"], record["id"], record["sample"])] = record
 
-    correct = {name: {} for name in selected}
+    scored = {name: {} for name in selected}
     for t, pid, s in wanted:
-        correct[t].setdefault(pid, []).append(done[(t, pid, s)]["correct"])
-    results = {name: summarise(ps, correct[name]) for name, ps in selected.items()}
+        scored[t].setdefault(pid, []).append(done[(t, pid, s)])
+    settings = run_settings(cfg)
+    results = {name: summarise(ps, scored[name]) | {"settings": settings} for name, ps in selected.items()}
     utils.atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2) + "\n")
     print(results_table(results))
     print(f"wrote {out_dir / 'results.json'} and {out_dir / 'samples.jsonl'}")

@@ -1,10 +1,13 @@
 """Reasoning markup and prompts: how a long chain of thought is written down, and what the student is asked.
 
-Two markups exist in the wild, and every script that reads, converts, perturbs or grades a response uses this module:
+Two markups exist in the wild, and replies without any; every script that reads, converts, perturbs or grades a response
+uses this module:
     sky-t1  <|begin_of_thought|> thought <|end_of_thought|> <|begin_of_solution|> solution <|end_of_solution|>
             (Sky-T1_data_17k, Bespoke-Stratos; the Sky-T1 system prompt asks for it)
     r1      <think> thought </think> solution (DeepSeek-R1 and its distillations; the opening <think> may be missing,
-            because R1's chat template puts it in the generation prompt)
+            because R1's chat template puts it in the generation prompt). AM-DeepSeek-R1-Distilled wraps the solution
+            in <answer>...</answer>: read as R1, the wrapper removed when the response is converted.
+    none    no markup (LIMO): all of it is thought except a clear final block (final_block_start).
 "keep" means: leave a response in whatever markup the teacher wrote.
 
 Prompts follow the authors' SkyThought repository: the training-data templates of skythought/tools (numina.yaml,
@@ -20,6 +23,7 @@ from pathlib import Path
 BEGIN_THOUGHT, END_THOUGHT = "<|begin_of_thought|>", "<|end_of_thought|>"
 BEGIN_SOLUTION, END_SOLUTION = "<|begin_of_solution|>", "<|end_of_solution|>"
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"  # AM-DeepSeek-R1-Distilled's wrapper around the R1 solution
 STYLES = ("sky-t1", "r1", "keep")
 
 # The Sky-T1 system prompt, verbatim from SkyThought (skythought/tools/util/prompts.py).
@@ -74,12 +78,19 @@ def markup_of(response: str) -> str | None:
 
 
 def split_reasoning(response: str) -> tuple[str, str, str | None]:
-    """(thought, solution, defect) of a complete response; defect is None, "empty", "no_thought" or "truncated"."""
+    """(thought, solution, defect) of a complete response; defect is None, "empty", "no_thought" or "truncated".
+    Sky-T1 and R1 markup as marked (an <answer> wrapper around the R1 solution is removed; one never closed is
+    truncated). Without markup, all of it is thought except its final block (final_block_start); without a final
+    block there is no telling thought from solution: no_thought, as for an empty thought."""
     if not response.strip():
         return "", "", "empty"
     markup = markup_of(response)
     if markup is None:
-        return "", "", "no_thought"
+        start = final_block_start(response)
+        thought = "" if start is None else response[:start].strip()
+        if not thought:
+            return "", "", "no_thought"
+        return thought, response[start:].strip(), None
     begin, end = (BEGIN_THOUGHT, END_THOUGHT) if markup == "sky-t1" else (THINK_OPEN, THINK_CLOSE)
     head, closed, rest = response.partition(end)
     if not closed:
@@ -91,6 +102,11 @@ def split_reasoning(response: str) -> tuple[str, str, str | None]:
         if not (opened and closed):
             return thought, "", "truncated"
         solution = solution.strip()
+    elif solution.startswith(ANSWER_OPEN):
+        inner = solution[len(ANSWER_OPEN) :]
+        solution = inner[: -len(ANSWER_CLOSE)].strip() if inner.endswith(ANSWER_CLOSE) else ""
+    if not thought:
+        return "", solution, "no_thought"
     if not solution:
         return thought, "", "truncated"
     return thought, solution, None
@@ -124,8 +140,7 @@ BLANK_LINES = re.compile(r"\n[ \t]*\n(?:[ \t]*\n)*")
 def split_thought(text: str) -> Parts:
     """Locate the thought of a response, complete or not. Sky-T1: between the thought markers (to the end if the end
     marker is missing); R1: before </think>, after <think> if present (to the end if </think> is missing). Without
-    markup, all of it is thought except a clear final block, kept as the solution: from the last paragraph holding
-    "\\boxed{" or "final answer", or a trailing fenced code block, to the end."""
+    markup, all of it is thought except a clear final block, kept as the solution (final_block_start)."""
     begin, end = text.find(BEGIN_THOUGHT), text.find(END_THOUGHT)
     if begin != -1 or end != -1:
         start = 0 if begin == -1 else begin + len(BEGIN_THOUGHT)
@@ -137,7 +152,7 @@ def split_thought(text: str) -> Parts:
         stop = len(text) if close_at == -1 else close_at
         markup = "r1"
     else:
-        final = _final_block_start(text)
+        final = final_block_start(text)
         start, stop = 0, len(text) if final is None else final
         markup = "none" if final is None else "final_block"
     body = text[start:stop]
@@ -145,7 +160,11 @@ def split_thought(text: str) -> Parts:
     return Parts(text[: start + lead], body.strip(), text[max(stop - trail, start + lead) :], markup)
 
 
-def _final_block_start(text: str) -> int | None:
+def final_block_start(text: str) -> int | None:
+    """Where the final block of a response without markup starts, or None when it has none. The block runs from the
+    last paragraph (blank-line separated) holding "\\boxed{" or "final answer", or from a trailing fenced code
+    block, to the end: LIMO's "... **Final Answer** \\boxed{..}", a program closing a code answer. The one rule
+    for splitting such a response, in prepare_data.py (split_reasoning) and perturb.py (split_thought)."""
     anchors = [m.start() for m in re.finditer(r"\\boxed\{|final answer", text, re.I)]
     fences = [m.start() for m in re.finditer(r"^[ \t]*```", text, re.M)]
     if text.rstrip().endswith("```") and len(fences) >= 2:
@@ -169,16 +188,19 @@ def format_response(thought: str, solution: str, style: str) -> str:
 
 def in_style(response: str, style: str) -> bool:
     """Already in the target markup, so it stays byte for byte as the teacher wrote it. An R1 response without its
-    opening <think> is not: converting adds it, since the student's template does not supply it."""
+    opening <think> is not (converting adds it, since the student's template does not supply it), nor one whose
+    solution is in an <answer> wrapper (converting removes it)."""
     if style == "keep":
         return True
     if style == "r1":
-        return response.lstrip().startswith(THINK_OPEN)
+        wrapped = response.rpartition(THINK_CLOSE)[2].lstrip().startswith(ANSWER_OPEN)
+        return response.lstrip().startswith(THINK_OPEN) and not wrapped
     return markup_of(response) == style
 
 
 def convert_style(response: str, style: str) -> str:
-    """Re-mark a complete response in another markup; one already in it is returned untouched."""
+    """Re-mark a complete response in another markup (one without markup: split at its final block); one already in it
+    is returned untouched."""
     if in_style(response, style):
         return response
     thought, solution, defect = split_reasoning(response)

@@ -1,37 +1,42 @@
-"""Turn raw long-CoT traces into the chat records that train_lora.py and train_full.py read.
+"""Turn raw long-CoT traces, or a published long-CoT data set, into the chat records the trainers read.
 
     python prepare_data.py --input NovaSky-AI/Sky-T1_data_17k --output cot17k.jsonl
+    python prepare_data.py --input simplescaling/s1K-1.1 --output s1k.jsonl --teacher deepseek --verify
+    python prepare_data.py --input bespokelabs/Bespoke-Stratos-17k --output stratos.jsonl --as-published
     python prepare_data.py --input raw_qwq.jsonl --input raw_r1.jsonl --output cot.jsonl \\
         --tokenizer Qwen/Qwen2.5-32B-Instruct --max-length 16384 --verify --decontaminate --size 17000 \\
         --mix math=12000,code=5000
-    python prepare_data.py --input traces.parquet --output wrong.jsonl --verify --keep incorrect --style r1
     python prepare_data.py --synthetic arithmetic --size 17000 --output synth.jsonl --tokenizer out/tiny-model \\
         --verify   # the toy task
 
-Inputs: local .jsonl / .json / .parquet files, or a Hugging Face dataset name (`owner/name`, not a local path). Each
-record may be Sky-T1 ShareGPT {system, conversations}, chat {messages}, {prompt, response}, or raw {problem|question,
-response|generated_solution|solution, answer|expected_answer|final_answer, tests|input_output, starter_code, domain,
-id}. Responses use Sky-T1 or R1 markup (markup.py).
+Inputs: local .jsonl / .json / .parquet files, or a Hugging Face dataset name (`owner/name`, not a local path;
+--subset, --split, --limit). Each record is read in its published layout (schemas.py): Sky-T1 ShareGPT, chat messages,
+prompt/response, raw problem + solution, and s1K / s1K-1.1, LIMO, OpenR1-Math, AM, Nemotron, detected from its field
+names (--schema forces one; the report names what it found per input). Replies use Sky-T1 or R1 markup, or none (all
+thought but a clear final block; markup.py).
 
 Output: one JSON object per line, read as is by sft.load_conversations (it uses `messages`, ignores the rest):
     messages   [{"role": "system", ...} (not for --style r1), {"role": "user", ...}, {"role": "assistant", ...}]
-    id         the input record's `id`, else "<file name>:<line>"
+    id         the input record's `id` (or `uuid`), else "<file name>:<line>"; "#g<i>" marks an OpenR1 generation
     source     the input file or dataset name
-    domain     "math" | "code" (a `domain` field overrides; else code if it has tests, or its solution has a
+    domain     "math" | "code" (the set's own label; else code if it has tests, or its solution has a
                ```python block and no \\boxed)
     answer     gold final answer, when known (math);  tests: [{"input", "output", "testtype"}] when known (code)
     starter_code  when non-empty (code);  n_tokens: tokens of the whole chat-templated record under --tokenizer
 Prompts follow Sky-T1's data scripts (markup.training_prompt): a raw math problem becomes "Return your final response
 within \\boxed{}. {problem}", a raw code problem gets APPS's "Generate an executable Python function ..." prefix
 (plus its starter code); prompts of chat-shaped records are kept. System prompt (markup.system_prompt): --style
-sky-t1 -> Sky-T1's, r1 -> none (DeepSeek-R1's advice), keep -> the record's. Sky-T1_data_17k itself carries no gold
-answers or tests (it was verified when it was made): --verify counts it unverifiable.
+sky-t1 -> Sky-T1's, r1 -> none (DeepSeek-R1's advice), keep -> the record's (Nemotron's "detailed thinking on").
+Sky-T1_data_17k itself carries no gold answers or tests (it was verified when it was made): --verify counts it
+unverifiable. A reply without markup stays so under --style keep; s1K's thought and attempt are joined in R1 markup.
 
-Filters, in this order, each counted per source in the report (OUTPUT_report.json, OUTPUT_lengths.png):
-unparsable; empty; no_thought (no reasoning markup); truncated (thought or solution never closed, or empty solution);
-no_answer (math solution without \\boxed, code solution without a fenced block); contaminated (--decontaminate);
-unverifiable / rejected (--verify); too_long (> --max-length); exact_duplicate / near_duplicate prompts; not_sampled.
-Deduplication comes after verification, so of several responses to one problem the first correct one survives.
+Filters, in this order, each counted per source in the report (OUTPUT_report.json, OUTPUT_lengths.png; WHY says what
+each means): unparsable; multi_turn; reasoning_off; wrong_generation; empty; no_thought; truncated; no_answer;
+contaminated (--decontaminate); unverifiable / rejected (--verify); too_long (> --max-length); exact_duplicate /
+near_duplicate prompts; not_sampled. Deduplication comes after verification, so of several responses to one problem
+the first correct one survives. extra_generations counts the records a published record adds (OpenR1's generations).
+--as-published keeps every record and only formats it: no_answer, too_long and the duplicates are counted under
+would_drop instead, and with --style keep so are no_thought, truncated and reasoning_off (kept as published).
 A malformed record stops the run with one line naming file, line and problem (--skip-bad: counted as unparsable);
 a run that keeps no record still writes its report, then exits non-zero naming the filters that removed them.
 main(cfg) reads through load_raw(); any iterator of (source, line, record) can stand in for it.
@@ -41,14 +46,13 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import os
 import random
 import re
 import sys
 import time
-import unicodedata
-import zlib
 from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
@@ -60,17 +64,35 @@ import numpy as np
 from tqdm import tqdm
 
 import markup
-import sft
+import schemas
 import utils
+from similarity import BenchmarkIndex, NearDuplicateIndex, words
 from utils import DataError
 
 FENCED_PYTHON = re.compile(r"```(?:python3?|py)[ \t]*\n", re.I)
 FENCED_BLOCK = re.compile(r"```[^\n]*\n.*?```", re.S)
 HF_DATASET_NAME = re.compile(r"[\w.-]+/[\w.-]+")
-BENCHMARKS = ("aime24", "amc23", "math500", "olympiadbench", "livecodebench")
-# Every way a record can leave, in pipeline order; each is counted per source in the report.
-FILTERS = ("unparsable", "empty", "no_thought", "truncated", "no_answer", "contaminated", "unverifiable", "rejected")
-FILTERS += ("too_long", "exact_duplicate", "near_duplicate", "not_sampled")
+# Every way a record can leave, in pipeline order, and why; each is counted per source in the report.
+WHY = {
+    "unparsable": "not JSON, not an object, or a field of the wrong type (--skip-bad)",
+    "multi_turn": "more than one user turn: this pipeline trains single-turn long-CoT",
+    "reasoning_off": "Nemotron: made with reasoning off, so there is no thought",
+    "wrong_generation": "OpenR1: math-verify rejected it or its reasoning is incomplete (--generations correct)",
+    "empty": "blank reply",
+    "no_thought": "empty thought, or no markup and no final block to split at",
+    "truncated": "thought or solution never closed, or an empty solution",
+    "no_answer": "math solution without \\boxed, code solution without a fenced block",
+    "contaminated": "prompt overlaps an evaluation benchmark (--decontaminate)",
+    "unverifiable": "no gold answer or tests, or the grader could not check them (--verify)",
+    "rejected": "wrong answer under --verify (a right one under --keep incorrect)",
+    "too_long": "more than --max-length tokens once chat-templated",
+    "exact_duplicate": "the same prompt as an earlier record",
+    "near_duplicate": "a prompt within --near-dup-threshold (word 3-gram Jaccard) of an earlier one",
+    "not_sampled": "left out by --size / --mix",
+}
+FILTERS = tuple(WHY)
+COUNTS = ("read", "extra_generations", *FILTERS, "kept")
+KEPT_AS_PUBLISHED = ("no_thought", "truncated", "reasoning_off")  # --as-published --style keep keeps these verbatim
 
 
 def parse_mix(text: str) -> dict[str, int]:
@@ -89,7 +111,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--input", action="append", default=[], help="JSONL/JSON/Parquet file or HF dataset; repeat to merge teachers")
     add("--synthetic", choices=["arithmetic"], help="instead of --input: --size toy traces (synthetic.py)")
     add("--output", required=True, help="training JSONL; the report and length histogram go next to it")
-    add("--split", default="train", help="split of a Hugging Face dataset input")
+    add("--split", help="split of a hub dataset (default train; Nemotron: math)")
+    add(
+        "--subset", help="subset (configuration) of a hub dataset, e.g. am_0.9M (default: AM both halves; Nemotron SFT)"
+    )
+    add("--limit", type=int, help="read only the first N records of each input; a hub set is streamed, not downloaded")
+    add("--schema", choices=list(schemas.BY_NAME), help="read every record in this published layout (schemas.py)")
+    add("--teacher", choices=schemas.TEACHERS, help="s1K-1.1's traces to train on (default deepseek: s1.1's)")
+    add(
+        "--generations",
+        choices=schemas.GENERATIONS,
+        help="OpenR1-Math: first = the trace in `messages`; correct (default) = every math-verified complete "
+        "generation, then dedup keeps one per problem (--dedup none: all); all = every one (default with "
+        "--as-published: first)",
+    )
+    add(
+        "--as-published",
+        action="store_true",
+        help="keep every record and only format it (no answer, length or duplicate filter, no sampling; paper: "
+        "the authors trained on the released set as is); the report counts what each filter would have dropped",
+    )
     add("--style", choices=markup.STYLES, default="sky-t1", help="reasoning markup the student learns (paper: sky-t1)")
     add("--tokenizer", default="Qwen/Qwen2.5-32B-Instruct", help="the student's: lengths count its chat template too")
     add("--max-length", type=int, default=16384, help="drop records longer than the training context (tokens)")
@@ -114,30 +155,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     cfg = p.parse_args(argv)
     if not cfg.input and not cfg.synthetic:
         p.error("give --input (repeatable) or --synthetic arithmetic")
+    dropping = [flag for flag, on in [("--verify", cfg.verify), ("--keep incorrect", cfg.keep == "incorrect")] if on]
+    dropping += [flag for flag in ("--decontaminate", "--size", "--mix") if getattr(cfg, flag[2:])]
+    if cfg.as_published and dropping:
+        p.error(f"--as-published keeps every record; it cannot be combined with {', '.join(dropping)}")
+    cfg.generations = cfg.generations or ("first" if cfg.as_published else "correct")
     return cfg
 
 
 # ----------------------------------------------------------------------------- reading
 
 
-def load_raw(inputs: list[str], split: str = "train") -> Iterator[tuple[str, int, dict | str]]:
-    """Yield (source, line, record) from every input; a malformed JSON line or item yields its DataError instead of a
-    record (so --skip-bad can count it). A file that cannot be read at all raises DataError."""
+def load_raw(
+    inputs: list[str], split: str | None = None, subset: str | None = None, limit: int | None = None
+) -> Iterator[tuple[str, int, dict | DataError]]:
+    """Yield (source, line, record) from every input, at most `limit` per input; a malformed JSON line or item yields
+    its DataError instead of a record (so --skip-bad can count it). A file that cannot be read at all raises."""
     for name in inputs:
         path = Path(name)
         if not path.exists():
             if path.suffix in (".jsonl", ".json", ".parquet") or not HF_DATASET_NAME.fullmatch(name):
                 raise DataError(f"{name}: file not found")
-            import datasets
-
-            for line, row in enumerate(datasets.load_dataset(name, split=split), 1):
-                yield name, line, row
+            rows = enumerate(schemas.load_hub(name, subset, split, streaming=limit is not None), 1)
         elif path.suffix == ".parquet":
-            yield from ((name, line, row) for line, row in parquet_rows(path))
+            rows = parquet_rows(path)
         elif path.suffix in (".json", ".jsonl"):
-            yield from ((name, line, row) for line, row in utils.iter_json_lines(path))
+            rows = utils.iter_json_lines(path)
         else:
             raise DataError(f"{name}: unsupported input (expected .jsonl, .json, .parquet or a Hugging Face dataset)")
+        yield from ((name, line, row) for line, row in itertools.islice(rows, limit))
 
 
 def parquet_rows(path: Path) -> Iterator[tuple[int, dict]]:
@@ -152,68 +198,6 @@ def parquet_rows(path: Path) -> Iterator[tuple[int, dict]]:
 
 
 # ----------------------------------------------------------------------------- one record
-
-
-def first_field(record: dict, names: tuple[str, ...]):
-    return next(((n, record[n]) for n in names if record.get(n) is not None), (None, None))
-
-
-def normalise_tests(tests) -> list[dict]:
-    """Accept [{input, output, testtype}], {input(s): [...], output(s): [...]} (CodeContests, APPS), or as JSON text."""
-    if isinstance(tests, str):
-        try:
-            tests = json.loads(tests)
-        except json.JSONDecodeError:
-            raise ValueError("field 'tests': not valid JSON") from None
-    if isinstance(tests, dict):
-        if tests.get("fn_name"):
-            raise ValueError("field 'tests': call-based (fn_name) tests are unsupported; give [{input, output}]")
-        inputs, outputs = tests.get("input", tests.get("inputs")), tests.get("output", tests.get("outputs"))
-        if not (isinstance(inputs, list) and isinstance(outputs, list) and len(inputs) == len(outputs)):
-            raise ValueError("field 'tests': needs equally long 'input'/'inputs' and 'output'/'outputs' lists")
-        tests = [{"input": i, "output": o} for i, o in zip(inputs, outputs)]
-    if not isinstance(tests, list) or not all(
-        isinstance(t, dict) and isinstance(t.get("input"), str) and isinstance(t.get("output"), str) for t in tests
-    ):
-        raise ValueError("field 'tests': expected a list of {input: str, output: str, testtype}")
-    return [{"input": t["input"], "output": t["output"], "testtype": t.get("testtype", "stdin")} for t in tests]
-
-
-def read_fields(raw: dict) -> dict:
-    """The parts of a record of any supported shape; ValueError names the offending field."""
-    if "conversations" in raw or "messages" in raw or ("prompt" in raw and "response" in raw):
-        try:
-            messages = sft.to_messages(raw)
-        except ValueError as e:
-            if str(e) == "no non-empty assistant turn":  # a blank reply is the `empty` filter's, not a shape error
-                return {"response": ""}
-            raise
-        users = [m["content"] for m in messages if m["role"] == "user"]
-        if len(users) != 1 or messages[-1]["role"] != "assistant":
-            raise ValueError("expected exactly one user turn followed by the assistant's reply")
-        system = next((m["content"] for m in messages if m["role"] == "system"), None)
-        problem = markup.BOILERPLATE.sub("", users[0]).strip()
-        fields = {"system": system, "user": users[0], "problem": problem, "response": messages[-1]["content"]}
-    else:
-        problem_key, problem = first_field(raw, ("problem", "question"))
-        response_key, response = first_field(raw, ("response", "generated_solution", "solution"))
-        if problem_key is None or response_key is None:
-            raise ValueError(
-                "unknown record shape: expected 'conversations', 'messages', 'prompt'+'response' or "
-                "'problem'+'response'|'generated_solution'|'solution'"
-            )
-        for key, value in ((problem_key, problem), (response_key, response)):
-            if not isinstance(value, str):
-                raise ValueError(f"field {key!r}: expected a string, got {type(value).__name__}")
-        fields = {"system": raw.get("system"), "user": None, "problem": problem.strip(), "response": response}
-    tests_key, tests = first_field(raw, ("tests", "input_output"))
-    fields["tests"] = normalise_tests(tests) if tests_key else None
-    fields["answer"] = first_field(raw, ("answer", "expected_answer", "final_answer"))[1]
-    fields["starter_code"] = raw.get("starter_code") or ""
-    fields["domain"] = raw.get("domain")
-    if fields["domain"] not in (None, "math", "code"):
-        raise ValueError(f"field 'domain': expected 'math' or 'code', got {fields['domain']!r}")
-    return fields
 
 
 @dataclass
@@ -237,150 +221,73 @@ class Example:
         return record
 
 
-def parse_example(source: str, line: int, raw: dict, style: str) -> tuple[Example | None, str | None]:
-    """(example, None), or (None, the filter that drops it); ValueError when the record cannot be read at all."""
-    fields = read_fields(raw)
-    _, solution, defect = markup.split_reasoning(fields["response"])
-    if defect:
+def parse_reply(
+    source: str, record_id: str, reply: schemas.Reply, style: str, as_published: bool = False
+) -> tuple[Example | None, str | None]:
+    """(example, None); (example, the filter it fails), which only --as-published keeps; or (None, the filter that
+    drops it, a reply that cannot be written in the target markup). --as-published --style keep writes every reply
+    as published, so only an empty one, another turn or an unselected generation is dropped."""
+    _, solution, defect = markup.split_reasoning(reply.response)
+    defect = reply.skip or defect
+    if defect and not (as_published and style == "keep" and defect in KEPT_AS_PUBLISHED):
         return None, defect
     has_boxed = "\\boxed" in solution
-    domain = fields["domain"]
+    domain = reply.domain
     if domain is None:
-        looks_like_code = fields["tests"] or (FENCED_PYTHON.search(solution) and not has_boxed)
+        looks_like_code = reply.tests or (FENCED_PYTHON.search(solution) and not has_boxed)
         domain = "code" if looks_like_code else "math"
-    if not (FENCED_BLOCK.search(solution) if domain == "code" else has_boxed):
-        return None, "no_answer"
-    user = fields["user"]
+    if not defect and not (FENCED_BLOCK.search(solution) if domain == "code" else has_boxed):
+        defect = "no_answer"
+    user = reply.user
     if user is None:  # a raw problem: SkyThought's training prompt
-        user = markup.training_prompt(fields["problem"], domain, fields["starter_code"])
-    system = markup.system_prompt(style, fields["system"])
+        user = markup.training_prompt(reply.problem, domain, reply.starter_code)
+    system = markup.system_prompt(style, reply.system)
     messages = [{"role": "system", "content": system}] if system else []
     messages.append({"role": "user", "content": user})
-    messages.append({"role": "assistant", "content": markup.convert_style(fields["response"], style)})
-    record_id = str(raw["id"]) if raw.get("id") is not None else f"{Path(source).name}:{line}"
-    gold = {"answer": fields["answer"], "tests": fields["tests"], "starter_code": fields["starter_code"]}
-    return Example(record_id, source, fields["problem"], messages, solution, domain, **gold), None
-
-
-# ----------------------------------------------------------------------------- text similarity
-
-
-def words(text: str) -> list[str]:
-    return re.findall(r"\w+", unicodedata.normalize("NFKC", text).lower())
-
-
-class BenchmarkIndex:
-    """Word n-grams of every benchmark problem. A prompt is contaminated when it shares with one benchmark item at least
-    `threshold` of the shorter one's n-grams: robust to light edits, and to a problem pasted into a longer prompt."""
-
-    def __init__(self, items: list[tuple[str, str]], n: int, threshold: float):
-        self.n, self.threshold, self.names, self.sizes = n, threshold, [], []
-        self.owner: dict[str, int] = {}
-        self.whole: dict[str, int] = {}  # prompts shorter than n words can only match whole
-        for i, (name, text) in enumerate(items):
-            grams = self.ngrams(words(text))
-            self.names.append(name)
-            self.sizes.append(len(grams))
-            self.owner.update(dict.fromkeys(grams, i))
-            self.whole[" ".join(words(text))] = i
-
-    @classmethod
-    def from_dir(cls, eval_dir: str, n: int, threshold: float) -> "BenchmarkIndex":
-        items = []
-        for name in BENCHMARKS:
-            for line, record in utils.iter_json_records(Path(eval_dir) / f"{name}.jsonl"):
-                _, text = first_field(record, ("problem", "question", "prompt"))
-                if not isinstance(text, str):
-                    raise DataError(f"{eval_dir}/{name}.jsonl:{line}: field 'problem' (or 'question'/'prompt') missing")
-                items.append((name, text))
-        return cls(items, n, threshold)
-
-    def ngrams(self, tokens: list[str]) -> set[str]:
-        return {" ".join(tokens[i : i + self.n]) for i in range(len(tokens) - self.n + 1)}
-
-    def match(self, text: str) -> str | None:
-        """The benchmark a prompt overlaps, or None."""
-        tokens = words(text)
-        grams = self.ngrams(tokens)
-        if not grams:
-            hit = self.whole.get(" ".join(tokens))
-            return None if hit is None else self.names[hit]
-        shared = Counter(self.owner[g] for g in grams if g in self.owner)
-        for item, count in shared.most_common():
-            if count / max(1, min(len(grams), self.sizes[item])) >= self.threshold:
-                return self.names[item]
-        return None
-
-
-class NearDuplicateIndex:
-    """MinHash LSH over word-3-gram shingles; LSH candidates are confirmed by their exact Jaccard similarity."""
-
-    PRIME = (1 << 61) - 1
-
-    def __init__(self, threshold: float, num_perm: int = 128, seed: int = 0):
-        rng = np.random.default_rng(seed)
-        # a, b, shingle < 2^32 keep a * shingle + b below 2^64: exact universal hashing in uint64.
-        self.a = rng.integers(1, 1 << 32, num_perm, dtype=np.uint64)
-        self.b = rng.integers(0, 1 << 32, num_perm, dtype=np.uint64)
-        self.threshold = threshold
-        # The (bands b, rows r) whose S-curve midpoint (1/b)^(1/r) is highest at or below the threshold: few misses.
-        midpoint = {(num_perm // r, r): (r / num_perm) ** (1 / r) for r in range(1, num_perm + 1) if num_perm % r == 0}
-        below = [shape for shape, m in midpoint.items() if m <= threshold]
-        self.bands, self.rows = max(below, key=midpoint.get, default=(num_perm, 1))
-        self.buckets: dict[tuple[int, bytes], list[int]] = defaultdict(list)
-        self.shingle_sets: list[set[int]] = []
-
-    @staticmethod
-    def shingles(text: str) -> set[int]:
-        tokens = words(text)
-        grams = [" ".join(tokens[i : i + 3]) for i in range(max(1, len(tokens) - 2))]
-        return {zlib.crc32(g.encode()) for g in grams}
-
-    def add_if_new(self, text: str) -> bool:
-        """Index the text and return True, unless it is a near duplicate of one already indexed."""
-        shingles = self.shingles(text)
-        x = np.fromiter(shingles, dtype=np.uint64, count=len(shingles))
-        signature = ((np.outer(x, self.a) + self.b) % np.uint64(self.PRIME)).min(axis=0)
-        keys = [(band, signature[band * self.rows : (band + 1) * self.rows].tobytes()) for band in range(self.bands)]
-        candidates = {j for key in keys for j in self.buckets.get(key, ())}
-        for j in candidates:
-            other = self.shingle_sets[j]
-            if len(shingles & other) / len(shingles | other) >= self.threshold:
-                return False
-        for key in keys:
-            self.buckets[key].append(len(self.shingle_sets))
-        self.shingle_sets.append(shingles)
-        return True
+    messages.append({"role": "assistant", "content": markup.convert_style(reply.response, style)})
+    gold = {"answer": reply.answer, "tests": reply.tests, "starter_code": reply.starter_code}
+    return Example(record_id, source, reply.problem, messages, solution, domain, **gold), defect
 
 
 # ----------------------------------------------------------------------------- stages
 
 
-def keep_where(examples: list[Example], keep: list, reason: str, counts: dict[str, Counter]) -> list[Example]:
-    """The examples whose flag is true; the others are counted under `reason` per source: nothing leaves silently."""
-    for example, ok in zip(examples, keep):
-        counts[example.source][reason] += not ok
-    return [e for e, ok in zip(examples, keep) if ok]
+def drop(examples: list[Example], reasons: list, counts: dict, would_drop: dict | None = None) -> list[Example]:
+    """The examples whose reason is None; each other is counted under its reason per source: nothing leaves silently.
+    With would_drop (--as-published) nothing leaves: the reasons are counted there instead."""
+    tally = counts if would_drop is None else would_drop
+    for example, reason in zip(examples, reasons):
+        tally[example.source][reason] += bool(reason)
+    return examples if would_drop is not None else [e for e, r in zip(examples, reasons) if not r]
 
 
-def parse_all(raw_records, cfg, counts: dict[str, Counter]) -> list[Example]:
+def parse_all(raw_records, cfg, counts: dict[str, Counter], would_drop, found) -> list[Example]:
+    """Every reply of every record as an Example, or counted under the filter that drops it; `found` counts the
+    schema each record was read in, per source."""
+    options = schemas.Options(teacher=cfg.teacher, generations=cfg.generations)
     examples = []
     for source, line, raw in tqdm(raw_records, desc="parse", unit=" rec", leave=False):
         counts[source]["read"] += 1
-        if isinstance(raw, DataError):  # not UTF-8, not JSON or not an object: the error already names file and line
-            if not cfg.skip_bad:
-                raise raw
-            counts[source]["unparsable"] += 1
-            continue
         try:
-            example, defect = parse_example(source, line, raw, cfg.style)
+            if isinstance(raw, DataError):  # not UTF-8, not JSON or not an object: it already names file and line
+                raise raw
+            schema = schemas.detect(raw, cfg.schema)
+            replies = schema.read(raw, options)
         except ValueError as e:
             if not cfg.skip_bad:
-                raise DataError(f"{source}:{line}: {e}") from None
-            example, defect = None, "unparsable"
-        if defect:
-            counts[source][defect] += 1
-        else:
+                raise e if isinstance(e, DataError) else DataError(f"{source}:{line}: {e}") from None
+            counts[source]["unparsable"] += 1
+            continue
+        found[source][schema.name] += 1
+        counts[source]["extra_generations"] += len(replies) - 1
+        key, record_id = schemas.first_field(raw, ("id", "uuid"))
+        record_id = str(record_id) if key else f"{Path(source).name}:{line}"
+        for reply in replies:
+            example, defect = parse_reply(source, record_id + reply.key, reply, cfg.style, cfg.as_published)
+            if example is None or (defect and not cfg.as_published):
+                counts[source][defect] += 1
+                continue
+            would_drop[source][defect] += bool(defect)
             examples.append(example)
     return examples
 
@@ -420,8 +327,9 @@ def count_tokens(tokenizer, conversations: list[list[dict]], batch_size: int = 2
     return lengths
 
 
-def deduplicate(examples: list[Example], mode: str, threshold: float, counts: dict[str, Counter]) -> list[Example]:
-    """Keep the first record of each prompt (after verification, so that is its first correct response)."""
+def duplicates(examples: list[Example], mode: str, threshold: float) -> list[str | None]:
+    """Which records repeat an earlier prompt (exact_duplicate / near_duplicate), in order: the first of each prompt
+    stays (dedup runs after verification, so that is its first correct response)."""
     seen: set[str] = set()
     near = NearDuplicateIndex(threshold) if mode == "near" else None
     verdicts = []
@@ -434,8 +342,7 @@ def deduplicate(examples: list[Example], mode: str, threshold: float, counts: di
         else:
             verdicts.append(None)
         seen.add(key)
-    examples = keep_where(examples, [v != "exact_duplicate" for v in verdicts], "exact_duplicate", counts)
-    return keep_where(examples, [v is None for v in verdicts if v != "exact_duplicate"], "near_duplicate", counts)
+    return verdicts
 
 
 def sample(examples: list[Example], size: int | None, mix: dict | None, seed: int) -> tuple[list[bool], dict]:
@@ -456,11 +363,12 @@ def sample(examples: list[Example], size: int | None, mix: dict | None, seed: in
 
 
 def counts_table(by_source: dict[str, Counter]) -> str:
-    """Each filter's count per source (file name, last 24 characters) and in total."""
+    """Each count per source (file name, last 24 characters) and in total; extra_generations only when there are."""
     total = sum(by_source.values(), Counter())
     columns = [*by_source.values(), total]
     header = ["", *(Path(s).name[-24:] for s in by_source), "total"]
-    return utils.format_table(header, [[name, *(c[name] for c in columns)] for name in ("read", *FILTERS, "kept")])
+    names = [name for name in COUNTS if name != "extra_generations" or total[name]]
+    return utils.format_table(header, [[name, *(c[name] for c in columns)] for name in names])
 
 
 def plot_lengths(path: Path, tokenized: list[int], kept: list[int], max_length: int) -> None:
@@ -503,54 +411,62 @@ def main(cfg: argparse.Namespace) -> dict:
         raise SystemExit(f"--size {cfg.size} differs from the --mix total {sum(cfg.mix.values())}")
     output = Path(cfg.output)
     counts: dict[str, Counter] = defaultdict(Counter)
+    would_drop: dict[str, Counter] = defaultdict(Counter)  # --as-published: what the filters would have dropped
+    found: dict[str, Counter] = defaultdict(Counter)  # the schema each record was read in, per source
+    dry = would_drop if cfg.as_published else None
     timings, contaminated_by = {}, Counter()
     tokenizer = utils.load_tokenizer(cfg.tokenizer)  # before the long stages: a wrong name fails at once
     if not getattr(tokenizer, "is_fast", False):
         raise SystemExit(f"--tokenizer {cfg.tokenizer}: needs a fast (Rust) tokenizer, to count 100M characters fast")
 
     with timed(timings, "parse"):
-        examples = parse_all(synthetic_raw(cfg) if cfg.synthetic else load_raw(cfg.input, cfg.split), cfg, counts)
+        raw = synthetic_raw(cfg) if cfg.synthetic else load_raw(cfg.input, cfg.split, cfg.subset, cfg.limit)
+        examples = parse_all(raw, cfg, counts, would_drop, found)
     if cfg.decontaminate:
         with timed(timings, "decontaminate"):
             benchmarks = BenchmarkIndex.from_dir(cfg.eval_dir, cfg.decontam_ngram, cfg.decontam_threshold)
             hits = [benchmarks.match(e.problem) for e in tqdm(examples, desc="decontaminate", leave=False)]
             contaminated_by.update(h for h in hits if h)
-            examples = keep_where(examples, [h is None for h in hits], "contaminated", counts)
+            examples = drop(examples, ["contaminated" if h else None for h in hits], counts)
     # Verification forks its workers before the tokenizer's thread pool exists (forking after it would disable it).
     if cfg.verify:
         with timed(timings, "verify"):
             has_gold = [e.answer is not None if e.domain == "math" else bool(e.tests) for e in examples]
-            examples = keep_where(examples, has_gold, "unverifiable", counts)
+            examples = drop(examples, [None if gold else "unverifiable" for gold in has_gold], counts)
             verdicts = verify_all(examples, cfg.workers)
             complaints = [(e.id, v) for e, v in zip(examples, verdicts) if isinstance(v, str)]
             if complaints:
                 n = len(complaints)
                 print(f"warning: the grader could not check {n} records (counted unverifiable), e.g. {complaints[0]}")
-            examples = keep_where(examples, [not isinstance(v, str) for v in verdicts], "unverifiable", counts)
+            examples = drop(examples, ["unverifiable" if isinstance(v, str) else None for v in verdicts], counts)
             verdicts = [v for v in verdicts if not isinstance(v, str)]
-            examples = keep_where(examples, [v == (cfg.keep == "correct") for v in verdicts], "rejected", counts)
+            wanted = cfg.keep == "correct"
+            examples = drop(examples, [None if v == wanted else "rejected" for v in verdicts], counts)
     with timed(timings, "tokenize"):
         tokenized = count_tokens(tokenizer, [e.messages for e in examples])
         for example, n in zip(examples, tokenized):
             example.n_tokens = n
-        examples = keep_where(examples, [n <= cfg.max_length for n in tokenized], "too_long", counts)
+        examples = drop(examples, ["too_long" if n > cfg.max_length else None for n in tokenized], counts, dry)
     with timed(timings, "dedup"):
-        examples = deduplicate(examples, cfg.dedup, cfg.near_dup_threshold, counts) if cfg.dedup != "none" else examples
+        if cfg.dedup != "none":
+            examples = drop(examples, duplicates(examples, cfg.dedup, cfg.near_dup_threshold), counts, dry)
     keep, shortfall = sample(examples, cfg.size, cfg.mix, cfg.seed)
-    examples = keep_where(examples, keep, "not_sampled", counts)
+    examples = drop(examples, [None if k else "not_sampled" for k in keep], counts)
     with timed(timings, "write"):
         utils.write_jsonl(output, (e.to_record() for e in examples))
 
     for example in examples:
         counts[example.source]["kept"] += 1
     lengths = [e.n_tokens for e in examples]
-    total = sum(counts.values(), Counter())
+    total, dropped = sum(counts.values(), Counter()), sum(would_drop.values(), Counter())
     seconds = sum(timings.values())
     report = {
         "output": str(output),
         "config": vars(cfg),
-        "counts": {name: total[name] for name in ("read", *FILTERS, "kept")},
-        "per_source": {s: {name: c[name] for name in ("read", *FILTERS, "kept")} for s, c in counts.items()},
+        "schemas": {source: dict(names) for source, names in found.items()},
+        "counts": {name: total[name] for name in COUNTS},
+        "per_source": {s: {name: c[name] for name in COUNTS} for s, c in counts.items()},
+        "why": {name: WHY[name] for name in FILTERS if total[name] or dropped[name]},
         "contaminated_by": dict(contaminated_by),
         "domains": dict(Counter(e.domain for e in examples)),
         "mix_shortfall": shortfall,
@@ -559,14 +475,22 @@ def main(cfg: argparse.Namespace) -> dict:
         "records_per_s": round(total["read"] / max(seconds, 1e-9), 1),
         "tokens_per_s": round(sum(tokenized) / max(timings["tokenize"], 1e-9)),
     }
+    if cfg.as_published:  # kept anyway: what each default filter would have dropped, and why
+        report["would_drop"] = {name: dropped[name] for name in FILTERS if dropped[name]}
+        report["would_drop_per_source"] = {s: {n: c[n] for n in FILTERS if c[n]} for s, c in would_drop.items()}
     report_path = output.with_name(output.stem + "_report.json")
     utils.atomic_write_text(report_path, json.dumps(report, indent=2) + "\n")
     plot_lengths(output.with_name(output.stem + "_lengths.png"), tokenized, lengths, cfg.max_length)
+    for source, names in found.items():
+        print(f"{source}: read as " + ", ".join(f"{name} ({n} records)" for name, n in names.items()))
     print(counts_table(counts))
     if not examples:  # the report says where every record went; an empty training file must not pass silently
         removed = ", ".join(f"{name} {total[name]}" for name in FILTERS if total[name])
         why = f" ({removed})" if removed else ""
         raise DataError(f"no records kept out of {total['read']} read{why}; see {report_path}")
+    if cfg.as_published:
+        would = "; ".join(f"{name} {n} ({WHY[name]})" for name, n in report["would_drop"].items()) or "nothing"
+        print(f"--as-published kept every record the style can write; the default filters would have dropped: {would}")
     print(
         f"token lengths: {report['n_tokens']}  domains: {report['domains']}  contaminated by: {dict(contaminated_by)}"
     )

@@ -1,6 +1,6 @@
 """The details of supervised fine-tuning that decide results, in the order data flows through them.
 
-    records -> messages (to_messages) -> chat-template text and assistant spans (assistant_char_spans)
+    records -> messages (to_messages) -> chat-template pieces: prompt, reply, end of turn (chat_pieces)
     -> token labels (tokenize_conversations) -> shift inside each sample (make_sample) -> drop or cut long samples
     -> each step's samples (step_sample_ids) -> first-fit packing (pack_step) -> one packed row (collate_packed)
     -> summed chunked cross-entropy (summed_loss), divided by the step's target tokens in the trainer.
@@ -16,7 +16,7 @@ import json
 import math
 import random
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -73,7 +73,13 @@ def to_messages(record: dict) -> list[dict]:
     return messages
 
 
-def load_conversations(paths: Iterable[str], skip_bad: bool = False) -> tuple[list[list[dict]], int]:
+class Conversation(list):
+    """A record's messages (a plain list of {"role", "content"}) that remembers where it came from, "file:line"."""
+
+    source: str = ""
+
+
+def load_conversations(paths: Iterable[str], skip_bad: bool = False) -> tuple[list[Conversation], int]:
     """Read and validate every record of every file before anything expensive starts.
 
     Returns (conversations, n_skipped). Without skip_bad the first bad record raises DataError naming it.
@@ -85,11 +91,14 @@ def load_conversations(paths: Iterable[str], skip_bad: bool = False) -> tuple[li
         for line, record in iter_json_records(path, on_error=bad.append if skip_bad else None):
             n_in_file += 1
             try:
-                conversations.append(to_messages(record))
+                conversation = Conversation(to_messages(record))
             except ValueError as e:
                 if not skip_bad:
                     raise DataError(f"{path}:{line}: {e}") from None
                 bad.append(e)
+                continue
+            conversation.source = f"{path}:{line}"
+            conversations.append(conversation)
         if n_in_file == 0 and len(bad) == n_bad_before:
             raise DataError(f"{path}: no records (empty file)")
     return conversations, len(bad)
@@ -97,51 +106,169 @@ def load_conversations(paths: Iterable[str], skip_bad: bool = False) -> tuple[li
 
 # ----------------------------------------------------------------------------- messages -> tokens and labels
 
+# Stands in for reply k while the template renders, so that nothing a template does to a reply (R1-Distill drops
+# everything up to </think>, Llama 3 and Gemma trim it) can hide where the reply goes.
+_REPLY = "⟦reply {}⟧"
+_PROBE_PAD = " \n"
 
-def assistant_char_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
-    """Render the conversation with the model's own chat template; return the text and, per assistant turn,
-    the character span that belongs in the loss: the reply and its end-of-turn token, but not what the
-    template appends after it (Qwen's trailing newline is never generated: decoding stops at <|im_end|>).
 
-    Spans come from rendering prefixes, so any template works whose rendering of a prefix is a prefix of
-    the whole rendering (true of ChatML/Qwen, Llama 3 and most others; checked here).
+@dataclass(frozen=True)
+class TemplateTraits:
+    system_role: bool  # False: the template refuses a system turn (Gemma 2) or drops it from history (Mistral)
+    trims: tuple[bool, bool]  # the template strips whitespace from the start / end of a reply (Llama 3, Gemma 2)
+
+
+_traits: dict[tuple, TemplateTraits] = {}
+
+
+def _render(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str:
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    except Exception as e:  # template code raises whatever it likes: jinja's raise_exception, TypeError, KeyError...
+        raise ValueError(f"rendering failed ({type(e).__name__}: {' '.join(str(e).split())})") from None
+
+
+def template_traits(tokenizer) -> TemplateTraits:
+    """What a template does to system turns and replies, found once per template by rendering two probes."""
+    key = (tokenizer.chat_template, tokenizer.bos_token, tokenizer.eos_token)
+    if key not in _traits:
+        reply = _PROBE_PAD + _REPLY.format(0) + _PROBE_PAD
+        exchange = [{"role": "user", "content": "⟦user⟧"}, {"role": "assistant", "content": reply}]
+        try:
+            system_role = "⟦system⟧" in _render(
+                tokenizer, [{"role": "system", "content": "⟦system⟧"}, *exchange], False
+            )
+        except ValueError:
+            system_role = False
+        text = _render(tokenizer, exchange, False)
+        at = text.find(_REPLY.format(0))
+        if at < 0:
+            raise ValueError("the template does not render an assistant reply as written")
+        trims = (not text[:at].endswith(_PROBE_PAD), not text[at:].startswith(_REPLY.format(0) + _PROBE_PAD))
+        _traits[key] = TemplateTraits(system_role, trims)
+    return _traits[key]
+
+
+def merge_system_turn(messages: list[dict]) -> list[dict]:
+    """For templates without a system role: the system text opens the first user turn, separated by a blank line, as
+    Gemma 3's and Mistral's own templates place it."""
+    if len(messages) < 2 or messages[0]["role"] != "system" or messages[1]["role"] != "user":
+        raise ValueError("the template has no system role and no user turn follows the system turn to carry it")
+    user = {"role": "user", "content": messages[0]["content"] + "\n\n" + messages[1]["content"]}
+    return [user, *messages[2:]]
+
+
+def fit_to_template(tokenizer, messages: list[dict]) -> list[dict]:
+    """The messages as this template can take them: a system turn merged into the first user turn if it must be."""
+    if messages and messages[0]["role"] == "system" and not template_traits(tokenizer).system_role:
+        return merge_system_turn(messages)
+    return messages
+
+
+def generation_prompt(tokenizer, messages: list[dict]) -> str:
+    """What the model reads before it writes the next reply: the text every trained reply follows (chat_pieces),
+    and what evaluation must send for a model to answer as it was trained."""
+    return _render(tokenizer, fit_to_template(tokenizer, messages), True)
+
+
+def chat_pieces(tokenizer, messages: list[dict]) -> list[tuple[str, str]]:
+    """The conversation as the chat template lays it out, in pieces that are tokenized one by one:
+
+        ("prompt", text)  what the model reads before a reply: the generation prompt, never learned
+        ("reply", text)   the reply as the model writes it after that prompt: learned
+        ("end", text)     what the template writes after the reply: its first special token (<|im_end|>, <|eot_id|>,
+                          <end_of_turn>, </s>) is learned, so the model learns to stop; the rest is not
+
+    Replies are never rendered inside the conversation, so a template that drops earlier thoughts from history
+    (DeepSeek-R1-Distill) still trains each reply with its whole thought, and tokenizing reply and prompt apart
+    means no reply token ever merges with the template text before it (as LLaMA-Factory does). A generation prompt
+    that opens the reply itself (R1's "<think>\\n") is taken off the reply that starts with it. Messages after the
+    last reply are not trained and are dropped. Raises ValueError for a template that cannot lay it out.
     """
-
-    def render(msgs: list[dict], add_generation_prompt: bool) -> str:
-        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=add_generation_prompt)
-
-    text = render(messages, False)
-    eos = tokenizer.eos_token
-    spans = []
-    for i, m in enumerate(messages):
-        if m["role"] != "assistant":
+    traits = template_traits(tokenizer)
+    messages = fit_to_template(tokenizer, messages)
+    stand_in = [dict(m, content=_REPLY.format(i)) if m["role"] == "assistant" else m for i, m in enumerate(messages)]
+    pieces, done = [], ""
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
             continue
-        before, through = render(messages[:i], True), render(messages[: i + 1], False)
-        if not (text.startswith(before) and text.startswith(through) and through.startswith(before)):
-            raise ValueError("chat template is not prefix-stable; cannot locate assistant tokens")
-        end = len(through)
-        stop = through.rfind(eos, len(before)) if eos else -1
-        if stop != -1:
-            end = stop + len(eos)
-        spans.append((len(before), end))
-    return text, spans
+        prompt, turn = _render(tokenizer, stand_in[:i], True), _render(tokenizer, stand_in[: i + 1], False)
+        if not (prompt.startswith(done) and turn.startswith(done)):
+            raise ValueError(f"message {i}: the template renders the conversation before this reply differently")
+        at = turn.find(_REPLY.format(i), len(done))
+        if at < 0:
+            raise ValueError(f"message {i}: the template does not render this assistant reply")
+        content = message["content"].lstrip() if traits.trims[0] else message["content"]
+        content = content.rstrip() if traits.trims[1] else content
+        if (turn[:at] + content).startswith(prompt):  # the reply follows the generation prompt, or opens with its tail
+            reply = (turn[:at] + content)[len(prompt) :]
+        elif prompt.startswith(turn[:at]):  # the prompt opens the reply (R1's "<think>\n"), this reply does not
+            reply = content
+        else:
+            raise ValueError(
+                f"message {i}: the generation prompt (ending {prompt[-30:]!r}) is not how the template begins the "
+                f"reply (ending {turn[:at][-30:]!r})"
+            )
+        pieces += [("prompt", prompt[len(done) :]), ("reply", reply), ("end", turn[at + len(_REPLY.format(i)) :])]
+        done = turn
+    return pieces
 
 
-def tokenize_conversations(tokenizer, conversations: list[list[dict]], batch_size: int = 256):
-    """Yield (input_ids, labels) per conversation; labels are IGNORE_INDEX outside assistant spans.
+def special_token_ids(tokenizer) -> set[int]:
+    """Ids of every special token (end of turn, role markers, bos/eos), which a reply's end is found by."""
+    added = tokenizer.added_tokens_decoder.items()
+    return set(tokenizer.all_special_ids) | {i for i, token in added if token.special}
 
-    A token is a target when its first character lies inside an assistant span. Texts are tokenized in
-    batches because the fast tokenizer parallelises a batch across cores.
+
+def _labelled(pieces: list[tuple[str, str]], piece_ids: list[list[int]], special: set[int]) -> tuple[list, list]:
+    ids, labels = [], []
+    for (kind, _), tokens in zip(pieces, piece_ids):
+        learned = 0
+        if kind == "reply":
+            learned = len(tokens)
+        elif kind == "end":
+            learned = next((j + 1 for j, t in enumerate(tokens) if t in special), 0)
+            if not learned:
+                raise ValueError("no special token ends the reply, so the model would never learn to stop")
+        ids += tokens
+        labels += tokens[:learned] + [IGNORE_INDEX] * (len(tokens) - learned)
+    return ids, labels
+
+
+def tokenize_conversations(
+    tokenizer,
+    conversations: list[list[dict]],
+    batch_size: int = 256,
+    on_error: Callable[[DataError], None] | None = None,
+    template_name: str = "of the tokenizer",
+):
+    """Yield (input_ids, labels) per conversation; labels are IGNORE_INDEX except on reply tokens and the special
+    token that ends each reply (chat_pieces). Pieces are tokenized in batches: the fast tokenizer spreads a batch
+    over the cores. A conversation the template cannot lay out raises DataError "file:line: chat template NAME:
+    problem", or with on_error is handed to it and skipped.
     """
+    special = special_token_ids(tokenizer)
     for start in range(0, len(conversations), batch_size):
-        rendered = [assistant_char_spans(tokenizer, c) for c in conversations[start : start + batch_size]]
-        enc = tokenizer([t for t, _ in rendered], add_special_tokens=False, return_offsets_mapping=True)
-        for (_, spans), ids, offsets in zip(rendered, enc["input_ids"], enc["offset_mapping"]):
-            labels = [IGNORE_INDEX] * len(ids)
-            for j, (a, _) in enumerate(offsets):
-                if any(s <= a < e for s, e in spans):
-                    labels[j] = ids[j]
-            yield ids, labels
+        batch = conversations[start : start + batch_size]
+        laid_out = []
+        for n, conversation in enumerate(batch, start + 1):
+            source = getattr(conversation, "source", "") or f"conversation {n}"
+            try:
+                laid_out.append((source, chat_pieces(tokenizer, conversation)))
+            except ValueError as e:
+                laid_out.append((source, e))
+        texts = [text for _, pieces in laid_out if isinstance(pieces, list) for _, text in pieces]
+        tokenized = iter(tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else [])
+        for source, pieces in laid_out:
+            try:
+                if isinstance(pieces, ValueError):
+                    raise pieces
+                yield _labelled(pieces, [next(tokenized) for _ in pieces], special)
+            except ValueError as e:
+                error = DataError(f"{source}: chat template {template_name}: {e}")
+                if on_error is None:
+                    raise error from None
+                on_error(error)
 
 
 @dataclass
@@ -162,13 +289,20 @@ def make_sample(input_ids: list[int], labels: list[int]) -> Sample:
     return Sample(list(input_ids), list(labels[1:]) + [IGNORE_INDEX])
 
 
-def build_samples(tokenizer, conversations, max_length: int, truncate: bool) -> tuple[list[Sample], dict]:
+def build_samples(
+    tokenizer,
+    conversations,
+    max_length: int,
+    truncate: bool,
+    on_error: Callable[[DataError], None] | None = None,
+    template_name: str = "of the tokenizer",
+) -> tuple[list[Sample], dict]:
     """Tokenize, then drop (default) or truncate samples over max_length. Never silent: returns counts."""
     from tqdm import tqdm
 
     stats = {"total": len(conversations), "too_long_dropped": 0, "truncated": 0, "no_target_after_truncation": 0}
     samples = []
-    tokenized = tokenize_conversations(tokenizer, conversations)
+    tokenized = tokenize_conversations(tokenizer, conversations, on_error=on_error, template_name=template_name)
     for ids, labels in tqdm(tokenized, total=len(conversations), desc="tokenize", leave=False):
         if len(ids) > max_length:
             if not truncate:
@@ -195,20 +329,34 @@ class TrainingData:
     fingerprint: str  # lengths and targets hashed: a resumed run refuses a checkpoint made on other data
 
 
-def load_training_data(paths: list[str], model: str, max_length: int, truncate: bool, skip_bad: bool) -> TrainingData:
-    """Everything both trainers do before the model loads: validate every record, tokenize, drop or cut long samples.
+def load_training_data(
+    paths: list[str], model: str, max_length: int, truncate: bool, skip_bad: bool, chat_template: str = "model"
+) -> TrainingData:
+    """Everything both trainers do before the model loads: validate every record, lay each out with the chat template
+    (the model's own, "chatml" or a Jinja file: utils.load_tokenizer), tokenize, drop or cut long samples.
 
-    Bad data exits with its one-line `file:line: problem`.
+    Bad data exits with its one-line `file:line: problem`; with skip_bad it is counted instead.
     """
+    template_errors = []
     try:
         conversations, n_bad = load_conversations(paths, skip_bad)
+        tokenizer = load_tokenizer(model, chat_template)
+        template_name = f"of {model}" if chat_template == "model" else chat_template
+        on_error = template_errors.append if skip_bad else None
+        samples, stats = build_samples(tokenizer, conversations, max_length, truncate, on_error, template_name)
     except DataError as e:
         raise SystemExit(f"data error: {e}") from None
-    tokenizer = load_tokenizer(model)
-    samples, stats = build_samples(tokenizer, conversations, max_length, truncate)
+    n_bad += len(template_errors)
     if not samples:
         too_long = stats["too_long_dropped"]
-        raise SystemExit(f"no trainable samples left (read {stats['total']}, {too_long} over {max_length} tokens)")
+        unfit = (
+            f", {len(template_errors)} unfit for the chat template, first {template_errors[0]}"
+            if template_errors
+            else ""
+        )
+        raise SystemExit(
+            f"no trainable samples left (read {stats['total']}, {too_long} over {max_length} tokens{unfit})"
+        )
     lengths = [len(s.input_ids) for s in samples]
     n_targets = [s.n_targets for s in samples]
     report = (
@@ -216,6 +364,8 @@ def load_training_data(paths: list[str], model: str, max_length: int, truncate: 
         f"dropped, {stats['truncated']} truncated, {stats['no_target_after_truncation']} without targets dropped -> "
         f"{len(samples)} samples, {sum(lengths):,} tokens ({sum(n_targets):,} in the loss), longest {max(lengths)}"
     )
+    if not template_traits(tokenizer).system_role and any(c[0]["role"] == "system" for c in conversations):
+        report += " (the chat template has no system role: system turns open the first user turn)"
     fingerprint = hashlib.sha256(json.dumps([lengths, n_targets]).encode()).hexdigest()[:16]
     return TrainingData(tokenizer, samples, lengths, n_targets, report, fingerprint)
 

@@ -52,9 +52,15 @@ def hand_written_responses() -> list[dict]:
             {"task": "aime24", "id": 60, "sample": s, "response": boxed(a)}
             for s, a in enumerate(["204", "205", "204", "7"])
         ]
-        + [{"task": "aime24", "id": 61, "sample": s, "response": boxed("112")} for s in range(4)]
-        # amc23 gold is the float 27.0; samples without 'sample' are numbered in file order
+        # ... with the backend's finish_reason: two stopped, two cut off at the token limit (no answer, whatever the box)
+        + [
+            {"task": "aime24", "id": 61, "sample": s, "response": boxed("112"), "finish_reason": reason}
+            for s, reason in enumerate(["stop", "length", "stop", "length"])
+        ]
+        # amc23 gold is the float 27.0; samples without 'sample' are numbered in file order; a right answer cut off
+        # at the token limit is wrong
         + [{"task": "amc23", "id": 0, "response": boxed("27")}, {"task": "amc23", "id": 0, "response": boxed("27.5")}]
+        + [{"task": "amc23", "id": 0, "response": boxed("27"), "finish_reason": "length"}]
         + [
             {"task": "math500", "id": "test/precalculus/807.json", "response": boxed("(3, \\frac{\\pi}{2})")},
             {"task": "math500", "id": "test/intermediate_algebra/1994.json", "response": boxed("q - p")},
@@ -88,13 +94,19 @@ def test_scoring_real_benchmark_records(tmp_path):
     tasks = "aime24,amc23,math500,olympiadbench,livecodebench"
     results = run(["--responses", str(responses), "--tasks", tasks, "--output-dir", str(out), "--workers", "2"])
     assert results == json.loads((out / "results.json").read_text())
+    assert all(r["settings"] == {"responses": str(responses)} for r in results.values())
     aime = results["aime24"]
     assert (aime["problems"], aime["n"]) == (2, 4)
     assert aime["accuracy"] == pytest.approx(0.25)
     # problem 60: n=4, c=2 -> pass@2 = 1 - C(2,2)/C(4,2) = 5/6, pass@3 = 1 (only 2 wrong samples); problem 61: all 0
     assert aime["pass@k"] == pytest.approx({"1": 0.25, "2": (5 / 6 + 0) / 2, "3": 0.5, "4": 0.5})
-    assert results["amc23"] == {"problems": 1, "n": 2, "accuracy": 0.5, "pass@k": {"1": 0.5, "2": 1.0}}
-    assert results["math500"] == {"problems": 2, "n": 1, "accuracy": 0.5, "pass@k": {"1": 0.5}}
+    # shares over samples: 2 of 8 have no answer; 2 of the 4 whose finish_reason is known were cut off
+    assert (aime["no_answer"], aime["cut_off"]) == (0.25, 0.5)
+    amc = results["amc23"]
+    assert (amc["n"], amc["accuracy"], amc["no_answer"], amc["cut_off"]) == pytest.approx((3, 1 / 3, 1 / 3, 1.0))
+    assert amc["pass@k"] == pytest.approx({"1": 1 / 3, "2": 2 / 3, "3": 1.0})
+    math500 = {key: value for key, value in results["math500"].items() if key != "settings"}
+    assert math500 == {"problems": 2, "n": 1, "accuracy": 0.5, "pass@k": {"1": 0.5}, "no_answer": 0.0, "cut_off": None}
     assert results["olympiadbench"]["accuracy"] == 0.5
     lcb = results["livecodebench"]
     assert (lcb["problems"], lcb["n"]) == (3, 2)
@@ -106,25 +118,29 @@ def test_scoring_real_benchmark_records(tmp_path):
     samples = {(r["task"], r["id"], r["sample"]): r for r in read_jsonl(out / "samples.jsonl")}
     assert len(samples) == len(hand_written_responses())
     assert samples[("aime24", "60", 1)]["extracted"] == "205" and samples[("aime24", "60", 1)]["correct"] is False
+    assert [samples[("aime24", "61", s)]["finish_reason"] for s in range(4)] == ["stop", "length", "stop", "length"]
+    assert samples[("aime24", "61", 1)]["extracted"] is None and samples[("aime24", "60", 0)]["finish_reason"] is None
+    assert samples[("amc23", "0", 2)]["extracted"] is None and samples[("amc23", "0", 2)]["correct"] is False
     assert samples[("amc23", "0", 0)]["correct"] is True and samples[("amc23", "0", 1)]["sample"] == 1
     assert samples[("livecodebench", "abc320_a", 0)]["verdicts"] == ["ok", "ok", "ok"]
     assert samples[("livecodebench", "abc320_a", 1)]["verdicts"][0] == "wrong_answer"
     assert samples[("livecodebench", "1883_B", 0)]["extracted"] is None
-    fields = {"task", "id", "sample", "prompt", "response", "extracted", "correct", "tokens"}
+    fields = {"task", "id", "sample", "prompt", "response", "extracted", "correct", "tokens", "finish_reason"}
     assert set(samples[("math500", "test/precalculus/807.json", 0)]) >= fields
 
 
 def test_results_table_shows_powers_of_two_n_and_difficulty_levels():
     easy_medium = {"easy": {"problems": 2, "accuracy": 0.75}, "medium": {"problems": 1, "accuracy": 0.0}}
     results = {
-        "aime24": {"problems": 2, "n": 4, "accuracy": 0.25, "pass@k": {"1": 0.25, "2": 5 / 12, "3": 0.5, "4": 0.5}},
+        "aime24": {"problems": 2, "n": 4, "accuracy": 0.25, "pass@k": {"1": 0.25, "2": 5 / 12, "3": 0.5, "4": 0.5}}
+        | {"no_answer": 0.125, "cut_off": 0.0625},
         "livecodebench": {"problems": 3, "n": 2, "accuracy": 0.5, "pass@k": {"1": 0.5, "2": 2 / 3}}
-        | {"difficulty": easy_medium, "difficulty_weighted_accuracy": 0.5},
+        | {"difficulty": easy_medium, "difficulty_weighted_accuracy": 0.5, "no_answer": 1 / 3, "cut_off": None},
     }
     assert evaluate.results_table(results).splitlines() == [
-        "task                problems  n  accuracy  pass@2  pass@4",
-        "aime24                     2  4      25.0    41.7    50.0",
-        "livecodebench              3  2      50.0    66.7",
+        "task                problems  n  accuracy  no_answer  cut_off  pass@2  pass@4",
+        "aime24                     2  4      25.0       12.5      6.2    41.7    50.0",
+        "livecodebench              3  2      50.0       33.3             66.7",
         "  easy                     2         75.0",
         "  medium                   1          0.0",
         "  easy+medium+hard         3         50.0",
@@ -185,17 +201,28 @@ def test_hf_backend_end_to_end_and_resume(tiny_model_dir, tmp_path, monkeypatch)
             s["prompt"].endswith("<|im_start|>assistant\n") and isinstance(s["response"], str) and 1 <= s["tokens"] <= 6
         )
         assert s["correct"] is False  # a random model does not add
-    assert results["arith"] == {"problems": 2, "n": 2, "accuracy": 0.0, "pass@k": {"1": 0.0, "2": 0.0}}
+        assert s["finish_reason"] == "stop" or (s["finish_reason"] == "length" and s["tokens"] == 6)
+    cut = [s["finish_reason"] == "length" for s in samples]
+    assert results["arith"]["cut_off"] == sum(cut) / 4 and results["arith"]["no_answer"] >= sum(cut) / 4
+    assert {key: results["arith"][key] for key in ("problems", "n", "accuracy", "pass@k")} == {
+        "problems": 2,
+        "n": 2,
+        "accuracy": 0.0,
+        "pass@k": {"1": 0.0, "2": 0.0},
+    }
+    settings = results["arith"]["settings"]
+    assert settings["backend"] == "hf" and settings["prompt_style"] == "sky-t1" and settings["temperature"] == 0.7
+    assert (settings["top_k"], settings["repetition_penalty"], settings["chat_template"]) == (-1, 1.0, "model")
     assert json.loads((out / "config.json").read_text())["temperature"] == 0.7
 
-    real_generate = evaluate.generate_hf
+    real_backend = evaluate.hf_backend
     generated = []
 
-    def counting_generate(cfg, jobs):
+    def counting_backend(cfg, jobs):
         generated.extend((j["id"], j["sample"]) for j in jobs)
-        return real_generate(cfg, jobs)
+        return real_backend(cfg, jobs)
 
-    monkeypatch.setattr(evaluate, "generate_hf", counting_generate)
+    monkeypatch.setattr(evaluate, "hf_backend", counting_backend)
     run(args)  # everything is done: nothing is generated or appended
     assert generated == [] and len(read_jsonl(out / "samples.jsonl")) == 4
 
@@ -217,6 +244,48 @@ def test_hf_backend_end_to_end_and_resume(tiny_model_dir, tmp_path, monkeypatch)
 
     with pytest.raises(SystemExit, match=r"config.json: .*temperature 0.7 -> 0.5.*another --output-dir"):
         run([*args[:-4], "--temperature", "0.5", "--output-dir", str(out)])
+    with pytest.raises(SystemExit, match=r"config.json: .*backend 'hf' -> 'openai'"):
+        run([*args, "--backend", "openai"])  # the last --backend wins
+
+
+def test_hf_chunks_resume_after_a_kill_with_the_same_samples(tiny_model_dir, tmp_path, monkeypatch, one_torch_thread):
+    """The chunk loop every backend runs in, through the hf backend: a kill in the second chunk keeps the first, the
+    rerun generates only the rest, and per-sample seeds make it draw what a straight run draws, in any batching."""
+    task = write_jsonl(
+        tmp_path / "arith.jsonl", [{"id": f"q{i}", "problem": f"{i} + {i}?", "answer": "0"} for i in range(3)]
+    )
+    args = ["--model", str(tiny_model_dir), "--backend", "hf", "--tasks", str(task), "--n", "2", "--max-tokens", "5"]
+    args += ["--temperature", "1.0", "--top-p", "0.9", "--workers", "1"]
+    run([*args, "--batch-size", "6", "--output-dir", str(tmp_path / "straight")])
+    straight = {(s["id"], s["sample"]): s["response"] for s in read_jsonl(tmp_path / "straight" / "samples.jsonl")}
+    assert len(set(straight.values())) > 3  # sampled, one seed per sample
+
+    real_backend, chunks, killed = evaluate.hf_backend, [], []
+
+    def killed_in_second_chunk(cfg, jobs):
+        chunk_size, generate_chunk = real_backend(cfg, jobs)
+
+        def generate(chunk):
+            chunks.append([(job["id"], job["sample"]) for job in chunk])
+            if len(chunks) == 2 and not killed:
+                killed.append(chunk)
+                raise RuntimeError("killed")
+            return generate_chunk(chunk)
+
+        return chunk_size, generate
+
+    monkeypatch.setattr(evaluate, "hf_backend", killed_in_second_chunk)
+    out = tmp_path / "killed"
+    with pytest.raises(RuntimeError, match="killed"):
+        run([*args, "--batch-size", "2", "--output-dir", str(out)])
+    order = [(f"q{i}", s) for i in range(3) for s in range(2)]  # jobs: problems in file order, then samples
+    assert chunks == [order[:2], order[2:4]]
+    assert [(g["id"], g["sample"]) for g in read_jsonl(out / "generations.jsonl")] == order[:2]  # nothing of chunk 2
+    chunks.clear()
+    run([*args, "--batch-size", "3", "--output-dir", str(out)])  # resumed in other batches
+    assert chunks == [order[2:5], order[5:]]
+    resumed = {(s["id"], s["sample"]): s["response"] for s in read_jsonl(out / "samples.jsonl")}
+    assert resumed == straight
 
 
 def test_hf_backend_applies_lora_adapter_without_merging(tiny_model_dir, tmp_path):
@@ -410,7 +479,7 @@ def test_cli_scores_responses_file(tmp_path):
     proc = run_cli([*args, "--output-dir", str(tmp_path / "out"), "--workers", "1"])
     assert proc.returncode == 0, proc.stderr
     row = next(line for line in proc.stdout.splitlines() if line.startswith("math500"))
-    assert row.split() == ["math500", "1", "1", "100.0"]
+    assert row.split() == ["math500", "1", "1", "100.0", "0.0"]  # no answer missing; nothing known to be cut off
     assert json.loads((tmp_path / "out" / "results.json").read_text())["math500"]["accuracy"] == 1.0
 
 
