@@ -1,35 +1,27 @@
-"""Perturb the reasoning of long chain-of-thought training data: the paper's content vs structure ablations (Table 2).
+"""Perturb the reasoning of long chain-of-thought training data: the paper's content and structure ablations (Table 2).
 
     python perturb.py --input data/train.jsonl --output out/cot_digits70.jsonl --kind digits --ratio 0.7
     python perturb.py --input data/train.jsonl --output out/cot_reflection50.jsonl --kind keywords --ratio 0.5
-    python perturb.py --input data/train.jsonl --output out/cot_reflection50.jsonl --kind keywords --ratio 0.5 \\
+    python perturb.py --input data/train.jsonl --output out/cot_reflection50_llm.jsonl --kind keywords --ratio 0.5 \\
         --rewriter llm --llm-url http://localhost:8000/v1 --llm-model Qwen/Qwen2.5-72B-Instruct
     python perturb.py --input data/train.jsonl --output out/cot_insert33.jsonl --kind insert --ratio 0.33 --seed 0
 
-Only the last assistant turn changes, and in it only the thought (markup.split_thought): the text between
-<|begin_of_thought|> and <|end_of_thought|> (Sky-T1), or before </think> (R1; the opening <think> may be absent), or,
-without markup, all of it except a clear final block (from the last paragraph holding "\\boxed{" or "final answer", or
-a trailing fenced code block). `digits` is the exception: by default it corrupts the whole response, as the authors did.
-
-Kinds and their sources:
-  digits    skythought/tools/corrupt_data.py (SkyThought commit 66e8423): every number matching \\b\\d+(\\.\\d+)?\\b is
-            replaced with randint(0, 10) with probability --ratio. --digit-mode digit redraws single digit characters.
-  keywords  skythought/tools/tag_output.py + util/prompts.py remove_reflection_prompt (commit 0a0a3d1; paper sec. 4):
-            each record is rewritten with probability --ratio, removing its reflection episodes (transition phrases
-            such as "wait", what they revisit and revise) so the thought runs straight through. --rewriter llm asks a
-            model as the authors did (gpt-4o-mini, temperature 0.7); the default `rules` is the offline approximation
-            of remove_reflections(); `sentences` is this repo's earlier variant (a --ratio share of keyword sentences
-            deleted from every record), not the authors' method.
-  shuffle / delete / insert   paper sec. 4 (no public script): a --ratio share of the steps is permuted among its own
-            positions / removed / joined by as many steps of other records at random places (own steps keep their order).
-  replace   not in the paper: a --ratio share of the steps is overwritten by steps of other records (delete + insert);
-            this repo's former `insert`.
-Steps are blank-line paragraphs with tiny fragments merged (or --splitter llm). Step counts are drawn by stochastic
-rounding (floor(ratio x n) plus one with probability of the remainder), so the expected share of changed steps is
---ratio on any length distribution; the summary prints the realised share. Every record draws from
-random.Random(sha256(f"{seed}:{id}:{kind}")) and donors come from a pool ordered by id, so outputs depend neither on
-file order nor on threads. Each output record gets a `perturbation` summary; other fields are kept as they were (a
-record without `id` gets a hash of its conversation), so an `n_tokens` field still counts the original text.
+Only the thought of the last assistant turn changes (markup.split_thought), except with `digits`, which corrupts the
+whole response by default, as the authors did. Kinds and their sources:
+  digits    skythought/tools/corrupt_data.py (SkyThought commit 66e8423): each number matching \\b\\d+(\\.\\d+)?\\b
+            becomes randint(0, 10) with probability --ratio; --digit-mode digit redraws digit characters instead.
+  keywords  skythought/tools/tag_output.py, remove_reflection_prompt (commit 0a0a3d1): each record is rewritten with
+            probability --ratio, its reflection episodes (transition phrases such as "wait", what they revisit and
+            revise) removed. --rewriter llm: a model does it, as the authors' gpt-4o-mini did; rules (default): the
+            offline approximation of remove_reflections(); sentences: this repo's earlier variant, not the authors'.
+  shuffle, delete, insert   paper, Table 2 (no public script): a --ratio share of the steps is permuted in place /
+            removed / joined by as many steps of other records at random places (own steps keep their order).
+  replace   not in the paper (this repo's former `insert`): a --ratio share of the steps is overwritten by steps of
+            other records, i.e. delete plus insert.
+Steps are blank-line paragraphs with tiny fragments merged (or --splitter llm). Step counts are stochastically rounded,
+so the expected share is --ratio on any length distribution; the summary prints the realised one. Each record draws
+from random.Random(sha256(seed:id:kind)) and donors from a pool ordered by id: outputs depend neither on file order
+nor on threads. Each record gets a `perturbation` summary; other fields stay (`n_tokens` counts the original text).
 """
 
 from __future__ import annotations
@@ -64,40 +56,32 @@ TRANSITION_PHRASES = tuple(
 )
 # An error admitted about something already written: the reflection is a correction, and what precedes it its target.
 ERROR_ADMISSION = re.compile(
-    r"\b(?:i|i've|i\s+have|i\s+must\s+have|i\s+might\s+have|i\s+may\s+have|i\s+think\s+i)\s+"
-    r"(?:made\s+an?\s+(?:mistake|error)|messed\s+up|miscalculated|mixed\s+up|confused)|"
-    r"\b(?:that|this|it)(?:'s|\s+is|\s+was)\s+(?:not\s+(?:right|correct)|wrong|incorrect)\b|"
-    r"\b(?:that|this|it)\s+(?:can't|cannot|doesn't|does\s+not)\s+(?:be|seem|look)\s+right\b|"
+    r"\bi(?:'ve|\s+have|\s+must\s+have|\s+might\s+have|\s+may\s+have|\s+think\s+i)?\s+(?:made\s+an?\s+(?:mistake|error)|"
+    r"messed\s+up|miscalculated|mixed\s+up|confused)|\b(?:that|this|it)(?:'s|\s+is|\s+was)\s+(?:not\s+(?:right|correct)|"
+    r"wrong|incorrect)\b|\b(?:that|this|it)\s+(?:can't|cannot|doesn't|does\s+not)\s+(?:be|seem|look)\s+right\b|"
     r"\bmiscalculat|\bmy\s+mistake\b|\bmistake\s+(?:in|was)\b",
     re.I,
 )
-# Sentence-initial "Actually," revises; inside a sentence "actually" only stresses ("which is actually 5").
-OPENING_ACTUALLY = re.compile(r"^\W*(?:(?:but|and|so|oh|no|okay|ok)\W+)*actually\b", re.I)
-# Connectives that carry the argument: never a marker by themselves. The summary counts how many of the sentences
-# whose only marker is one of these were kept.
+# Connectives that carry the argument: never a marker; a sentence whose only marker is one of these is never removed.
 ARGUMENT_CONNECTIVES = re.compile(r"\b(?:but|however|so|therefore|thus|hence|actually)\b", re.I)
 # --rewriter sentences: the repo's earlier keyword list, kept as it was so that old runs can be repeated.
 SENTENCE_KEYWORDS = tuple(
     "wait|alternatively|let me think again|but|hmm|double-check|double check|verify|let me check|"
     "let me reconsider|on second thought|however|actually".split("|")
 )
-STEP_MARK = "[STEP]"
-REWRITE_PROMPT = """The reasoning below was written while solving a problem. Rewrite it so that it runs straight \
-through, without reflection.
-
-A reflection episode starts with a transition phrase such as "Wait", "Hmm", "Alternatively", "Let me double-check" or \
-"Let me think again", goes back over something already written, and often revises it. For every episode, delete the \
-transition phrase, the content it goes back over, and the reflection itself. Where an episode corrects a mistake, keep \
-only the corrected version, in the place of the mistaken one; where it only checks or re-derives something, delete \
-the check. Connectives that carry the argument ("but", "however", "so") are not transitions.
-
-Copy everything else exactly as written, including LaTeX, code and line breaks. Do not summarise, paraphrase or add \
-anything. Output only the rewritten reasoning.
+REWRITE_PROMPT = """\
+The reasoning below was written while solving a problem. Rewrite it so that it runs straight through, without \
+reflection. A reflection episode starts with a transition phrase such as "Wait", "Hmm", "Alternatively", "Let me \
+double-check" or "Let me think again", goes back over something already written, and often revises it. For every \
+episode, delete the transition phrase, the content it goes back over, and the reflection itself. Where an episode \
+corrects a mistake, keep only the corrected version, in the place of the mistaken one; where it only checks or \
+re-derives something, delete the check. Connectives that carry the argument ("but", "however", "so") are not \
+transitions. Copy everything else exactly as written, including LaTeX, code and line breaks. Do not summarise, \
+paraphrase or add anything. Output only the rewritten reasoning.
 
 <reasoning>
 {thought}
 </reasoning>"""
-REWRITE_TEMPERATURE = 0.7  # tag_output.py's sampling temperature
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -109,64 +93,44 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--ratio",
         type=float,
         required=True,
-        help="digits: chance per number; keywords: chance per record of a rewrite (paper: 0.2, 0.5, 1.0); structure "
-        "kinds: share of steps (paper: 0.33, 0.67, 1.0); 0 is the identity",
+        help="digits: chance per number; keywords: chance per record of a rewrite (paper: 0.2, 0.5, 1); structure: "
+        "share of steps (paper: 0.33, 0.67, 1); 0 is the identity",
     )
     p.add_argument("--seed", type=int, default=0, help="with the record id, fixes every random choice")
     p.add_argument(
         "--digit-mode",
         choices=("number", "digit"),
         default="number",
-        help="number: the authors' corrupt_data.py (each number -> randint(0, 10)); digit: each digit redrawn",
+        help="number: the authors' corrupt_data.py, each number -> randint(0, 10); digit: each digit redrawn",
     )
     p.add_argument(
         "--spare-solution",
         action=argparse.BooleanOptionalAction,
         default=False,
-        help="digits only: keep the solution block intact; off by default because the authors' corrupt_data.py "
-        "corrupted the whole response, final answer included",
+        help="digits: keep the solution intact (off: the authors' corrupt_data.py corrupted the final answer too)",
     )
     p.add_argument(
         "--rewriter",
         choices=("rules", "llm", "sentences"),
         default="rules",
-        help="keywords: rules = offline approximation of the authors' rewrite; llm = a model removes the episodes, "
-        "as the authors did (needs --llm-url); sentences = this repo's earlier variant, a --ratio share of keyword "
-        "sentences deleted from every record",
+        help="keywords: rules = offline approximation of the authors' model rewrite; llm = the authors' method, any "
+        "model (needs --llm-url); sentences = the repo's earlier variant, a --ratio share of keyword sentences deleted",
     )
-    p.add_argument(
-        "--keywords-file",
-        help="one phrase per line (# comments): the transition phrases (rules) or keywords (sentences) to use instead "
-        "of the built-in lists",
-    )
-    p.add_argument(
-        "--min-step-chars",
-        type=int,
-        default=40,
-        help="blank-line fragments shorter than this join a neighbour, so a step is a thought, not a formula line",
-    )
+    p.add_argument("--keywords-file", help="one phrase per line (# comments): replaces the transition phrases/keywords")
+    p.add_argument("--min-step-chars", type=int, default=40, help="shorter blank-line fragments join a neighbour")
     p.add_argument(
         "--splitter",
         choices=("blank", "llm"),
         default="blank",
-        help="blank: split at blank lines (Sky-T1 asks for them between steps); llm: ask a model to cut at reflections",
+        help="blank: steps at blank lines (Sky-T1 asks for them between steps); llm: a model cuts at reflections",
     )
     p.add_argument("--llm-url", help="OpenAI-compatible base URL, e.g. http://localhost:8000/v1 (vLLM, SGLang, ...)")
     p.add_argument(
-        "--llm-model",
-        default="meta-llama/Llama-3.3-70B-Instruct",
-        help="model name the server expects (the authors rewrote with gpt-4o-mini)",
+        "--llm-model", default="meta-llama/Llama-3.3-70B-Instruct", help="served model (authors: gpt-4o-mini)"
     )
     p.add_argument("--llm-workers", type=int, default=8, help="concurrent requests; servers batch them")
-    p.add_argument(
-        "--llm-timeout", type=float, default=600.0, help="seconds per request; long thoughts take minutes to copy"
-    )
-    p.add_argument(
-        "--llm-retries",
-        type=int,
-        default=3,
-        help="retries per record on network errors and HTTP 408/429/5xx before falling back to the offline method",
-    )
+    p.add_argument("--llm-timeout", type=float, default=600.0, help="seconds per request; long thoughts take minutes")
+    p.add_argument("--llm-retries", type=int, default=3, help="retries on network errors and HTTP 408/429/5xx")
     cfg = p.parse_args(argv)
     if not 0.0 <= cfg.ratio <= 1.0:
         p.error("--ratio must be within [0, 1]")
@@ -220,12 +184,9 @@ def split_steps(thought: str, min_chars: int) -> tuple[list[str], list[str]]:
     return pieces, [thought[merged[i][1] : merged[i + 1][0]] for i in range(len(merged) - 1)]
 
 
-def join_steps(steps: list[str], seps: list[str]) -> str:
-    return "".join(step + sep for step, sep in zip(steps, seps + [""]))
-
-
-def join_kept(steps: list[str], seps: list[str], kept: list[int]) -> str:
-    """The kept steps, each followed by its own separator except the last."""
+def join_steps(steps: list[str], seps: list[str], kept=None) -> str:
+    """The steps (or the `kept` ones), each followed by its own separator except the last."""
+    kept = range(len(steps)) if kept is None else kept
     return "".join(steps[i] + (seps[i] if j < len(kept) - 1 else "") for j, i in enumerate(kept))
 
 
@@ -253,18 +214,12 @@ def align_segments(thought: str, segments: list[str]) -> tuple[list[str], list[s
 
 
 def ask_llm(cfg, prompt: str, reply_limit: int, **sampling) -> str | None:
-    """One chat turn; None when the server fails after its retries. max_tokens is explicit because some servers
-    default to a few hundred, and a cut reply fails validation."""
+    """One chat turn, or None when the server fails after its retries. max_tokens is explicit: some servers default
+    to a few hundred tokens, and a cut reply fails validation."""
+    limits = {"timeout": cfg.llm_timeout, "retries": cfg.llm_retries, "max_tokens": reply_limit // 2 + 1024}
+    messages = [{"role": "user", "content": prompt}]
     try:
-        content, _ = utils.chat_completion(
-            cfg.llm_url,
-            cfg.llm_model,
-            [{"role": "user", "content": prompt}],
-            timeout=cfg.llm_timeout,
-            retries=cfg.llm_retries,
-            max_tokens=reply_limit // 2 + 1024,
-            **sampling,
-        )
+        content, _ = utils.chat_completion(cfg.llm_url, cfg.llm_model, messages, **limits, **sampling)
     except utils.ChatCompletionError:
         return None
     return content
@@ -282,11 +237,11 @@ def llm_split(thought: str, cfg) -> tuple[list[str], list[str]] | None:
     prompt = (
         "Split the reasoning below into steps. Start a new step wherever the writer backtracks, verifies, reflects "
         "(e.g. 'Wait', 'Alternatively', 'Let me check') or moves on to a new sub-goal. Copy the text exactly, without "
-        f"changing, adding or dropping any character, and put a line containing only {STEP_MARK} between consecutive "
+        "changing, adding or dropping any character, and put a line containing only [STEP] between consecutive "
         f"steps. Output nothing else.\n\n<reasoning>\n{thought}\n</reasoning>"
     )
     content = ask_llm(cfg, prompt, len(thought), temperature=0.0)
-    return None if content is None else align_segments(thought, content.split(STEP_MARK))
+    return None if content is None else align_segments(thought, content.split("[STEP]"))
 
 
 # ----------------------------------------------------------------------------- perturbations
@@ -319,29 +274,26 @@ def corrupt_digits(text: str, ratio: float, rng: random.Random, mode: str) -> tu
 _SENTENCE = re.compile(r"[^\n]+?(?:[.!?]+(?=\s)|$)[ \t]*", re.M)
 
 
-def phrase_pattern(phrases) -> re.Pattern:
-    alternatives = sorted((r"\s+".join(map(re.escape, k.split())) for k in phrases), key=len, reverse=True)
-    return re.compile(r"\b(?:" + "|".join(alternatives) + r")\b", re.I)
-
-
 def sentence_spans(text: str) -> list[tuple[int, int]]:
     """(start, stop) of each sentence, line by line; a line without a full stop is one sentence."""
     return [m.span() for m in _SENTENCE.finditer(text) if m.group().strip()]
 
 
 def sentence_role(sentence: str, transitions: re.Pattern) -> str | None:
-    """ "correction" (an admitted error, "I made a mistake", "that's not right"), "reflection" (a transition phrase or
-    an opening "Actually"), "connective" (its only marker is a connective that carries the argument, such as "but",
-    "however" or "so": never removed) or None."""
+    """ "correction" (an admitted error: "I made a mistake", "that's not right"), "reflection" (a transition phrase),
+    "connective" (its only marker is a connective that carries the argument, such as "but", "however", "so" or
+    "actually": never removed) or None."""
     if ERROR_ADMISSION.search(sentence):
         return "correction"
-    if transitions.search(sentence) or OPENING_ACTUALLY.match(sentence):
+    if transitions.search(sentence):
         return "reflection"
     return "connective" if ARGUMENT_CONNECTIVES.search(sentence) else None
 
 
 def cut_spans(text: str, spans: list[tuple[int, int]]) -> str:
     """text without the spans; lines they leave empty go, and at most one blank line remains between paragraphs."""
+    if not spans:
+        return text
     for a, b in sorted(spans, reverse=True):
         text = text[:a] + "\0" + text[b:]
     lines = [line.replace("\0", "").rstrip(" \t") for line in text.split("\n")]
@@ -378,7 +330,7 @@ def remove_reflections(steps: list[str], seps: list[str], transitions: re.Patter
         f = end
     new_steps = [cut_spans(step, [flat[c][1] for c in cut if flat[c][0] == i]) for i, step in enumerate(steps)]
     kept = [i for i in range(len(steps)) if new_steps[i]]
-    return join_kept(new_steps, seps, kept), {"sentences_removed": len(cut), "steps_removed": len(steps) - len(kept)}
+    return join_steps(new_steps, seps, kept), {"sentences_removed": len(cut), "steps_removed": len(steps) - len(kept)}
 
 
 def reflection_markers(text: str, transitions: re.Pattern) -> int:
@@ -390,9 +342,8 @@ def llm_rewrite(thought: str, seed: int, cfg) -> str | None:
     """The authors' rewrite (tag_output.py) through any OpenAI-compatible server, with our own prompt for the same
     instruction. Only the thought is sent, so the markup and the solution stay byte for byte. None when the server
     fails, or the reply is empty, longer than the thought or carries markup (a rewrite only removes)."""
-    content = ask_llm(
-        cfg, REWRITE_PROMPT.format(thought=thought), len(thought), temperature=REWRITE_TEMPERATURE, seed=seed
-    )
+    prompt = REWRITE_PROMPT.format(thought=thought)
+    content = ask_llm(cfg, prompt, len(thought), temperature=0.7, seed=seed)  # tag_output.py sampled at 0.7
     if content is None:
         return None
     content = content.strip().removeprefix("<reasoning>").removesuffix("</reasoning>").strip()
@@ -402,36 +353,14 @@ def llm_rewrite(thought: str, seed: int, cfg) -> str | None:
 
 
 def remove_keyword_sentences(text: str, ratio: float, rng: random.Random, pattern: re.Pattern) -> tuple[str, dict]:
-    """--rewriter sentences: remove a stochastically rounded ratio x m of the m sentences holding a keyword. A line
-    left empty goes too, and so does the blank line after it if it stood alone, so no gap of blank lines remains."""
-    lines = text.splitlines(keepends=True)
-    hits = [
-        (i, m.span()) for i, line in enumerate(lines) for m in _SENTENCE.finditer(line) if pattern.search(m.group())
-    ]
+    """--rewriter sentences: remove a stochastically rounded ratio x m of the m sentences holding a keyword."""
+    hits = [(a, b) for a, b in sentence_spans(text) if pattern.search(text[a:b])]
     chosen = sorted(rng.sample(range(len(hits)), draw_count(ratio, len(hits), rng)))
-    cut: dict[int, list] = {}
-    for h in chosen:
-        cut.setdefault(hits[h][0], []).append(hits[h][1])
-    out, skip_blank = [], False
-    for i, line in enumerate(lines):
-        if skip_blank and not line.strip():
-            skip_blank = False
-            continue
-        skip_blank = False
-        for a, b in reversed(cut.get(i, [])):
-            line = line[:a] + line[b:]
-        if i in cut:  # the space that preceded a removed last sentence
-            line = line.rstrip(" \t\n") + line[len(line.rstrip("\n")) :]
-        if i in cut and not line.strip():
-            skip_blank = not out or not out[-1].strip()
-            continue
-        out.append(line)
-    return "".join(out), {"n_units": len(hits), "n_changed": len(chosen), "positions": chosen}
+    stats = {"n_units": len(hits), "n_changed": len(chosen), "positions": chosen}
+    return cut_spans(text, [hits[h] for h in chosen]), stats
 
 
-def perturb_steps(
-    steps: list[str], seps: list[str], kind: str, ratio: float, rng: random.Random, donor
-) -> tuple[str, dict]:
+def perturb_steps(steps: list[str], seps: list[str], kind: str, ratio: float, rng, donor) -> tuple[str, dict]:
     """shuffle: the chosen positions get an ordinary shuffle of their own steps, redrawn as a rotation if it came out
     as the identity, so any two or more chosen steps always move. delete: the chosen steps go. insert: as many steps
     of other records (donor()) are placed at random positions among the record's own, which keep their order; each is
@@ -440,19 +369,17 @@ def perturb_steps(
     k = draw_count(ratio, n, rng)
     if kind == "insert":
         slots = sorted(rng.sample(range(n + k), k))  # the inserted steps' places in the new sequence
-        sequence, own, sources, slot_set = [], iter(range(n)), [], set(slots)
-        for t in range(n + k):
-            if t in slot_set:
+        own, inserted = iter(range(n)), set(slots)
+        order = [None if t in inserted else next(own) for t in range(n + k)]  # own step index, None for a donor's
+        sources, pieces = [], []
+        for t, i in enumerate(order):
+            if t:  # a step's own separator between two own neighbours, else a blank line
+                pieces.append(seps[order[t - 1]] if i is not None and i - 1 == order[t - 1] else "\n\n")
+            if i is None:
                 source_id, source_step, text = donor()
                 sources.append([source_id, source_step])
-                sequence.append((None, text))
-            else:
-                i = next(own)
-                sequence.append((i, steps[i]))
-        out = sequence[0][1] if sequence else ""
-        for (a, _), (b, text) in zip(sequence, sequence[1:]):
-            out += (seps[a] if a is not None and b == a + 1 else "\n\n") + text
-        return out, {"n_units": n, "n_changed": k, "positions": slots, "sources": sources}
+            pieces.append(steps[i] if i is not None else text)
+        return "".join(pieces), {"n_units": n, "n_changed": k, "positions": slots, "sources": sources}
     positions = sorted(rng.sample(range(n), k))
     stats = {"n_units": n, "n_changed": k, "positions": positions}
     if kind == "shuffle":
@@ -466,7 +393,7 @@ def perturb_steps(
         stats["n_changed"], stats["sources"] = sum(d != s for d, s in zip(positions, order)), order
         return join_steps(new, seps), stats
     if kind == "delete":
-        return join_kept(steps, seps, [i for i in range(n) if i not in set(positions)]), stats
+        return join_steps(steps, seps, sorted(set(range(n)).difference(positions))), stats
     new, stats["sources"] = steps[:], []
     for pos in positions:
         source_id, source_step, new[pos] = donor()
@@ -503,17 +430,18 @@ def load_records(path: str) -> list[dict]:
     return items
 
 
-def load_phrases(path: str | None, default: tuple[str, ...]) -> re.Pattern:
-    if not path:
-        return phrase_pattern(default)
-    try:
-        with open(path, encoding="utf-8") as f:
-            phrases = [k.strip() for k in f if k.strip() and not k.lstrip().startswith("#")]
-    except OSError as e:
-        raise DataError(f"{path}: {e.strerror}") from None
-    if not phrases:
-        raise DataError(f"{path}: no phrases (one per line expected)")
-    return phrase_pattern(phrases)
+def phrase_pattern(phrases: tuple[str, ...], path: str | None = None) -> re.Pattern:
+    """Whole words or phrases, any case, any run of spaces between words; from the file at `path` when given."""
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                phrases = [k.strip() for k in f if k.strip() and not k.lstrip().startswith("#")]
+        except OSError as e:
+            raise DataError(f"{path}: {e.strerror}") from None
+        if not phrases:
+            raise DataError(f"{path}: no phrases (one per line expected)")
+    alternatives = sorted((r"\s+".join(map(re.escape, k.split())) for k in phrases), key=len, reverse=True)
+    return re.compile(r"\b(?:" + "|".join(alternatives) + r")\b", re.I)
 
 
 def split_all(items: list[dict], cfg, report: dict) -> None:
@@ -526,16 +454,12 @@ def split_all(items: list[dict], cfg, report: dict) -> None:
         report["llm_fallback"] = sum(f is None for f in found)
     for it, f in zip(items, found):
         it["steps"], it["seps"] = f if f is not None else split_steps(it["parts"].thought, cfg.min_step_chars)
-        if cfg.splitter == "blank":
-            it["splitter"] = "blank"
-        else:
-            it["splitter"] = "llm" if f is not None else "llm_fallback"
+        it["splitter"] = cfg.splitter if f is not None or cfg.splitter == "blank" else "llm_fallback"
     report["mean_steps"] = round(sum(len(it["steps"]) for it in items) / len(items), 2)
 
 
 def donor_pool(items: list[dict]) -> tuple[list, dict]:
-    """Every step of the file, records in order of (id, response) rather than file order, and where each record's
-    own block of steps starts, so donor_step can skip it."""
+    """Every step of the file, records ordered by (id, response), not file order; where each record's block starts."""
     order = sorted(range(len(items)), key=lambda r: (json.dumps(items[r]["id"]), items[r]["slot"][items[r]["key"]]))
     pool, first = [], {}
     for r in order:
@@ -555,87 +479,59 @@ def donor_step(rng: random.Random, items: list[dict], step_pool: list, first: in
     return items[owner]["id"], j, items[owner]["steps"][j]
 
 
-def rewrite_keywords(items: list[dict], cfg, report: dict) -> None:
-    """--kind keywords with --rewriter rules|llm: it["new_thought"] and it["stats"] for every record."""
-    transitions = load_phrases(cfg.keywords_file, TRANSITION_PHRASES)
+def rewrite_keywords(items: list[dict], cfg) -> int:
+    """--rewriter rules|llm: it["new_thought"] and it["stats"] of every record; returns the model's failures."""
+    transitions = phrase_pattern(TRANSITION_PHRASES, cfg.keywords_file)
     for it in items:
         it["rewrite"] = it["rng"].random() < cfg.ratio  # tag_output.py: one draw per sample
-        it["llm_seed"] = it["rng"].getrandbits(31)
     chosen = [it for it in items if it["rewrite"] and it["parts"].thought]
     replies = {}
     if cfg.rewriter == "llm":
         with ThreadPoolExecutor(cfg.llm_workers) as pool:
-            futures = [pool.submit(llm_rewrite, it["parts"].thought, it["llm_seed"], cfg) for it in chosen]
+            futures = [pool.submit(llm_rewrite, it["parts"].thought, it["rng"].getrandbits(31), cfg) for it in chosen]
             replies = {id(it): f.result() for it, f in zip(chosen, tqdm(futures, desc="llm rewrite"))}
-        report["llm_fallback"] = sum(reply is None for reply in replies.values())
-    connective_total = connective_kept = 0
     for it in items:
         thought = it["parts"].thought
         stats = {"rewriter": cfg.rewriter, "rewritten": it["rewrite"], "n_units": 1, "n_changed": int(it["rewrite"])}
-        new = thought
-        if it["rewrite"]:
-            new = replies.get(id(it))
-            if new is None:
-                new, removal = remove_reflections(*split_steps(thought, cfg.min_step_chars), transitions)
-                stats.update(removal)
-                stats["rewriter"] = "rules_fallback" if cfg.rewriter == "llm" else "rules"
-        stats["markers_before"] = reflection_markers(thought, transitions)
-        stats["markers_after"] = reflection_markers(new, transitions)
+        new = replies.get(id(it)) if it["rewrite"] else thought
+        if new is None:
+            new, removal = remove_reflections(*split_steps(thought, cfg.min_step_chars), transitions)
+            stats.update(removal, rewriter="rules_fallback" if cfg.rewriter == "llm" else "rules")
+        before, after = reflection_markers(thought, transitions), reflection_markers(new, transitions)
         connectives = [thought[a:b].strip() for a, b in sentence_spans(thought)]
         connectives = [c for c in connectives if sentence_role(c, transitions) == "connective"]
-        connective_total += len(connectives)
-        connective_kept += sum(c in new for c in connectives)
+        stats.update(markers_before=before, markers_after=after, with_markers=before > 0, thought_chars=len(thought))
+        stats.update(changed_with_markers=before > 0 and new != thought, thought_chars_removed=len(thought) - len(new))
+        stats.update(
+            connective_sentences=len(connectives), connective_sentences_kept=sum(c in new for c in connectives)
+        )
         it["new_thought"], it["stats"] = new, stats
-        with_markers = stats["markers_before"] > 0
-        report["records_with_markers"] += with_markers
-        report["changed_with_markers"] += with_markers and new != thought
-        report["markers_before"] += stats["markers_before"]
-        report["markers_after"] += stats["markers_after"]
-        report["thought_chars"] += len(thought)
-        report["thought_chars_removed"] += len(thought) - len(new)
-    report["connective_sentences"], report["connective_sentences_kept"] = connective_total, connective_kept
+    return sum(reply is None for reply in replies.values())
 
 
 def perturb_file(cfg) -> dict:
     items = load_records(cfg.input)
-    report = {
-        "kind": cfg.kind,
-        "ratio": cfg.ratio,
-        "seed": cfg.seed,
-        "records": len(items),
-        "markup": dict(Counter(it["parts"].markup for it in items)),
-        "units": 0,
-        "changed": 0,
-        "unchanged_records": 0,
-        "llm_fallback": 0,
-        "chars_changed": 0,
-        "chars_total": 0,
-    }
+    report = {"kind": cfg.kind, "ratio": cfg.ratio, "seed": cfg.seed, "records": len(items), "llm_fallback": 0}
+    report.update(markup=dict(Counter(it["parts"].markup for it in items)), unchanged_records=0)
     for it in items:
         it["rng"], it["kind"] = record_rng(cfg.seed, it["id"], cfg.kind), cfg.kind
     if cfg.kind in STRUCTURE_KINDS:
         split_all(items, cfg, report)
         step_pool, pool_first = donor_pool(items)
     if cfg.kind == "keywords" and cfg.rewriter != "sentences":
-        report.update(dict.fromkeys(("records_with_markers", "changed_with_markers", "markers_before"), 0))
-        report.update(dict.fromkeys(("markers_after", "thought_chars", "thought_chars_removed"), 0))
-        rewrite_keywords(items, cfg, report)
+        report["llm_fallback"] = rewrite_keywords(items, cfg)
     if cfg.kind == "keywords" and cfg.rewriter == "sentences":
-        pattern = load_phrases(cfg.keywords_file, SENTENCE_KEYWORDS)
+        pattern = phrase_pattern(SENTENCE_KEYWORDS, cfg.keywords_file)
 
-    out = []
+    out, totals = [], Counter()  # every count of the records' summaries, summed
     for r, it in enumerate(tqdm(items, desc=f"perturb {cfg.kind}")):
         rng, parts, old_text = it["rng"], it["parts"], it["slot"][it["key"]]
         summary = {"kind": cfg.kind, "ratio": cfg.ratio, "seed": cfg.seed, "markup": parts.markup}
         if cfg.kind == "digits":
-            if cfg.spare_solution:
-                thought, stats = corrupt_digits(parts.thought, cfg.ratio, rng, cfg.digit_mode)
-                new_text = parts.head + thought + parts.tail
-            else:
-                new_text, stats = corrupt_digits(old_text, cfg.ratio, rng, cfg.digit_mode)
+            scope = parts.thought if cfg.spare_solution else old_text
+            new_text, stats = corrupt_digits(scope, cfg.ratio, rng, cfg.digit_mode)
+            new_text = parts.head + new_text + parts.tail if cfg.spare_solution else new_text
             summary.update(digit_mode=cfg.digit_mode, scope="thought" if cfg.spare_solution else "response")
-            report["chars_changed"] += stats["chars_changed"]
-            report["chars_total"] += stats["chars_total"]
         elif cfg.kind == "keywords" and cfg.rewriter == "sentences":
             thought, stats = remove_keyword_sentences(parts.thought, cfg.ratio, rng, pattern)
             new_text = parts.head + thought + parts.tail
@@ -647,14 +543,15 @@ def perturb_file(cfg) -> dict:
             thought, stats = perturb_steps(it["steps"], it["seps"], cfg.kind, cfg.ratio, rng, donor)
             new_text = parts.head + thought + parts.tail
             summary["splitter"] = it["splitter"]
-        report["units"] += stats["n_units"]
-        report["changed"] += stats["n_changed"]
-        summary[f"n_{unit_name(cfg)}"] = stats.pop("n_units")
-        summary.update(stats)
+        totals.update({k: v for k, v in stats.items() if isinstance(v, int)})
+        if unit_name(cfg) != "records":  # a rewritten record is its own unit
+            summary[f"n_{unit_name(cfg)}"] = stats["n_units"]
+        summary.update((k, v) for k, v in stats.items() if k != "n_units")
         report["unchanged_records"] += new_text == old_text
         it["slot"][it["key"]] = new_text
         out.append({**it["record"], "id": it["id"], "perturbation": summary})
     write_jsonl(cfg.output, out)
+    report.update(totals, units=totals.pop("n_units", 0), changed=totals.pop("n_changed", 0))
     report["share"] = round(report["changed"] / report["units"], 4) if report["units"] else 0.0
     return report
 
@@ -668,38 +565,31 @@ def unit_name(cfg) -> str:
 
 
 def main(cfg) -> dict:
-    report = perturb_file(cfg)
-    unit = unit_name(cfg).replace("_", " ")
+    report, unit = perturb_file(cfg), unit_name(cfg)
+    verbs = {"insert": "added", "delete": "deleted", "shuffle": "moved", "replace": "replaced", "keywords": "rewritten"}
+    verb = "changed" if unit in ("digits", "numbers", "keyword_sentences") else verbs[cfg.kind]
     print(f"perturb {cfg.kind} ratio {cfg.ratio} seed {cfg.seed}: {report['records']} records -> {cfg.output}")
     print("  thought markup: " + ", ".join(f"{k} {v}" for k, v in sorted(report["markup"].items())))
     if "mean_steps" in report:
-        fallback = (
-            f" | llm split fell back to blank lines for {report['llm_fallback']}" if cfg.splitter == "llm" else ""
-        )
-        print(f"  mean steps per record {report['mean_steps']}{fallback}")
-    verb = {"insert": "added", "delete": "deleted", "shuffle": "moved", "replace": "replaced"}.get(cfg.kind, "changed")
-    if cfg.kind == "keywords" and cfg.rewriter != "sentences":
-        verb = "rewritten"
+        print(f"  mean steps per record {report['mean_steps']}")
     print(
-        f"  {unit}: {report['units']} seen, {report['changed']} {verb} (realised share {report['share']:.3f}) | "
-        f"records left unchanged: {report['unchanged_records']}"
+        f"  {unit.replace('_', ' ')}: {report['units']} seen, {report['changed']} {verb} (realised share "
+        f"{report['share']:.3f}) | records left unchanged: {report['unchanged_records']}"
     )
     if cfg.kind == "digits":
         share = report["chars_changed"] / max(report["chars_total"], 1)
         print(f"  characters changed: {report['chars_changed']} of {report['chars_total']} ({share:.2%})")
-    if "records_with_markers" in report:
+    if cfg.kind == "keywords" and cfg.rewriter != "sentences":
         removed = report["thought_chars_removed"] / max(report["thought_chars"], 1)
         print(
-            f"  records with reflection markers: {report['records_with_markers']}, changed "
+            f"  records with reflection markers: {report['with_markers']}, changed "
             f"{report['changed_with_markers']} | marked sentences {report['markers_before']} -> "
-            f"{report['markers_after']} | thought text removed {removed:.1%}"
+            f"{report['markers_after']} | thought text removed {removed:.1%}\n  sentences whose only marker is a "
+            f"connective (but, however, so, ...): kept {report['connective_sentences_kept']} of "
+            f"{report['connective_sentences']}"
         )
-        print(
-            f"  sentences whose only marker is a connective (but, however, so, ...): kept "
-            f"{report['connective_sentences_kept']} of {report['connective_sentences']}"
-        )
-        if cfg.rewriter == "llm":
-            print(f"  llm rewrite fell back to the rules for {report['llm_fallback']} records")
+    if cfg.splitter == "llm" and "mean_steps" in report or cfg.rewriter == "llm" and cfg.kind == "keywords":
+        print(f"  llm: {report['llm_fallback']} records fell back to the offline method (blank-line steps / rules)")
     return report
 
 

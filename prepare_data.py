@@ -115,21 +115,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add(
         "--subset", help="subset (configuration) of a hub dataset, e.g. am_0.9M (default: AM both halves; Nemotron SFT)"
     )
-    add("--limit", type=int, help="read only the first N records of each input; a hub set is streamed, not downloaded")
+    add(
+        "--limit",
+        type=int,
+        help="read only the first N records of each input; a hub set is then streamed, not downloaded whole "
+        "(Nemotron's math split holds about 22M)",
+    )
     add("--schema", choices=list(schemas.BY_NAME), help="read every record in this published layout (schemas.py)")
-    add("--teacher", choices=schemas.TEACHERS, help="s1K-1.1's traces to train on (default deepseek: s1.1's)")
+    add(
+        "--teacher",
+        choices=schemas.TEACHERS,
+        help="s1K-1.1: whose thinking trajectory and attempt to train on (default deepseek: s1.1 was trained on "
+        "DeepSeek-R1's; s1K holds only Gemini's)",
+    )
     add(
         "--generations",
         choices=schemas.GENERATIONS,
-        help="OpenR1-Math: first = the trace in `messages`; correct (default) = every math-verified complete "
-        "generation, then dedup keeps one per problem (--dedup none: all); all = every one (default with "
-        "--as-published: first)",
+        help="OpenR1-Math: first = the trace in `messages` (what open-r1 trains on); correct = every generation "
+        "math-verify accepted with complete reasoning, each a record; all = every one. Default correct: only "
+        "verified traces, and dedup then keeps one per problem (--dedup none: all of them); with --as-published, first",
     )
     add(
         "--as-published",
         action="store_true",
-        help="keep every record and only format it (no answer, length or duplicate filter, no sampling; paper: "
-        "the authors trained on the released set as is); the report counts what each filter would have dropped",
+        help="keep every record and only format it: no answer, length or duplicate filter, no sampling (the authors "
+        "trained on the released sets as they are, LLaMA-Factory truncating at 16384 tokens: train with --truncate); "
+        "the report counts what each default filter would have dropped, and why",
     )
     add("--style", choices=markup.STYLES, default="sky-t1", help="reasoning markup the student learns (paper: sky-t1)")
     add("--tokenizer", default="Qwen/Qwen2.5-32B-Instruct", help="the student's: lengths count its chat template too")

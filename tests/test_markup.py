@@ -21,6 +21,8 @@ SKY = (
     "<|begin_of_solution|>\n\nThe answer is \\boxed{3}.\n\n<|end_of_solution|>"
 )
 R1 = "<think>\nLet me think.\nStill thinking.\n</think>\n\nThe answer is \\boxed{3}."
+AM = "<think>\nLet me think.\nStill thinking.\n</think>\n<answer>\nThe answer is \\boxed{3}.\n</answer>"
+LIMO = "Idea one.\n\nWait, idea two.\n\n**Final Answer**\n\\boxed{5}"
 
 
 # ----------------------------------------------------------------------------- reading a response
@@ -49,6 +51,13 @@ def test_markup_of():
         ),
         ("<think>\nhmm", ("", "", "truncated")),
         ("<think>\nhmm\n</think>\n\n  ", ("hmm", "", "truncated")),  # empty solution
+        ("<think>\n\n</think>\n\nSo \\boxed{1}", ("", "So \\boxed{1}", "no_thought")),  # empty thought
+        # AM-DeepSeek-R1-Distilled: the solution in an <answer> wrapper, which is not part of it
+        ("<think>\nhmm\n</think>\n<answer>\nSo \\boxed{1}\n</answer>", ("hmm", "So \\boxed{1}", None)),
+        ("<think>\nhmm\n</think>\n<answer>\nSo \\boxed{1}", ("hmm", "", "truncated")),  # wrapper never closed
+        # no markup (LIMO): all thought but the final block; without one there is no telling them apart
+        (LIMO, ("Idea one.\n\nWait, idea two.", "**Final Answer**\n\\boxed{5}", None)),
+        ("Idea one.\n\nIdea two.", ("", "", "no_thought")),
     ],
 )
 def test_split_reasoning(response, expected):
@@ -100,6 +109,18 @@ def test_split_thought_keeps_markers_and_the_solution_out_of_the_thought():
     )
 
 
+def test_final_block_start_is_the_one_rule_for_replies_without_markup():
+    assert LIMO[markup.final_block_start(LIMO) :] == "**Final Answer**\n\\boxed{5}"
+    code = "Plan.\n\nMore plan.\n\n```python\nprint(1)\n```\n"
+    assert code[markup.final_block_start(code) :] == "```python\nprint(1)\n```\n"
+    assert markup.final_block_start("The final answer is 4.\n\nBecause.") == 0  # an answer up front: all of it
+    assert markup.final_block_start("Idea.\n\n```python\nx = 1\n```\n\nThen more words.") is None
+    # split_thought (perturb.py) and split_reasoning (prepare_data.py) cut a reply without markup at the same place
+    for text in (LIMO, code, "A.\n\nB.\n\nThus 2 + 3 = \\boxed{5}."):
+        parts, (thought, solution, _) = split_thought(text), split_reasoning(text)
+        assert (parts.markup, parts.thought, parts.tail.strip()) == ("final_block", thought, solution)
+
+
 # ----------------------------------------------------------------------------- writing a response
 
 
@@ -115,6 +136,8 @@ def test_in_style():
     assert in_style(R1, "r1") and not in_style(R1, "sky-t1")
     assert in_style("  " + R1, "r1")
     assert not in_style("Reason.\n</think>\n\nSo \\boxed{1}", "r1")  # R1 markup, but its opening tag is missing
+    assert not in_style(AM, "r1") and in_style(AM, "keep")  # R1 markup, but its solution is wrapped in <answer>
+    assert not in_style(LIMO, "r1") and not in_style(LIMO, "sky-t1") and in_style(LIMO, "keep")
     assert in_style("anything at all", "keep")
 
 
@@ -128,6 +151,11 @@ def test_convert_style_both_ways_and_round_trip():
     assert convert_style(SKY, "sky-t1") is SKY and convert_style(SKY, "keep") is SKY
     # R1 without its opening tag gets it, since the student's chat template does not supply it
     assert convert_style("Reason.\n</think>\nSo \\boxed{1}", "r1") == "<think>\nReason.\n</think>\n\nSo \\boxed{1}"
+    # AM's <answer> wrapper goes when the reply is converted, and stays with keep; a reply without markup is split
+    assert convert_style(AM, "r1") == R1 and convert_style(AM, "sky-t1") == SKY and convert_style(AM, "keep") is AM
+    assert (
+        convert_style(LIMO, "r1") == "<think>\nIdea one.\n\nWait, idea two.\n</think>\n\n**Final Answer**\n\\boxed{5}"
+    )
     with pytest.raises(ValueError, match="truncated"):
         convert_style("<think>\nhmm", "sky-t1")
     with pytest.raises(ValueError, match="no_thought"):

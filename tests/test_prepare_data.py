@@ -1,6 +1,8 @@
 """prepare_data.py: every filter drops exactly its records and counts them; the style flag; bad input as one line;
-dedup; decontamination; deterministic sampling; the bundled long-CoT sample end to end; the CLI as a subprocess.
-The markup itself (splitting, conversion, prompts) is tested in test_markup.py."""
+every published schema read end to end (tests/data/schemas/, three records each in the set's own field names);
+--as-published; dedup; decontamination; deterministic sampling; the bundled long-CoT sample end to end; the CLI as a
+subprocess. The markup itself is tested in test_markup.py, the schema readers in test_schemas.py, the similarity
+indexes in test_similarity.py."""
 
 import json
 import subprocess
@@ -11,6 +13,7 @@ import pytest
 
 import markup
 import prepare_data
+import schemas
 import sft
 import utils
 from prepare_data import Example
@@ -18,13 +21,14 @@ from utils import DataError
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO / "tests" / "data" / "raw_mixed.jsonl"
+SCHEMA_DIR = REPO / "tests" / "data" / "schemas"
 SHARED = next((p for p in (Path("/work/shared"), REPO.parent / "shared") if p.is_dir()), None)
 SKY_SAMPLE = SHARED / "data" / "cot" / "sky_t1_style_minerva_math.jsonl" if SHARED else None
 needs_shared = pytest.mark.skipif(
     SKY_SAMPLE is None or not SKY_SAMPLE.exists(), reason="shared/data (bundled long-CoT sample) absent"
 )
 
-ZERO = {name: 0 for name in prepare_data.FILTERS}
+ZERO = {name: 0 for name in prepare_data.COUNTS if name not in ("read", "kept")}
 PARSED_IDS = [
     "sharegpt-math",
     "messages-think-wrong",
@@ -218,12 +222,21 @@ def test_json_parquet_and_hub_inputs_read_like_jsonl(tmp_path, tiny_model_dir, m
     import datasets
 
     calls = []
-    monkeypatch.setattr(datasets, "load_dataset", lambda name, split: calls.append((name, split)) or rows)
+
+    def load_dataset(name, subset, split, streaming, **kwargs):
+        calls.append((name, subset, split, streaming))
+        return rows
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
     report, records = run(tmp_path, tiny_model_dir, "--split", "train", inputs=["someone/cot-traces"])
-    assert calls == [("someone/cot-traces", "train")]
+    assert calls == [("someone/cot-traces", None, "train", False)]
     assert [r["id"] for r in records] == ["cot-traces:1", "cot-traces:2", "cot-traces:3"] and report["counts"][
         "kept"
     ] == 3
+    # --limit streams a hub set and reads only its first records; a local file is cut the same way
+    report, _ = run(tmp_path, tiny_model_dir, "--limit", "2", inputs=["someone/cot-traces", tmp_path / "rows.jsonl"])
+    assert calls[-1] == ("someone/cot-traces", None, "train", True)
+    assert [c["read"] for c in report["per_source"].values()] == [2, 2]
 
 
 # ----------------------------------------------------------------------------- verification, length
@@ -301,10 +314,9 @@ def test_style_flag_in_the_pipeline(tmp_path, tiny_model_dir):
 
 def test_domain_detection():
     def domain(response, **fields):
-        example, defect = prepare_data.parse_example(
-            "x.jsonl", 1, {"problem": "p", "response": response, **fields}, "sky-t1"
-        )
-        return example.domain if example else defect
+        (reply,) = schemas.read_raw({"problem": "p", "response": response, **fields}, schemas.Options())
+        example, defect = prepare_data.parse_reply("x.jsonl", "x:1", reply, "sky-t1")
+        return defect or example.domain
 
     code = "```python\nprint(1)\n```"
     assert domain(sky("t", code)) == "code"
@@ -314,26 +326,55 @@ def test_domain_detection():
     assert domain(sky("t", code), domain="math") == "no_answer"
 
 
+def test_a_conversation_of_several_user_turns_is_counted_not_an_error(tmp_path, tiny_model_dir):
+    turn = [
+        {"from": "user", "value": "What is 1 + 1?"},
+        {"from": "assistant", "value": sky("One and one.", "\\boxed{2}")},
+    ]
+    multi = write_jsonl(tmp_path / "multi.jsonl", [{"conversations": turn * 2}, {"conversations": turn}])
+    report, records = run(tmp_path, tiny_model_dir, inputs=[multi])
+    assert (report["counts"]["multi_turn"], report["counts"]["kept"], records[0]["id"]) == (1, 1, "multi.jsonl:2")
+
+
+# ----------------------------------------------------------------------------- --as-published
+
+
+def test_as_published_keeps_every_record_the_style_can_write_and_counts_what_would_drop(tmp_path, tiny_model_dir):
+    report, records = run(tmp_path, tiny_model_dir, "--skip-bad", "--as-published", "--max-length", "300")
+    dropped = {name: n for name, n in report["counts"].items() if n and name not in ("read", "kept")}
+    assert dropped == {"unparsable": 1, "empty": 1, "no_thought": 1, "truncated": 2}  # no thought/solution to write
+    assert report["counts"]["kept"] == len(records) == 10
+    too_long = sum(r["n_tokens"] > 300 for r in records)
+    assert too_long > 0 and report["would_drop"] == {
+        "no_answer": 1,
+        "too_long": too_long,
+        "exact_duplicate": 1,
+        "near_duplicate": 1,
+    }
+    assert report["why"]["near_duplicate"].startswith("a prompt within --near-dup-threshold")
+    assert report["would_drop_per_source"] == {str(FIXTURE): report["would_drop"]}
+    # --style keep writes every reply as published: the unfinished ones too
+    report, records = run(tmp_path, tiny_model_dir, "--skip-bad", "--as-published", "--style", "keep")
+    raw = {json.loads(line)["id"]: json.loads(line) for line in FIXTURE.read_text().splitlines()}
+    assert report["counts"]["kept"] == 13 and report["would_drop"]["truncated"] == 2
+    by_id = {r["id"]: r for r in records}
+    for record_id in ("truncated-thought", "no-thought", "no-answer"):
+        assert by_id[record_id]["messages"][-1]["content"] == raw[record_id]["response"]
+    # OpenR1: the published record is the trace in `messages`
+    openr1 = SCHEMA_DIR / "openr1_math.jsonl"
+    report, _ = run(tmp_path, tiny_model_dir, "--as-published", inputs=[openr1])
+    assert report["config"]["generations"] == "first" and report["counts"]["kept"] == 3
+
+
+def test_as_published_refuses_the_flags_that_drop_records(capsys):
+    with pytest.raises(SystemExit):
+        prepare_data.parse_args(
+            ["--input", "x.jsonl", "--output", "o.jsonl", "--as-published", "--verify", "--size", "3"]
+        )
+    assert "--as-published keeps every record; it cannot be combined with --verify, --size" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------- dedup, decontamination
-
-
-def test_near_duplicate_index_threshold():
-    base = (
-        "Let n be the number of ordered pairs of positive integers x and y such that x plus y equals twenty, "
-        "x is even, y is odd and neither number exceeds fifteen. Find the remainder when n is divided by one thousand."
-    )
-    edited = base.replace("twenty", "thirty")
-    a, b = prepare_data.NearDuplicateIndex.shingles(base), prepare_data.NearDuplicateIndex.shingles(edited)
-    assert 0.8 <= len(a & b) / len(a | b) < 0.95  # one word changed
-    index = prepare_data.NearDuplicateIndex(threshold=0.8)
-    assert index.add_if_new(base)
-    assert not index.add_if_new(edited)
-    assert index.add_if_new(
-        "A circle of radius 3 is inscribed in a square. What is the area of the square outside the circle?"
-    )
-    strict = prepare_data.NearDuplicateIndex(threshold=0.95)
-    assert strict.add_if_new(base) and strict.add_if_new(edited)
-    assert not strict.add_if_new(base.upper() + "  ")
 
 
 def test_dedup_modes_on_fixture(tmp_path, tiny_model_dir):
@@ -357,11 +398,6 @@ def test_decontamination_catches_a_lightly_edited_aime24_problem(tmp_path, tiny_
     aime = utils.read_jsonl(REPO / "data" / "eval" / "aime24.jsonl")[0]["problem"]
     edited = "Consider this. " + aime.replace("Aya", "Maya").replace("$9$", "$10$") + " Show your work."
     assert edited != aime
-    index = prepare_data.BenchmarkIndex.from_dir(str(REPO / "data" / "eval"), n=13, threshold=0.5)
-    assert index.match(edited) == "aime24"
-    assert index.match("Read two integers and print their sum.") is None
-    lcb = utils.read_jsonl(REPO / "data" / "eval" / "livecodebench.jsonl")[5]["problem"]
-    assert index.match("Solve in Python.\n" + lcb) == "livecodebench"
     extra = write_jsonl(
         tmp_path / "aime_like.jsonl",
         [{"id": "aime-edit", "problem": edited, "answer": "204", "response": sky("t", "\\boxed{204}")}],
@@ -426,10 +462,14 @@ def test_cli_subprocess(tmp_path, tiny_model_dir):
     assert (tmp_path / "cli_report.json").exists() and (tmp_path / "cli_lengths.png").exists()
     failed = cli(*args, cwd=tmp_path)
     assert failed.returncode == 1
-    assert failed.stderr.strip().splitlines()[-1] == (
-        f"error: {FIXTURE}:15: unknown record shape: expected 'conversations', "
-        "'messages', 'prompt'+'response' or 'problem'+'response'|'generated_solution'|'solution'"
+    last = failed.stderr.strip().splitlines()[-1]
+    assert last.startswith(
+        f"error: {FIXTURE}:15: unknown record shape (fields: id, question_text, reply); known schemas: s1k-1.1 "
+        "(question, solution, deepseek_thinking_trajectory|gemini_thinking_trajectory); s1k ("
     )
+    for known in ("nemotron (input, output)", "am (messages, info on a turn)", "limo (question, solution, answer)"):
+        assert known in last
+    assert last.endswith("; raw (problem|question, response|generated_solution|solution)")
 
 
 @pytest.mark.parametrize("case", ["latin1", "parquet", "nothing_kept"])
