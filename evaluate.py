@@ -11,6 +11,7 @@ difficulty, the settings used) and prints a table. Samples are written as each c
 to resume after a kill.
 A custom task is a JSONL file of {"id", "problem", "answer"} (maths) or {"id", "problem", "tests"[, "starter_code"]}
 (code; tests = [{"input", "output", "testtype": "stdin"|"functional"}]). Data sources: data/eval/README.md.
+A --responses record names its task as --tasks does: a built-in name, or a custom task's file stem or path.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed, wait
 from pathlib import Path
+from statistics import fmean
 from typing import Iterator
 
 import torch
@@ -34,6 +36,7 @@ from tqdm import tqdm
 
 import grading
 import sandbox
+import sft
 import utils
 from markup import PROMPT_STYLES, eval_messages
 from utils import DataError
@@ -80,7 +83,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=os.cpu_count(), help="scoring processes: sympy, sandboxed tests")
     p.add_argument("--batch-size", type=int, default=8, help="hf: sequences generated together")
     p.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm: GPUs the model is split over")
-    p.add_argument("--chunk-size", type=int, default=1024, help="vllm: samples per call, saved when it returns")
+    p.add_argument("--chunk-size", type=int, default=1024, help="vllm: samples per call; a kill loses one at most")
     p.add_argument("--base-url", default="http://localhost:8000/v1", help="openai: server root (vllm serve's default)")
     p.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY", "EMPTY"), help="openai: $OPENAI_API_KEY")
     p.add_argument("--concurrency", type=int, default=32, help="openai: requests in flight; servers batch them")
@@ -96,9 +99,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if cfg.chat_template != "model" and cfg.backend == "openai" and cfg.model:
         p.error("--chat-template with --backend openai: the server applies its own (vllm serve --chat-template FILE)")
     if cfg.model and cfg.backend == "vllm" and importlib.util.find_spec("vllm") is None:
-        raise SystemExit(
-            "--backend vllm: vllm is not installed (pip install -r requirements-gpu.txt), or use --backend hf"
-        )
+        raise SystemExit("--backend vllm: vllm is not installed (pip install -r requirements-gpu.txt); or --backend hf")
     return cfg
 
 
@@ -149,9 +150,7 @@ def custom_problem(record: dict) -> dict:
 def load_task(spec: str) -> tuple[str, list[dict]]:
     builtin = spec in BUILTIN_TASKS
     if not builtin and not (spec.endswith((".jsonl", ".json")) or Path(spec).exists()):
-        raise DataError(
-            f"--tasks: unknown task '{spec}' (built-in: {', '.join(BUILTIN_TASKS)}; or a path to a .jsonl task file)"
-        )
+        raise DataError(f"--tasks: unknown task '{spec}' (built-in: {', '.join(BUILTIN_TASKS)}; or a .jsonl task file)")
     path = utils.DATA_DIR / "eval" / f"{spec}.jsonl" if builtin else Path(spec)
     problems, seen = [], set()
     for line, record in utils.iter_json_records(path):
@@ -233,7 +232,7 @@ def tokenizer_source(cfg) -> str:
 
 def prompt_text(tokenizer, messages: list[dict]) -> str:
     """The chat prompt as the model reads it: the chat template applied, ending where the assistant begins."""
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return sft.generation_prompt(tokenizer, messages)  # exactly what every trained reply follows
 
 
 def stop_token_ids(tokenizer, extra=()) -> list[int]:
@@ -267,19 +266,16 @@ def hf_backend(cfg, jobs: list[dict]):
     tokenizer.padding_side = "left"  # generation appends on the right, so prompts must end flush
     device = utils.pick_device()
     model = utils.load_model(cfg.model, device, utils.pick_dtype(device), utils.pick_attention("auto", device))
+    model_eos = model.generation_config.eos_token_id
+    stops = stop_token_ids(tokenizer, model_eos if isinstance(model_eos, list) else [model_eos])
+    model.generation_config = GenerationConfig()  # the checkpoint's defaults (penalties, n-gram bans) must not apply
     if cfg.adapter:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, cfg.adapter)
     model.eval()
-    model_eos = model.generation_config.eos_token_id
-    stops = stop_token_ids(tokenizer, model_eos if isinstance(model_eos, list) else [model_eos])
-    model.generation_config = GenerationConfig()  # the checkpoint's sampling defaults must not leak in
-    fixed = {
-        "do_sample": False,
-        "max_new_tokens": cfg.max_tokens,
-        "eos_token_id": stops,
-    }  # sampling: per_sample_sampler
+    # Greedy decoding, over per_sample_sampler's draws when sampling.
+    fixed = {"do_sample": False, "max_new_tokens": cfg.max_tokens, "eos_token_id": stops}
     fixed |= {"pad_token_id": tokenizer.pad_token_id, "repetition_penalty": sampling_params(cfg)["repetition_penalty"]}
 
     def generate_batch(batch: list[dict]) -> Iterator[dict]:
@@ -320,14 +316,8 @@ def vllm_backend(cfg, jobs: list[dict]):
         rank = json.loads((Path(cfg.adapter) / "adapter_config.json").read_text(encoding="utf-8"))["r"]
         lora_args = {"enable_lora": True, "max_lora_rank": next(r for r in VLLM_LORA_RANKS if r >= rank)}
         lora_request = LoRARequest("adapter", 1, str(Path(cfg.adapter).resolve()))
-    llm = LLM(
-        model=cfg.model,
-        tokenizer=tokenizer_source(cfg),
-        tensor_parallel_size=cfg.tensor_parallel_size,
-        max_model_len=max_len,
-        seed=cfg.seed,
-        **lora_args,
-    )
+    engine = {"tensor_parallel_size": cfg.tensor_parallel_size, "max_model_len": max_len, "seed": cfg.seed}
+    llm = LLM(model=cfg.model, tokenizer=tokenizer_source(cfg), **engine, **lora_args)
     shared = sampling_params(cfg) | {"stop_token_ids": stop_token_ids(tokenizer)}
 
     def generate_chunk(chunk: list[dict]) -> Iterator[dict]:
@@ -350,13 +340,12 @@ def openai_backend(cfg, jobs: list[dict]):
     def one(job):
         messages = job["messages"]
         try:
-            text, tokens, *finish = utils.chat_completion(
+            text, tokens, finish_reason = utils.chat_completion(
                 cfg.base_url, cfg.model, messages, **connection, **sampling, seed=job["seed"]
             )
         except utils.ChatCompletionError as e:  # one line naming the URL and the error (an HTML error page's too)
             raise SystemExit(str(e)) from None
-        # finish: [choices[0].finish_reason] once utils.chat_completion returns it, [] until then
-        return generation(job, messages, text, tokens, finish[0] if finish else None)
+        return generation(job, messages, text, tokens, finish_reason)
 
     def generate_all(chunk: list[dict]) -> Iterator[dict]:
         pool = ThreadPoolExecutor(cfg.concurrency)
@@ -465,10 +454,6 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 if n - c < k else 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values)
-
-
 def summarise(problems: list[dict], samples: dict[str, list[dict]]) -> dict:
     """Per-task numbers from the scored samples of each problem id; problems may have different sample counts
     (--responses), so n is the smallest. no_answer and cut_off (the shares of samples with no extracted answer and
@@ -480,10 +465,10 @@ def summarise(problems: list[dict], samples: dict[str, list[dict]]) -> dict:
     summary = {
         "problems": len(rated),
         "n": n,
-        "accuracy": _mean([sum(c) / len(c) for _, c in rated]),
-        "pass@k": {str(k): _mean([pass_at_k(len(c), sum(c), k) for _, c in rated]) for k in range(1, n + 1)},
-        "no_answer": _mean([s["extracted"] is None for s in flat]),
-        "cut_off": _mean(finished) if finished else None,
+        "accuracy": fmean([sum(c) / len(c) for _, c in rated]),
+        "pass@k": {str(k): fmean([pass_at_k(len(c), sum(c), k) for _, c in rated]) for k in range(1, n + 1)},
+        "no_answer": fmean([s["extracted"] is None for s in flat]),
+        "cut_off": fmean(finished) if finished else None,
     }
     levels = {
         level: [sum(c) / len(c) for p, c in rated if p.get("difficulty") == level]
@@ -491,8 +476,8 @@ def summarise(problems: list[dict], samples: dict[str, list[dict]]) -> dict:
     }
     levels = {level: accuracies for level, accuracies in levels.items() if accuracies}
     if levels:  # LiveCodeBench's overall score: the three levels weighted by their problem counts
-        summary["difficulty"] = {level: {"problems": len(a), "accuracy": _mean(a)} for level, a in levels.items()}
-        summary["difficulty_weighted_accuracy"] = _mean([a for accuracies in levels.values() for a in accuracies])
+        summary["difficulty"] = {level: {"problems": len(a), "accuracy": fmean(a)} for level, a in levels.items()}
+        summary["difficulty_weighted_accuracy"] = fmean([a for accuracies in levels.values() for a in accuracies])
     return summary
 
 
@@ -528,19 +513,17 @@ def _percent(fraction: float) -> str:
 def check_config(out_dir: Path, cfg) -> None:
     """Refuse to mix samples drawn with different settings in one folder; then record this run's settings."""
     path = out_dir / "config.json"
-    current = {k: v for k, v in vars(cfg).items() if k != "api_key"}  # never write a secret to disk
+    now = {k: v for k, v in vars(cfg).items() if k != "api_key"}  # never write a secret to disk
     if path.exists():
         saved = json.loads(path.read_text(encoding="utf-8"))
         # A key missing from the saved file was not checked by the version that wrote it: nothing to compare.
-        changed = [
-            f"{k} {saved[k]!r} -> {current[k]!r}" for k in GENERATION_KEYS if k in saved and saved[k] != current[k]
-        ]
+        changed = [f"{k} {saved[k]!r} -> {now[k]!r}" for k in GENERATION_KEYS if k in saved and saved[k] != now[k]]
         if changed:
             raise SystemExit(
                 f"{path}: this folder holds samples made with other settings ({'; '.join(changed)}); "
                 "use another --output-dir so samples are not mixed"
             )
-    utils.atomic_write_text(path, json.dumps(current, indent=2) + "\n")
+    utils.atomic_write_text(path, json.dumps(now, indent=2) + "\n")
 
 
 def run_settings(cfg) -> dict:
@@ -557,8 +540,7 @@ def main(cfg) -> dict:
         named = {spec: load_task(spec) for spec in specs}
         tasks = dict(named.values())
         # --responses names a custom task by its file stem, or by its path as given (or the same file's path).
-        aliases = {spec: name for spec, (name, _) in named.items()} | {name: name for name in tasks}
-        aliases |= {os.path.abspath(spec): name for spec, (name, _) in named.items() if spec != name}
+        aliases = {name: name for name in tasks} | {os.path.abspath(s): name for s, (name, _) in named.items()}
         responses = load_responses(cfg.responses, tasks, aliases) if cfg.responses else None
     except DataError as e:
         raise SystemExit(str(e)) from None
@@ -576,12 +558,9 @@ def main(cfg) -> dict:
             if not any(key[0] == name for key in wanted):
                 where = f" in its first {cfg.limit} problems" if cfg.limit else ""
                 raise SystemExit(f"{cfg.responses}: no responses for task '{name}'{where}")
-    if cfg.responses:
-        run_name = Path(cfg.responses).stem
-    elif cfg.adapter:
-        run_name = f"{Path(cfg.model).name}+{Path(cfg.adapter).name}"
-    else:
-        run_name = Path(cfg.model).name
+    run_name = Path(cfg.responses).stem if cfg.responses else Path(cfg.model).name
+    if cfg.adapter:
+        run_name += f"+{Path(cfg.adapter).name}"
     out_dir = Path(cfg.output_dir or Path("out") / "eval" / run_name)
     out_dir.mkdir(parents=True, exist_ok=True)
     check_config(out_dir, cfg)
@@ -606,8 +585,7 @@ def main(cfg) -> dict:
     scored = {name: {} for name in selected}
     for t, pid, s in wanted:
         scored[t].setdefault(pid, []).append(done[(t, pid, s)])
-    settings = run_settings(cfg)
-    results = {name: summarise(ps, scored[name]) | {"settings": settings} for name, ps in selected.items()}
+    results = {name: summarise(ps, scored[name]) | {"settings": run_settings(cfg)} for name, ps in selected.items()}
     utils.atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2) + "\n")
     print(results_table(results))
     print(f"wrote {out_dir / 'results.json'} and {out_dir / 'samples.jsonl'}")

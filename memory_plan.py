@@ -75,7 +75,7 @@ def estimate(
     cpu_offload: bool = False,
     gradient_checkpointing: bool = True,
     offload_activations: bool = False,
-    loss_chunk_tokens: int = 1024,
+    loss_chunk_tokens: int = 1024,  # sft.LOSS_CHUNK_TOKENS (not imported: planning needs no torch)
     gpu_gib: float = 79.6,
 ) -> dict:
     """Estimated peak memory per GPU in GiB, by component, for one micro-batch of seq_len packed tokens.
@@ -91,13 +91,14 @@ def estimate(
       and one prefetched in bf16, its bf16 gradient and fp32 reduce-scatter buffer (10 x layer). One GPU without
       FSDP: bf16 copies made by autocast for one layer and the LM head at a time (its cache is off).
     mode="lora" / "qlora" (train_lora.py, not sharded: n_gpus > 1 means data-parallel replicas): frozen base in bf16
-      (2P); qlora: decoder linears in NF4 with double quantisation (4.127 bits) and the rest in fp32, as PEFT's
-      prepare_model_for_kbit_training leaves it, plus one layer dequantised to bf16 at a time. Adapters 16A (AdamW)
-      or 10A (8-bit).
-    Activations: with checkpointing, each layer's input is kept (L x T x h, bf16; fp32 on the single-GPU full path,
-      whose residual stream is fp32 under autocast), on CPU with offload_activations. Recomputing one layer in
-      backward holds its saved tensors, 22h + 8kv + 8i bytes per token (norms in fp32, q/k/v before and after
-      rotary, attention output, the four SwiGLU tensors; FlashAttention/SDPA keep no T x T scores), x 1.5 for the
+      (2P); qlora: decoder linears in NF4 with double quantisation (4.127 bits), the rest (embeddings, norms, biases,
+      LM head) in bf16, as utils.prepare_qlora leaves it, plus one layer dequantised to bf16 at a time. Adapters 16A
+      (fp32 weights, gradients and AdamW moments) or 10A (8-bit moments).
+    Activations: with checkpointing, each layer's input is kept (L x T x h in the residual stream's dtype: bf16, but
+      fp32 on the single-GPU full path, whose fp32 master weights keep it fp32 under autocast), on CPU with
+      offload_activations. Recomputing one layer in backward holds its saved tensors, 22h + 8kv + 8i bytes per token
+      (norms in fp32, q/k/v before and after rotary, attention output, the four SwiGLU tensors; FlashAttention/SDPA
+      keep no T x T scores; measured for a QLoRA layer under bf16 autocast on CPU: within 2%), x 1.5 for the
       gradients alive beside them. The chunked loss peaks at 10 bytes x chunk x V (bf16 logits, fp32 logits and
       log-softmax, its gradient); it runs before the layers' backward, so the larger of the two counts.
     Not counted: CUDA context, NCCL buffers, allocator fragmentation: "fits" leaves 8% of gpu_gib (79.6 = an 80 GB card)
@@ -135,11 +136,12 @@ def estimate(
     else:
         adapters = lora_rank * n_layers * ((h + q) + 2 * (h + kv) + (q + h) + 2 * (h + i) + (i + h))
         quantized = n_layers * layer_linear if mode == "qlora" else 0
-        base = 2 * params if mode == "lora" else quantized * 4.127 / 8 + 4 * (params - quantized)
+        base = 2 * params if mode == "lora" else quantized * 4.127 / 8 + 2 * (params - quantized)
         states = {"weights": base + 4 * adapters, "gradients": 4 * adapters, "optimizer": optimizer_bytes * adapters}
         working = 2 * layer_linear if mode == "qlora" else 0
         plan["lora_params_million"] = adapters / 1e6
-    act_bytes = 4 if mode == "full" and not sharded else 2
+    act_bytes = 4 if mode == "full" and not sharded else 2  # the residual stream's dtype: what checkpoints keep
+    plan["residual_bytes"] = act_bytes
     per_layer = (22 * h + 8 * kv + 8 * i) * T
     checkpoints = n_layers * T * h * act_bytes if gradient_checkpointing else n_layers * per_layer
     layer_peak = 1.5 * per_layer if gradient_checkpointing else 0.5 * per_layer

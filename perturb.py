@@ -219,7 +219,7 @@ def ask_llm(cfg, prompt: str, reply_limit: int, **sampling) -> str | None:
     limits = {"timeout": cfg.llm_timeout, "retries": cfg.llm_retries, "max_tokens": reply_limit // 2 + 1024}
     messages = [{"role": "user", "content": prompt}]
     try:
-        content, _ = utils.chat_completion(cfg.llm_url, cfg.llm_model, messages, **limits, **sampling)
+        content, _, _ = utils.chat_completion(cfg.llm_url, cfg.llm_model, messages, **limits, **sampling)
     except utils.ChatCompletionError:
         return None
     return content

@@ -65,6 +65,7 @@ from tqdm import tqdm
 
 import markup
 import schemas
+import sft
 import utils
 from similarity import BenchmarkIndex, NearDuplicateIndex, words
 from utils import DataError
@@ -327,15 +328,10 @@ def verify_all(examples: list[Example], workers: int) -> list[bool | str]:
         return list(tqdm(pool.map(verify_one, jobs, chunksize=chunk), total=len(jobs), desc="verify", leave=False))
 
 
-def count_tokens(tokenizer, conversations: list[list[dict]], batch_size: int = 256) -> list[int]:
-    """Tokens of each whole chat-templated record, as training tokenizes it. The Rust tokenizer encodes a batch on all
-    cores; its encode_batch_fast skips character offsets and, unlike tokenizer(...), copies no ids into Python lists."""
-    lengths = []
-    for start in tqdm(range(0, len(conversations), batch_size), desc="tokenize", leave=False):
-        texts = [tokenizer.apply_chat_template(c, tokenize=False) for c in conversations[start : start + batch_size]]
-        encodings = tokenizer.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False)
-        lengths += [len(encoding) for encoding in encodings]
-    return lengths
+def count_tokens(tokenizer, conversations: list[list[dict]]) -> list[int]:
+    """Tokens of each whole chat-templated record, exactly as the trainers tokenize it (sft.py)."""
+    tokenized = sft.tokenize_conversations(tokenizer, conversations)
+    return [len(ids) for ids, _ in tqdm(tokenized, total=len(conversations), desc="tokenize", leave=False)]
 
 
 def duplicates(examples: list[Example], mode: str, threshold: float) -> list[str | None]:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from utils import DataError, iter_json_records, load_tokenizer
 
 IGNORE_INDEX = -100  # label value PyTorch's cross-entropy skips
+LOSS_CHUNK_TOKENS = 1024  # the trainers' --loss-chunk-tokens: 1.8 GiB of logits at vocab 152k (bench/RESULTS.md)
 
 
 # ----------------------------------------------------------------------------- records -> messages
@@ -130,7 +131,7 @@ def _render(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str
 
 def template_traits(tokenizer) -> TemplateTraits:
     """What a template does to system turns and replies, found once per template by rendering two probes."""
-    key = (tokenizer.chat_template, tokenizer.bos_token, tokenizer.eos_token)
+    key = (str(tokenizer.chat_template), tokenizer.bos_token, tokenizer.eos_token)
     if key not in _traits:
         reply = _PROBE_PAD + _REPLY.format(0) + _PROBE_PAD
         exchange = [{"role": "user", "content": "⟦user⟧"}, {"role": "assistant", "content": reply}]
@@ -452,7 +453,7 @@ def _chunk_ce_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Ten
 
 
 def chunked_lm_loss(
-    hidden: torch.Tensor, lm_head_weight: torch.Tensor, targets: torch.Tensor, chunk_tokens: int = 1024
+    hidden: torch.Tensor, lm_head_weight: torch.Tensor, targets: torch.Tensor, chunk_tokens: int = LOSS_CHUNK_TOKENS
 ) -> torch.Tensor:
     """Sum of next-token cross-entropies without materialising full-vocabulary logits for the sequence.
 

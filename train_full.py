@@ -24,6 +24,7 @@ import os
 import shutil
 import time
 from contextlib import nullcontext
+from datetime import timedelta
 from functools import partial
 from pathlib import Path
 
@@ -42,6 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-length", type=int, default=16384, help="longest sample in tokens; longer are dropped (paper)")
     p.add_argument("--truncate", action="store_true", help="cut over-long samples instead of dropping them")
     p.add_argument("--skip-bad", action="store_true", help="count and skip malformed records instead of stopping")
+    p.add_argument("--chat-template", default="model", help="model (its own), chatml or a Jinja file; evaluate.py too")
     # model
     p.add_argument("--model", default="Qwen/Qwen2.5-32B-Instruct", help="base chat model, hub name or folder (paper)")
     p.add_argument("--attn", choices=utils.ATTENTION, default="auto", help="auto: FlashAttention-2 on GPU, else SDPA")
@@ -58,13 +60,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # memory: none of these change the gradient
     p.add_argument("--micro-batch-tokens", type=int, default=16384, help="tokens per packed forward per GPU")
     p.add_argument("--no-packing", dest="packing", action="store_false", help="padded batches (the baseline)")
-    p.add_argument("--loss-chunk-tokens", type=int, default=1024, help="LM-head loss chunk; 0 = full logits")
+    p.add_argument("--loss-chunk-tokens", type=int, default=sft.LOSS_CHUNK_TOKENS, help="LM-head loss chunk; 0: full")
     p.add_argument(
         "--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True, help="recompute activations"
     )
     p.add_argument("--offload-activations", action="store_true", help="checkpointed layer inputs in CPU memory")
     p.add_argument("--fsdp", action="store_true", help="FSDP even in one process (torchrun with 2+ always is)")
     p.add_argument("--cpu-offload", action="store_true", help="FSDP with weights, grads, Adam state in CPU memory")
+    p.add_argument("--dist-timeout", type=float, default=120, help="minutes ranks may wait for rank 0 (loads, saves)")
     # output
     p.add_argument("--output-dir", default="out/full", help="metrics.jsonl, step-NNNNNN/ (sharded), final/ model")
     p.add_argument("--save-dtype", choices=["bf16", "fp32"], default="bf16", help="dtype of final/ (vLLM serves bf16)")
@@ -114,8 +117,9 @@ class CausalLMLoss(torch.nn.Module):
         return sft.summed_loss(self.lm, batch, self.loss_chunk_tokens)
 
 
-def init_distributed() -> tuple[int, int, torch.device]:
-    """Join torchrun's process group (or make a one-process group for --fsdp without torchrun); one GPU per rank."""
+def init_distributed(timeout: timedelta) -> tuple[int, int, torch.device]:
+    """Join torchrun's process group (or make a one-process group for --fsdp without torchrun); one GPU per rank. The
+    timeout: the others wait in a collective while rank 0 alone reads a 32B checkpoint and later writes final/."""
     import torch.distributed as dist
 
     cuda = torch.cuda.is_available()
@@ -126,9 +130,9 @@ def init_distributed() -> tuple[int, int, torch.device]:
     backend = "cpu:gloo,cuda:nccl" if cuda else "gloo"
     if not dist.is_initialized():
         if "RANK" in os.environ:
-            dist.init_process_group(backend, device_id=device if cuda else None)
+            dist.init_process_group(backend, device_id=device if cuda else None, timeout=timeout)
         else:
-            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
     return dist.get_rank(), dist.get_world_size(), device
 
 
@@ -212,14 +216,13 @@ def main(args: argparse.Namespace) -> dict:
 
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1 or args.fsdp or args.cpu_offload
     if distributed and args.optim != "adamw":
-        raise SystemExit(
-            f"--optim {args.optim}: bitsandbytes optimizers cannot step FSDP's sharded parameters; use adamw"
-        )
+        raise SystemExit(f"--optim {args.optim}: bitsandbytes optimizers cannot step FSDP's shards; use adamw")
     if args.micro_batch_tokens < args.max_length:
-        raise SystemExit(
-            f"--micro-batch-tokens ({args.micro_batch_tokens}) must be >= --max-length ({args.max_length})"
-        )
-    rank, world, device = init_distributed() if distributed else (0, 1, utils.pick_device())
+        raise SystemExit(f"--micro-batch-tokens {args.micro_batch_tokens} must be >= --max-length {args.max_length}")
+    timeout = timedelta(minutes=args.dist_timeout)
+    rank, world, device = init_distributed(timeout) if distributed else (0, 1, utils.pick_device())
+    if distributed and args.cpu_offload and utils.cpu_threads_per_rank():  # the CPU AdamW step: torchrun gives it 1
+        torch.set_num_threads(utils.cpu_threads_per_rank())
     is_main = rank == 0
 
     def say(*parts):
@@ -241,7 +244,9 @@ def main(args: argparse.Namespace) -> dict:
         tiny_model.ensure_demo_model(args.model)
 
     # ---------------------------------------------------------------- data: all validated before the model loads
-    data = sft.load_training_data(args.data, args.model, args.max_length, args.truncate, args.skip_bad)
+    data = sft.load_training_data(
+        args.data, args.model, args.max_length, args.truncate, args.skip_bad, args.chat_template
+    )
     samples, lengths, tokenizer = data.samples, data.lengths, data.tokenizer
     steps_per_epoch = math.ceil(len(samples) / args.samples_per_step)
     total_steps = args.max_steps or args.epochs * steps_per_epoch
@@ -268,7 +273,7 @@ def main(args: argparse.Namespace) -> dict:
     else:
         lm = utils.load_model(args.model, device, torch.float32, attn)  # fp32 master weights; autocast computes in bf16
     if args.gradient_checkpointing:
-        lm.activation_checkpointing_enable({"use_reentrant": False}, offload=args.offload_activations)
+        utils.enable_checkpointing(lm, args.offload_activations)
     model = CausalLMLoss(lm, args.loss_chunk_tokens)
     if distributed:
         shard_and_load(model, args, device, dtype, rank)

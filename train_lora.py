@@ -13,8 +13,10 @@ target tokens of the whole step, so gradient accumulation changes nothing but me
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
+import tempfile
 import time
 from contextlib import nullcontext
 from functools import partial
@@ -35,6 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-length", type=int, default=16384, help="longest sample in tokens; longer are dropped (paper)")
     p.add_argument("--truncate", action="store_true", help="cut over-long samples instead of dropping them")
     p.add_argument("--skip-bad", action="store_true", help="count and skip malformed records instead of stopping")
+    p.add_argument("--chat-template", default="model", help="model (its own), chatml or a Jinja file; evaluate.py too")
     # model and adapter
     p.add_argument("--model", default="Qwen/Qwen2.5-32B-Instruct", help="base chat model, hub name or folder (paper)")
     p.add_argument("--quant", choices=["nf4", "none"], default="nf4", help="nf4: QLoRA, 32B fits one 80 GB GPU")
@@ -55,7 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # memory: none of these change the gradient
     p.add_argument("--micro-batch-tokens", type=int, default=16384, help="tokens per packed forward: the memory knob")
     p.add_argument("--no-packing", dest="packing", action="store_false", help="padded batches (the baseline)")
-    p.add_argument("--loss-chunk-tokens", type=int, default=1024, help="LM-head loss chunk; 0 = full logits")
+    p.add_argument("--loss-chunk-tokens", type=int, default=sft.LOSS_CHUNK_TOKENS, help="LM-head loss chunk; 0: full")
     p.add_argument(
         "--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True, help="recompute activations"
     )
@@ -92,34 +95,45 @@ def plan_memory(args: argparse.Namespace) -> tuple[dict, str]:
     )
 
 
-def merge_adapter(base_model: str, adapter_dir: Path, output_dir: Path) -> None:
+def merge_adapter(base_model: str, adapter_dir: Path, output_dir: Path) -> str:
     """Fold the adapter into a bf16 copy of the base (never the 4-bit one: merging into NF4 loses the update)."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    device_map = "auto" if torch.cuda.is_available() else None
-    base = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.bfloat16, device_map=device_map)
-    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
-    tokenizer = utils.load_tokenizer(str(adapter_dir))
+    with tempfile.TemporaryDirectory(dir=output_dir.parent, prefix="merge-offload-") as offload:
+        spill = {"offload_folder": offload} if torch.cuda.is_available() else {}
+        device_map = "auto" if spill else None  # on GPU: what does not fit goes to CPU memory, then to disk
+        base = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.bfloat16, device_map=device_map, **spill)
+        merged = PeftModel.from_pretrained(base, str(adapter_dir), **spill).merge_and_unload()
+        tokenizer = utils.load_tokenizer(str(adapter_dir))
 
-    def write(tmp: Path):
-        merged.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        def write(tmp: Path):
+            merged.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
 
-    utils.save_dir_atomically(output_dir, write)
+        utils.save_dir_atomically(output_dir, write)
+    return str(output_dir)
 
 
 def main(args: argparse.Namespace) -> dict:
-    # ---------------------------------------------------------------- setup
     print("config:", json.dumps(vars(args), indent=1))
     if args.dry_run:
         plan, text = plan_memory(args)
         print(text)
         return plan
+    summary = train(args)
+    if args.merge:  # train() has returned: its model, optimizer, scheduler and gradients went with it
+        gc.collect()
+        torch.cuda.empty_cache()
+        summary["merged"] = merge_adapter(args.model, Path(args.output_dir) / "final", Path(args.output_dir) / "merged")
+    print("done:", json.dumps(summary))
+    return summary
+
+
+def train(args: argparse.Namespace) -> dict:
+    # ---------------------------------------------------------------- setup
     if args.micro_batch_tokens < args.max_length:
-        raise SystemExit(
-            f"--micro-batch-tokens ({args.micro_batch_tokens}) must be >= --max-length ({args.max_length})"
-        )
+        raise SystemExit(f"--micro-batch-tokens {args.micro_batch_tokens} must be >= --max-length {args.max_length}")
     out = Path(args.output_dir)
     device = utils.pick_device()
     dtype = utils.pick_dtype(device)
@@ -130,7 +144,9 @@ def main(args: argparse.Namespace) -> dict:
         tiny_model.ensure_demo_model(args.model)
 
     # ---------------------------------------------------------------- data: all validated before the model loads
-    data = sft.load_training_data(args.data, args.model, args.max_length, args.truncate, args.skip_bad)
+    data = sft.load_training_data(
+        args.data, args.model, args.max_length, args.truncate, args.skip_bad, args.chat_template
+    )
     samples, lengths, tokenizer = data.samples, data.lengths, data.tokenizer
     steps_per_epoch = math.ceil(len(samples) / args.samples_per_step)
     total_steps = args.max_steps or args.epochs * steps_per_epoch
@@ -146,23 +162,16 @@ def main(args: argparse.Namespace) -> dict:
         print(f"no memory estimate: {e}")
 
     # ---------------------------------------------------------------- model
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training, set_peft_model_state_dict
+    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 
     model = utils.load_model(args.model, device, dtype, attn, args.quant)
-    if args.quant == "nf4":
-        # fp32 norms and embeddings for stable 4-bit training; checkpointing is switched on below, non-reentrant
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if args.quant == "nf4":  # frozen, and kept in the compute dtype: the residual stream stays bf16
+        model = utils.prepare_qlora(model)
     if args.gradient_checkpointing:
-        model.activation_checkpointing_enable({"use_reentrant": False}, offload=args.offload_activations)
-    lora_targets = args.target_modules if args.target_modules == "all-linear" else args.target_modules.split(",")
-    lora = LoraConfig(
-        r=args.lora_rank,
-        lora_alpha=args.lora_alpha,
-        lora_dropout=args.lora_dropout,
-        target_modules=lora_targets,
-        task_type="CAUSAL_LM",
-    )
-    model = get_peft_model(model, lora)
+        utils.enable_checkpointing(model, args.offload_activations)
+    targets = args.target_modules if args.target_modules == "all-linear" else args.target_modules.split(",")
+    lora = dict(r=args.lora_rank, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout, target_modules=targets)
+    model = get_peft_model(model, LoraConfig(**lora, task_type="CAUSAL_LM"))
     model.print_trainable_parameters()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay, fused=device.type == "cuda")
@@ -244,15 +253,7 @@ def main(args: argparse.Namespace) -> dict:
         utils.prune_checkpoints(out, args.keep_checkpoints)
     save_checkpoint(out / "final", total_steps, with_state=False)
     summary = {"steps": total_steps, "first_loss": losses[0] if losses else None}
-    summary.update(last_loss=losses[-1] if losses else None, adapter=str(out / "final"))
-    if args.merge:
-        del model, lm, optimizer
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-        merge_adapter(args.model, out / "final", out / "merged")
-        summary["merged"] = str(out / "merged")
-    print("done:", json.dumps(summary))
-    return summary
+    return summary | {"last_loss": losses[-1] if losses else None, "adapter": str(out / "final")}
 
 
 if __name__ == "__main__":

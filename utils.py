@@ -174,8 +174,9 @@ def chat_completion(
     timeout: float = 600.0,
     retries: int = 3,
     **sampling,
-) -> tuple[str, int | None]:
-    """(reply text, completion tokens or None) from POST {base_url}/chat/completions (vLLM, SGLang, OpenAI, ...).
+) -> tuple[str, int | None, str | None]:
+    """(reply text, completion tokens, finish_reason) from POST {base_url}/chat/completions (vLLM, SGLang, OpenAI...);
+    tokens and finish_reason ("stop", "length", ...) are None when the server does not say.
 
     Retries 408/409/429/5xx and network errors with exponential backoff (1 s, doubling, at most a minute);
     any other HTTP error or a reply that is not a chat completion raises ChatCompletionError at once.
@@ -191,7 +192,9 @@ def chat_completion(
         try:
             with urllib.request.urlopen(urllib.request.Request(url, body, headers), timeout=timeout) as reply:
                 data = json.load(reply)
-            return data["choices"][0]["message"].get("content") or "", data.get("usage", {}).get("completion_tokens")
+            choice = data["choices"][0]
+            tokens = data.get("usage", {}).get("completion_tokens")
+            return choice["message"].get("content") or "", tokens, choice.get("finish_reason")
         except urllib.error.HTTPError as e:
             if e.code not in RETRYABLE_HTTP:
                 body = " ".join(e.read()[:300].decode(errors="replace").split())  # an HTML error page on one line
@@ -214,8 +217,9 @@ def pick_device() -> torch.device:
 
 
 def pick_dtype(device: torch.device) -> torch.dtype:
-    """bf16 where the hardware has it (the paper's setting); fp32 on CPU, where bf16 matmuls are slow and inexact."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+    """bf16 where the hardware has it (the paper's setting; Ampere and newer); fp32 on CPU, where bf16 matmuls are slow
+    and inexact, and on T4/V100, whose bf16 is only emulated (torch reports it as supported unless told not to)."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False):
         return torch.bfloat16
     return torch.float32
 
@@ -224,7 +228,8 @@ ATTENTION = ("auto", "flash_attention_2", "sdpa", "eager", "flex_attention")  # 
 
 
 def pick_attention(requested: str, device: torch.device) -> str:
-    """FlashAttention-2 on GPU when installed (its varlen kernel reads packed position_ids), SDPA otherwise."""
+    """FlashAttention-2 on an Ampere or newer GPU when installed (its varlen kernel reads packed position_ids), SDPA
+    otherwise (`python doctor.py` says which and why)."""
     import importlib.util
 
     has_flash = importlib.util.find_spec("flash_attn") is not None
@@ -232,7 +237,8 @@ def pick_attention(requested: str, device: torch.device) -> str:
         raise SystemExit("--attn flash_attention_2: flash-attn is not installed (see requirements-gpu.txt); use sdpa")
     if requested != "auto":
         return requested
-    return "flash_attention_2" if device.type == "cuda" and has_flash else "sdpa"
+    ampere = device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8  # FlashAttention-2's minimum
+    return "flash_attention_2" if ampere and has_flash else "sdpa"
 
 
 CHAT_TEMPLATES = ("model", "chatml")  # --chat-template: these names, or the path of a Jinja file
@@ -268,6 +274,48 @@ def load_model(name_or_dir: str, device: torch.device, dtype: torch.dtype, attn:
         kwargs["device_map"] = {"": device.index or 0} if device.type == "cuda" else {"": "cpu"}
     model = AutoModelForCausalLM.from_pretrained(name_or_dir, **kwargs)
     return model if quant == "nf4" else model.to(device)
+
+
+def enable_checkpointing(model, offload: bool = False) -> None:
+    """Non-reentrant activation checkpointing of every decoder layer; with offload the layer inputs it keeps wait in
+    pinned CPU memory. transformers >= 5.23 has both (activation_checkpointing_enable); 5.20 to 5.22, which vLLM 0.33
+    requires (requirements-gpu.txt), has the first only, under its older name."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable({"use_reentrant": False}, offload=offload)
+    elif offload:
+        raise SystemExit("--offload-activations needs transformers >= 5.23 (pip install -U transformers)")
+    else:
+        model.gradient_checkpointing_enable({"use_reentrant": False})
+
+
+def prepare_qlora(model):
+    """PEFT's prepare_model_for_kbit_training, then every weight it upcast to fp32 back to the dtype it was loaded in.
+
+    PEFT upcasts embeddings, norms, biases and the LM head to fp32 (a fix for fp16 training). Under bf16 that turns the
+    residual stream fp32 (bitsandbytes' Linear4bit returns its input's dtype), which doubles every checkpointed
+    activation (Qwen2.5-32B at 16k tokens: 20 GiB instead of 10) and buys nothing: RMSNorm computes its variance in
+    fp32 anyway, and the loss upcasts its logits. What the model keeps in fp32 by design (_keep_in_fp32_modules) stays
+    so; the LoRA weights, which must be fp32 (the optimizer's master copy), are made fp32 by get_peft_model afterwards.
+    memory_plan.py counts this layout; tests/test_train_lora.py checks it in a bf16 step.
+    """
+    from peft import prepare_model_for_kbit_training
+
+    loaded = {name: param.dtype for name, param in model.named_parameters()}
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)  # freezes, upcasts
+    for name, param in model.named_parameters():
+        if param.dtype != loaded[name]:
+            param.data = param.data.to(loaded[name])
+    return model
+
+
+def cpu_threads_per_rank() -> int | None:
+    """Under torchrun, each local rank's share of the cores this process may use; None elsewhere, or when
+    OMP_NUM_THREADS was chosen by hand. torchrun sets OMP_NUM_THREADS=1 when it is unset, which leaves CPU work
+    (FSDP's CPU-offloaded AdamW step) one core per rank."""
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "0"))
+    if not local_ranks or os.environ.get("OMP_NUM_THREADS", "1") != "1":
+        return None
+    return max(1, len(os.sched_getaffinity(0)) // local_ranks)
 
 
 def peak_memory_gb(device: torch.device) -> float:

@@ -284,8 +284,7 @@ def chars_per_token(tokenizer) -> float:
 
 def record_tokens(tokenizer, record: dict) -> int:
     """Tokens of the chat-templated record, as train_lora.py counts them."""
-    text, _ = sft.assistant_char_spans(tokenizer, sft.to_messages(record))
-    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return len(next(sft.tokenize_conversations(tokenizer, [sft.to_messages(record)]))[0])
 
 
 def record_of_tokens(tokenizer, target_tokens: int, seed: int = 0) -> dict:

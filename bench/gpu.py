@@ -8,15 +8,16 @@ Models are random-initialised with the real shapes of Qwen2.5-7B-Instruct and Qw
 download, no AutoConfig): built on the meta device, every linear layer of the decoder swapped for a bitsandbytes
 Linear4bit (transformers' replace_with_bnb_linear) and filled one layer at a time with random bf16 weights quantised to
 NF4 with double quantisation on the device, so the bf16 model never exists whole. Then as train_lora.py does it:
-prepare_model_for_kbit_training, non-reentrant gradient checkpointing, LoRA rank 64 / alpha 128 on all linear layers,
-AdamW over the adapter.
+utils.prepare_qlora (frozen, residual stream in bf16), non-reentrant gradient checkpointing, LoRA rank 64 / alpha 128
+on all linear layers, AdamW over the adapter.
 
 One batch per length holds samples drawn from the Sky-T1 length shape (lognormal, median 5000 tokens, sigma 0.5) adding
 up to exactly that many tokens, all of them targets. Two methods in the same run, on the same model and samples:
   ours      one packed row (position_ids restart per sample), sft.chunked_lm_loss (no full logits)
   baseline  transformers + peft defaults: the same samples as one right-padded batch, model(..., labels=...) computing
             full-vocabulary logits and their fp32 copy
-Reported per cell: peak allocated GPU memory of a step (torch.cuda.max_memory_allocated), real tokens/s (median of
+Reported per cell: peak allocated GPU memory of a step (torch.cuda.max_memory_allocated) beside memory_plan.py's
+estimate for the same run (planned_gib, ours only: the plan is of train_lora.py's recipe), real tokens/s (median of
 --repeats timed steps after one warm-up step), and MFU = (6 x matmul params x real tokens + causal attention FLOPs
 6 x layers x hidden x sum(sample_len^2)) / step time / the device's dense bf16 peak. Forward + backward + the LoRA
 optimizer step; recomputation by checkpointing is not counted as useful work, so MFU is the conventional one.
@@ -35,6 +36,7 @@ import time
 
 from common import add_common_args, machine_info, machine_line, markdown_table, save_results
 
+import memory_plan
 import sft
 import utils
 
@@ -103,7 +105,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--quant", choices=["nf4", "none"], default="nf4", help="nf4 = QLoRA (the paper's setting); none = bf16 base"
     )
     p.add_argument("--lora-rank", type=int, default=64, help="paper: 64 (alpha = 2 x rank)")
-    p.add_argument("--loss-chunk-tokens", type=int, default=4096, help="chunk of our loss (train_lora.py's default)")
+    p.add_argument(
+        "--loss-chunk-tokens", type=int, default=sft.LOSS_CHUNK_TOKENS, help="chunk of our loss (the trainers' default)"
+    )
     p.add_argument("--repeats", type=int, default=2, help="timed steps per cell after one warm-up step")
     p.add_argument(
         "--attn",
@@ -208,6 +212,21 @@ def attention_flops(shape: dict, sample_lengths: list[int]) -> float:
     return 6 * shape["num_hidden_layers"] * shape["hidden_size"] * sum(n * n for n in sample_lengths)
 
 
+def planned_gib(shape: dict, tokens: int, args: argparse.Namespace) -> float:
+    """memory_plan.py's peak for this cell, as train_lora.py --dry-run prints it (one GPU, AdamW, checkpointing)."""
+    heads = shape["num_attention_heads"]
+    shapes = {
+        "hidden": shape["hidden_size"], "layers": shape["num_hidden_layers"], "heads": heads,
+        "kv_heads": shape["num_key_value_heads"], "head_dim": shape["hidden_size"] // heads,
+        "intermediate": shape["intermediate_size"], "vocab": shape["vocab_size"], "tied": False, "qkv_bias": True,
+    }  # fmt: skip
+    mode = "qlora" if args.quant == "nf4" else "lora"
+    plan = memory_plan.estimate(
+        shapes, seq_len=tokens, mode=mode, lora_rank=args.lora_rank, loss_chunk_tokens=args.loss_chunk_tokens
+    )
+    return plan["total"]
+
+
 def peak_tflops(args: argparse.Namespace, device_name: str) -> float | None:
     if args.peak_tflops:
         return args.peak_tflops
@@ -293,7 +312,7 @@ def measure_cell(model, optimizer, method: str, samples, args, device, autocast)
 
 def run_model(name: str, args, device, dtype, attn, peak_flops: float | None) -> list[dict]:
     import torch
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import LoraConfig, get_peft_model
 
     shape = SHAPES[name]
     print(f"building {name} ({args.quant}) on {device} ...", flush=True)
@@ -306,8 +325,8 @@ def run_model(name: str, args, device, dtype, attn, peak_flops: float | None) ->
         print(f"  {name} does not fit this device even before training", flush=True)
         return [{"model": name, "method": method, "status": "OOM (weights)"} for method in args.methods.split(",")]
     if args.quant == "nf4":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    model.activation_checkpointing_enable({"use_reentrant": False})
+        model = utils.prepare_qlora(model)
+    utils.enable_checkpointing(model)
     lora = LoraConfig(
         r=args.lora_rank,
         lora_alpha=2 * args.lora_rank,
@@ -346,6 +365,8 @@ def run_model(name: str, args, device, dtype, attn, peak_flops: float | None) ->
                 **cell,
                 "weights_gb": static_gb,
             }
+            if method == "ours":
+                row["planned_gib"] = planned_gib(shape, tokens, args)
             if cell["status"] == "ok":
                 row["tokens_per_s"] = tokens / cell["step_s"]
                 row["mfu"] = useful_flops / cell["step_s"] / peak_flops if peak_flops else None
@@ -407,6 +428,7 @@ def main(args: argparse.Namespace) -> dict:
             "method",
             "status",
             "peak_mem_gb",
+            "planned_gib",
             "weights_gb",
             "step_s",
             "tokens_per_s",

@@ -1,14 +1,19 @@
 """evaluate.py: scoring of real benchmark records, pass@k, the hf and openai backends, resume, bad inputs, the CLI."""
 
+import importlib.machinery
 import json
 import re
+import shutil
 import subprocess
 import sys
 import threading
+import types
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 
 import evaluate
 from markup import FUNCTIONAL_INSTRUCTION, SKY_T1_SYSTEM_PROMPT, STDIN_INSTRUCTION, eval_messages
@@ -41,6 +46,9 @@ def run_cli(args: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
 
 
+AIME60 = {"task": "aime24", "id": 60}  # a real problem of a built-in task
+
+
 def boxed(answer: str) -> str:
     return f"Some reasoning first.\n\\boxed{{{answer}}}"
 
@@ -48,11 +56,8 @@ def boxed(answer: str) -> str:
 def hand_written_responses() -> list[dict]:
     return (
         # aime24: problem 60 (gold 204) right in 2 of 4 samples, problem 61 (gold 113) never
-        [
-            {"task": "aime24", "id": 60, "sample": s, "response": boxed(a)}
-            for s, a in enumerate(["204", "205", "204", "7"])
-        ]
-        # ... with the backend's finish_reason: two stopped, two cut off at the token limit (no answer, whatever the box)
+        [AIME60 | {"sample": s, "response": boxed(a)} for s, a in enumerate(["204", "205", "204", "7"])]
+        # ... with the backend's finish_reason: two stopped, two cut off at the token limit (no answer, whatever boxed)
         + [
             {"task": "aime24", "id": 61, "sample": s, "response": boxed("112"), "finish_reason": reason}
             for s, reason in enumerate(["stop", "length", "stop", "length"])
@@ -174,42 +179,23 @@ def test_builtin_tasks_ids_and_prompts():
 
 
 def test_hf_backend_end_to_end_and_resume(tiny_model_dir, tmp_path, monkeypatch):
-    task = write_jsonl(
-        tmp_path / "arith.jsonl",
-        [{"id": f"q{i}", "problem": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(3)],
-    )
-    out = tmp_path / "out"
-    args = ["--model", str(tiny_model_dir), "--backend", "hf", "--tasks", str(task), "--limit", "2", "--n", "2"]
-    args += [
-        "--temperature",
-        "0.7",
-        "--max-tokens",
-        "6",
-        "--batch-size",
-        "3",
-        "--output-dir",
-        str(out),
-        "--workers",
-        "1",
-    ]
+    problems = [{"id": f"q{i}", "problem": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(3)]
+    task, out = write_jsonl(tmp_path / "arith.jsonl", problems), tmp_path / "out"
+    args = f"--model {tiny_model_dir} --backend hf --tasks {task} --limit 2 --n 2 --temperature 0.7".split()
+    args += f"--max-tokens 6 --batch-size 3 --output-dir {out} --workers 1".split()
     results = run(args)
     samples = read_jsonl(out / "samples.jsonl")
     assert sorted((s["id"], s["sample"]) for s in samples) == [("q0", 0), ("q0", 1), ("q1", 0), ("q1", 1)]
     for s in samples:
         assert s["task"] == "arith" and s["prompt"].startswith("<|im_start|>system\n" + SKY_T1_SYSTEM_PROMPT[:40])
-        assert (
-            s["prompt"].endswith("<|im_start|>assistant\n") and isinstance(s["response"], str) and 1 <= s["tokens"] <= 6
-        )
+        assert s["prompt"].endswith("<|im_start|>assistant\n") and isinstance(s["response"], str)
         assert s["correct"] is False  # a random model does not add
         assert s["finish_reason"] == "stop" or (s["finish_reason"] == "length" and s["tokens"] == 6)
     cut = [s["finish_reason"] == "length" for s in samples]
+    assert any(cut)  # a random model rarely draws <|im_end|> in 6 tokens
     assert results["arith"]["cut_off"] == sum(cut) / 4 and results["arith"]["no_answer"] >= sum(cut) / 4
-    assert {key: results["arith"][key] for key in ("problems", "n", "accuracy", "pass@k")} == {
-        "problems": 2,
-        "n": 2,
-        "accuracy": 0.0,
-        "pass@k": {"1": 0.0, "2": 0.0},
-    }
+    summary = [results["arith"][key] for key in ("problems", "n", "accuracy", "pass@k")]
+    assert summary == [2, 2, 0.0, {"1": 0.0, "2": 0.0}]
     settings = results["arith"]["settings"]
     assert settings["backend"] == "hf" and settings["prompt_style"] == "sky-t1" and settings["temperature"] == 0.7
     assert (settings["top_k"], settings["repetition_penalty"], settings["chat_template"]) == (-1, 1.0, "model")
@@ -251,11 +237,9 @@ def test_hf_backend_end_to_end_and_resume(tiny_model_dir, tmp_path, monkeypatch)
 def test_hf_chunks_resume_after_a_kill_with_the_same_samples(tiny_model_dir, tmp_path, monkeypatch, one_torch_thread):
     """The chunk loop every backend runs in, through the hf backend: a kill in the second chunk keeps the first, the
     rerun generates only the rest, and per-sample seeds make it draw what a straight run draws, in any batching."""
-    task = write_jsonl(
-        tmp_path / "arith.jsonl", [{"id": f"q{i}", "problem": f"{i} + {i}?", "answer": "0"} for i in range(3)]
-    )
-    args = ["--model", str(tiny_model_dir), "--backend", "hf", "--tasks", str(task), "--n", "2", "--max-tokens", "5"]
-    args += ["--temperature", "1.0", "--top-p", "0.9", "--workers", "1"]
+    task = write_jsonl(tmp_path / "arith.jsonl", [{"id": f"q{i}", "problem": f"{i}?", "answer": "0"} for i in range(3)])
+    args = f"--model {tiny_model_dir} --backend hf --tasks {task} --n 2 --max-tokens 5 --temperature 1.0".split()
+    args += ["--top-p", "0.9", "--workers", "1"]
     run([*args, "--batch-size", "6", "--output-dir", str(tmp_path / "straight")])
     straight = {(s["id"], s["sample"]): s["response"] for s in read_jsonl(tmp_path / "straight" / "samples.jsonl")}
     assert len(set(straight.values())) > 3  # sampled, one seed per sample
@@ -288,20 +272,98 @@ def test_hf_chunks_resume_after_a_kill_with_the_same_samples(tiny_model_dir, tmp
     assert resumed == straight
 
 
-def test_hf_backend_applies_lora_adapter_without_merging(tiny_model_dir, tmp_path):
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
+def test_per_sample_sampler_draws_by_seed_within_top_p():
+    scores = torch.log(torch.tensor([[0.5, 0.3, 0.2]] * 2))
+    draw = evaluate.per_sample_sampler([7, 7], temperature=1.0, top_p=0.6, device="cpu")  # two rows, one seed
+    picks = []
+    for _ in range(400):
+        out = draw(None, scores)
+        assert (out == 0).sum(-1).tolist() == [1, 1] and torch.isinf(out).sum().item() == 4  # one token per row
+        picks.append(out.argmax(-1).tolist())
+    assert all(a == b for a, b in picks)  # the same seed draws the same, whatever the row
+    firsts = [a for a, _ in picks]
+    assert set(firsts) == {0, 1} and 0.55 < firsts.count(0) / 400 < 0.70  # 0.2 is outside top_p; 0.5 / 0.8 = 0.625
+    other = evaluate.per_sample_sampler([8], temperature=1.0, top_p=0.6, device="cpu")
+    assert [other(None, scores[:1]).argmax().item() for _ in range(50)] != firsts[:50]
 
+
+class FakeLLM:
+    """vllm.LLM as evaluate.py uses it: records each generate call; answers \\boxed{seed % 5}, cut off at the token
+    limit for odd seeds."""
+
+    calls: list = []
+    kill_at = None
+
+    def __init__(self, **engine):
+        FakeLLM.engine = engine
+
+    def generate(self, prompts, params, lora_request=None):
+        FakeLLM.calls.append((prompts, params))
+        if len(FakeLLM.calls) == FakeLLM.kill_at:
+            raise RuntimeError("killed")
+        samples = [{"text": f"\\boxed{{{p.seed % 5}}}", "token_ids": [1] * 3} for p in params]
+        reasons = ["length" if p.seed % 2 else "stop" for p in params]
+        return [SimpleNamespace(outputs=[SimpleNamespace(**s, finish_reason=r)]) for s, r in zip(samples, reasons)]
+
+
+def test_vllm_backend_generates_in_chunks_with_explicit_sampling(tiny_model_dir, tmp_path, monkeypatch):
+    module = types.ModuleType("vllm")
+    module.__spec__ = importlib.machinery.ModuleSpec("vllm", None)  # find_spec finds it
+    module.LLM, module.SamplingParams = FakeLLM, SimpleNamespace
+    monkeypatch.setitem(sys.modules, "vllm", module)
+    FakeLLM.calls, FakeLLM.kill_at = [], 2
+    task = write_jsonl(tmp_path / "five.jsonl", [{"id": i, "problem": f"{i}?", "answer": str(i)} for i in range(5)])
+    out = tmp_path / "out"
+    args = f"--model {tiny_model_dir} --tasks {task} --chunk-size 2 --max-tokens 64 --temperature 0.6".split()
+    args += f"--top-p 0.95 --output-dir {out} --workers 1".split()
+    with pytest.raises(RuntimeError, match="killed"):
+        run(args)  # the default backend, vllm
+    assert [len(prompts) for prompts, _ in FakeLLM.calls] == [2, 2]
+    assert len(read_jsonl(out / "generations.jsonl")) == 2  # the first chunk survives the kill
+    FakeLLM.calls, FakeLLM.kill_at = [], None
+    results = run(args)
+    assert [len(prompts) for prompts, _ in FakeLLM.calls] == [2, 1]  # only what the kill lost
+    assert FakeLLM.engine["max_model_len"] > 64 and FakeLLM.engine["seed"] == 0
+    prompts, (p, *_) = FakeLLM.calls[0]
+    assert set(prompts[0]) == {"prompt_token_ids"}
+    assert (p.temperature, p.top_p, p.top_k, p.repetition_penalty, p.max_tokens) == (0.6, 0.95, -1, 1.0, 64)
+    assert p.seed == evaluate.sample_seed(0, "five", "2", 0) and p.stop_token_ids
+    samples = read_jsonl(out / "samples.jsonl")
+    assert sorted(s["id"] for s in samples) == ["0", "1", "2", "3", "4"]
+    for s in samples:
+        seed = evaluate.sample_seed(0, "five", s["id"], 0)
+        assert s["finish_reason"] == ("length" if seed % 2 else "stop") and s["tokens"] == 3
+        assert s["correct"] == (s["finish_reason"] == "stop" and int(s["id"]) == seed % 5)
+        assert s["extracted"] is None or s["finish_reason"] == "stop"
+    assert results["five"]["cut_off"] == sum(s["finish_reason"] == "length" for s in samples) / 5
+    assert results["five"]["settings"]["backend"] == "vllm" and results["five"]["settings"]["top_k"] == -1
+
+
+def test_hf_backend_applies_lora_adapter_and_ignores_the_checkpoints_generation_config(tiny_model_dir, tmp_path):
+    """An adapter changes greedy output; a checkpoint's generation_config (Qwen2.5: repetition_penalty 1.05, top_k 20)
+    does not: hf decodes with our settings only, as vllm and openai, which send top_k and repetition_penalty."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    task = write_jsonl(tmp_path / "one.jsonl", [{"id": 1, "problem": "What is 1 + 1?", "answer": "2"}])
+
+    def greedy(model: Path, *extra: str) -> str:
+        out = tmp_path / f"out-{model.name}-{len(extra)}"
+        run([*f"--model {model} --backend hf --tasks {task} --max-tokens 8 --output-dir {out}".split(), *extra])
+        return read_jsonl(out / "samples.jsonl")[0]["response"]
+
+    response = greedy(tiny_model_dir)
     # Random (not zero) LoRA weights, scaled up, so the adapter visibly changes greedy output.
     lora = LoraConfig(r=8, lora_alpha=256, target_modules=["q_proj", "v_proj", "o_proj"], init_lora_weights=False)
     get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), lora).save_pretrained(tmp_path / "adapter")
-    task = write_jsonl(tmp_path / "one.jsonl", [{"id": 1, "problem": "What is 1 + 1?", "answer": "2"}])
-    responses = {}
-    for name, extra in [("base", []), ("adapter", ["--adapter", str(tmp_path / "adapter")])]:
-        args = ["--model", str(tiny_model_dir), "--backend", "hf", "--tasks", str(task), "--max-tokens", "8"]
-        run([*args, "--output-dir", str(tmp_path / name), "--workers", "1", *extra])
-        responses[name] = read_jsonl(tmp_path / name / "samples.jsonl")[0]["response"]
-    assert responses["base"] != responses["adapter"]
+    assert greedy(tiny_model_dir, "--adapter", str(tmp_path / "adapter")) != response
+
+    shutil.copytree(tiny_model_dir, tmp_path / "banned")
+    path = tmp_path / "banned" / "generation_config.json"
+    banned = AutoTokenizer.from_pretrained(tiny_model_dir)(response, add_special_tokens=False)["input_ids"]
+    config = {"suppress_tokens": banned, "repetition_penalty": 3.0, "_from_model_config": False}
+    path.write_text(json.dumps(json.loads(path.read_text()) | config))  # would change every token if it applied
+    assert greedy(tmp_path / "banned") == response
 
 
 class FakeChatServer(BaseHTTPRequestHandler):
@@ -317,9 +379,8 @@ class FakeChatServer(BaseHTTPRequestHandler):
             return
         user = body["messages"][-1]["content"]
         content = "```python\nprint(int(input()) * 2)\n```" if "stdin" in user else "2 + 3 = 5, so \\boxed{5}"
-        reply = json.dumps(
-            {"choices": [{"message": {"role": "assistant", "content": content}}], "usage": {"completion_tokens": 9}}
-        )
+        choice = {"message": {"role": "assistant", "content": content}}
+        reply = json.dumps({"choices": [choice], "usage": {"completion_tokens": 9}})
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.end_headers()
@@ -330,10 +391,8 @@ class FakeChatServer(BaseHTTPRequestHandler):
 
 
 def test_openai_backend_with_retry(tmp_path, monkeypatch):
-    math_task = write_jsonl(
-        tmp_path / "add.jsonl",
-        [{"id": 1, "problem": "What is 2 + 3?", "answer": 5}, {"id": 2, "problem": "What is 2 + 4?", "answer": "6"}],
-    )
+    problems = [{"id": 1, "problem": "2 + 3?", "answer": 5}, {"id": 2, "problem": "2 + 4?", "answer": "6"}]
+    math_task = write_jsonl(tmp_path / "add.jsonl", problems)
     tests = [{"input": "4\n", "output": "8\n", "testtype": "stdin"}]
     code_task = write_jsonl(tmp_path / "double.jsonl", [{"id": "d", "problem": "Read n, print 2n.", "tests": tests}])
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeChatServer)
@@ -350,11 +409,10 @@ def test_openai_backend_with_retry(tmp_path, monkeypatch):
     assert len(FakeChatServer.requests) == 3 * 2 + 1  # six samples plus the retried 500
     first = FakeChatServer.requests[0]
     assert first["path"] == "/v1/chat/completions" and first["auth"] == "Bearer sk-test"
-    assert (
-        first["body"]["model"] == "served-model"
-        and first["body"]["temperature"] == 0.6
-        and first["body"]["max_tokens"] == 32768
-    )
+    body = first["body"]
+    assert (body["model"], body["temperature"], body["top_p"], body["max_tokens"]) == ("served-model", 0.6, 1.0, 32768)
+    # sent explicitly, so vllm serve does not apply the checkpoint's generation_config (Qwen: top_k 20, penalty 1.05)
+    assert (body["top_k"], body["repetition_penalty"]) == (-1, 1.0)
     assert len({r["body"]["seed"] for r in FakeChatServer.requests[1:]}) == 6  # one seed per sample
     users = [r["body"]["messages"][-1]["content"] for r in FakeChatServer.requests]
     assert sum(u.startswith(STDIN_INSTRUCTION) for u in users[1:]) == 2  # the code task, prompted by markup
@@ -378,6 +436,68 @@ class RefusingChatServer(BaseHTTPRequestHandler):
         pass
 
 
+def test_openai_backend_records_the_finish_reason(tmp_path, monkeypatch):
+    """choices[0].finish_reason, the third value of utils.chat_completion: "length" means no answer."""
+    task = write_jsonl(tmp_path / "add.jsonl", [{"id": i, "problem": f"{i} + 0?", "answer": str(i)} for i in range(4)])
+
+    def reply(base_url, model, messages, **request):
+        number = int(messages[-1]["content"].split("}. ")[1].split(" ")[0])
+        return f"\\boxed{{{number}}}", 5, "length" if number % 2 else "stop"
+
+    monkeypatch.setattr(evaluate.utils, "chat_completion", reply)
+    args = ["--model", "m", "--backend", "openai", "--tasks", str(task), "--output-dir", str(tmp_path / "out")]
+    results = run([*args, "--workers", "1"])
+    samples = {s["id"]: s for s in read_jsonl(tmp_path / "out" / "samples.jsonl")}
+    assert [samples[str(i)]["finish_reason"] for i in range(4)] == ["stop", "length", "stop", "length"]
+    assert [samples[str(i)]["correct"] for i in range(4)] == [True, False, True, False]
+    assert (results["add"]["accuracy"], results["add"]["cut_off"], results["add"]["no_answer"]) == (0.5, 0.5, 0.5)
+
+
+def test_chat_template_and_prompt_style_are_used_and_recorded(tiny_model_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        evaluate.parse_args(["-h"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "sky-t1-bare: the paper's Table 2 harness (Qwen2.5-Math evaluation, prompt type 'Sky-T1'" in help_text
+    template = tmp_path / "plain.jinja"
+    template.write_text("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}[assistant] ")
+    task = write_jsonl(tmp_path / "one.jsonl", [{"id": 1, "problem": "What is 1 + 1?", "answer": "2"}])
+    out = tmp_path / "out"
+    args = f"--model {tiny_model_dir} --backend hf --tasks {task} --max-tokens 2 --prompt-style sky-t1-bare".split()
+    args += f"--chat-template {template} --workers 1 --output-dir {out}".split()
+    results = run(args)
+    prompt = read_jsonl(out / "samples.jsonl")[0]["prompt"]
+    assert prompt == f"[system] {SKY_T1_SYSTEM_PROMPT}\n[user] What is 1 + 1?\n[assistant] "  # the bare question
+    settings = results["one"]["settings"]
+    assert (settings["prompt_style"], settings["chat_template"]) == ("sky-t1-bare", str(template))
+    with pytest.raises(SystemExit, match=r"chat_template '.*plain.jinja' -> 'chatml'"):
+        run([*args, "--chat-template", "chatml"])
+    with pytest.raises(SystemExit):
+        evaluate.parse_args(["--model", "m", "--backend", "openai", "--tasks", "aime24", "--chat-template", "chatml"])
+    assert "--chat-template with --backend openai: the server applies its own" in capsys.readouterr().err
+    # A folder written before backend and chat_template were checked resumes: what it did not record is not compared.
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "chat_template"}))
+    run([*args, "--chat-template", "chatml"])
+
+
+def test_custom_task_responses_match_its_stem_or_its_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sets").mkdir()
+    write_jsonl(tmp_path / "sets" / "add.jsonl", [{"id": i, "problem": "?", "answer": str(i + 1)} for i in range(3)])
+    lines = [
+        {"task": "add", "id": 0, "response": boxed("1")},  # the file stem
+        {"task": "sets/add.jsonl", "id": 1, "response": boxed("2")},  # the path as given to --tasks
+        {"task": str(tmp_path / "sets" / "add.jsonl"), "id": 2, "response": boxed("3")},  # the same file's path
+    ]
+    responses = write_jsonl(tmp_path / "responses.jsonl", lines)
+    results = run(["--responses", str(responses), "--tasks", "sets/add.jsonl", "--output-dir", "out", "--workers", "1"])
+    assert list(results) == ["add"] and results["add"]["accuracy"] == 1.0 and results["add"]["problems"] == 3
+    assert {s["task"] for s in read_jsonl(tmp_path / "out" / "samples.jsonl")} == {"add"}
+    write_jsonl(responses, [{"task": "other/add.jsonl", "id": 0, "response": "x"}])
+    with pytest.raises(SystemExit, match=r"jsonl:1: unknown task 'other/add.jsonl' \(not among --tasks: add\)"):
+        run(["--responses", str(responses), "--tasks", "sets/add.jsonl", "--output-dir", "out2"])
+
+
 def test_openai_backend_refusal_is_one_line(tmp_path):
     task = write_jsonl(tmp_path / "add.jsonl", [{"id": 1, "problem": "What is 2 + 3?", "answer": 5}])
     server = ThreadingHTTPServer(("127.0.0.1", 0), RefusingChatServer)
@@ -386,10 +506,7 @@ def test_openai_backend_refusal_is_one_line(tmp_path):
     url = f"http://127.0.0.1:{server.server_port}/v1"
     try:
         with pytest.raises(SystemExit, match=re.escape(f"{url}/chat/completions: HTTP 401")) as exit_info:
-            run(
-                ["--model", "m", "--backend", "openai", "--base-url", url, "--tasks", str(task)]
-                + ["--output-dir", str(tmp_path / "out"), "--workers", "1"]
-            )
+            run(f"--model m --backend openai --base-url {url} --tasks {task} --output-dir {tmp_path / 'out'}".split())
     finally:
         server.shutdown()
     assert RefusingChatServer.requests == 1 and "\n" not in str(exit_info.value.code)
@@ -398,32 +515,15 @@ def test_openai_backend_refusal_is_one_line(tmp_path):
 @pytest.mark.parametrize(
     "lines, tasks, message",
     [
-        (
-            [
-                {"task": "math500", "id": "test/precalculus/807.json", "response": "x"},
-                {"task": "math500", "response": "x"},
-            ],
-            "math500",
-            "responses.jsonl:2: field 'id' missing",
-        ),
+        ([AIME60 | {"response": "x"}, {"task": "aime24", "response": "x"}], "aime24", "jsonl:2: field 'id' missing"),
         ([{"task": "gsm8k", "id": 1, "response": "x"}], "math500", "responses.jsonl:1: unknown task 'gsm8k'"),
         ([{"task": "aime24", "id": 1, "response": "x"}], "aime24", "responses.jsonl:1: id '1' not in task 'aime24'"),
-        (
-            [{"task": "aime24", "id": 60, "response": 204}],
-            "aime24",
-            "responses.jsonl:1: field 'response' must be a string",
-        ),
-        (
-            [
-                {"task": "aime24", "id": 60, "response": "a", "sample": 0},
-                {"task": "aime24", "id": 60, "response": "b", "sample": 0},
-            ],
-            "aime24",
-            "responses.jsonl:2: duplicate sample 0",
-        ),
+        ([AIME60 | {"response": 204}], "aime24", "responses.jsonl:1: field 'response' must be a string"),
+        ([AIME60 | {"response": "a", "sample": 0}] * 2, "aime24", "responses.jsonl:2: duplicate sample 0"),
         (['{"task": "aime24", "id": 60,'], "aime24", "responses.jsonl:1: invalid JSON"),
-        ([{"task": "aime24", "id": 60, "response": "x"}], "aime24,amc23", "no responses for task 'amc23'"),
-        ([{"task": "aime24", "id": 60, "response": "x"}], "gsm8k", "--tasks: unknown task 'gsm8k'"),
+        ([AIME60 | {"response": "x"}], "aime24,amc23", "no responses for task 'amc23'"),
+        ([AIME60 | {"response": "x", "finish_reason": 1}], "aime24", "jsonl:1: field 'finish_reason' must be a string"),
+        ([AIME60 | {"response": "x"}], "gsm8k", "--tasks: unknown task 'gsm8k'"),
     ],
 )
 def test_bad_responses_are_named_by_file_line_and_field(tmp_path, lines, tasks, message):
@@ -472,9 +572,8 @@ def test_resumable_reader_drops_a_cut_last_line(tmp_path):
 
 def test_cli_scores_responses_file(tmp_path):
     response = "\\boxed{\\left( 3, \\frac{\\pi}{2} \\right)}"
-    responses = write_jsonl(
-        tmp_path / "gen.jsonl", [{"task": "math500", "id": "test/precalculus/807.json", "response": response}]
-    )
+    record = {"task": "math500", "id": "test/precalculus/807.json", "response": response}
+    responses = write_jsonl(tmp_path / "gen.jsonl", [record])
     args = ["--responses", str(responses), "--tasks", "math500", "--limit", "5"]
     proc = run_cli([*args, "--output-dir", str(tmp_path / "out"), "--workers", "1"])
     assert proc.returncode == 0, proc.stderr

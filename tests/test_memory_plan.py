@@ -55,9 +55,27 @@ def test_full_sft_of_32b_on_eight_gpus_with_and_without_offload():
     )  # weights+grads+moments
 
 
+def test_qlora_of_32b_at_16k_counts_what_flows_in_bf16():
+    """utils.prepare_qlora keeps everything but the 4-bit linears in bf16, so the residual stream is bf16 too (checked
+    in a bf16 step by tests/test_train_lora.py): NF4 linears 15.0 GiB + bf16 embeddings, LM head and norms 2.9 GiB
+    + fp32 adapters 2.0 GiB, and 64 layers x 16384 tokens x 5120 x 2 bytes of checkpoints."""
+    plan = memory_plan.estimate("Qwen/Qwen2.5-32B-Instruct", mode="qlora")
+    assert plan["residual_bytes"] == 2 and plan["activation_checkpoints"] == 64 * 16384 * 5120 * 2 / memory_plan.GiB
+    assert plan["weights"] == pytest.approx(19.90, abs=0.01) and plan["total"] == pytest.approx(44.63, abs=0.01)
+
+
+def test_defaults_are_the_trainers():
+    import inspect
+
+    import sft
+
+    assert inspect.signature(memory_plan.estimate).parameters["loss_chunk_tokens"].default == sft.LOSS_CHUNK_TOKENS
+    assert memory_plan.parse_args([]).loss_chunk_tokens == sft.LOSS_CHUNK_TOKENS
+
+
 def test_memory_knobs_move_the_figures_they_should():
     base = memory_plan.estimate("Qwen/Qwen2.5-32B-Instruct", mode="qlora")
-    assert base["fits"] and 15 < base["weights"] < 25  # NF4 decoder linears + fp32 embeddings/head, not 61 GiB of bf16
+    assert base["fits"] and 15 < base["weights"] < 25  # NF4 decoder linears + bf16 embeddings/head, not 61 GiB of bf16
     offloaded = memory_plan.estimate("Qwen/Qwen2.5-32B-Instruct", mode="qlora", offload_activations=True)
     assert offloaded["activation_checkpoints"] == 0 and offloaded["cpu_per_gpu"] == base["activation_checkpoints"]
     longer = memory_plan.estimate("Qwen/Qwen2.5-32B-Instruct", mode="qlora", seq_len=32768)

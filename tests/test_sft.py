@@ -142,15 +142,166 @@ def test_mask_with_default_system_prompt_and_two_assistant_turns(tokenizer):
     assert "add 2 and 2" in "".join(p for p, t in pieces if not t)  # the user turn between the replies is masked
 
 
-def test_spans_refuse_a_template_that_is_not_prefix_stable(tokenizer):
-    class Reversed:  # renders turns newest first: a prefix of the conversation is not a prefix of the text
-        eos_token = tokenizer.eos_token
+def test_a_reply_starting_with_newlines_keeps_its_first_token():
+    """Rendered whole, "assistant\n" + "\n\nX" tokenizes with a "\n\n\n" token that starts in the prompt, and a
+    mask by character offsets drops it; the reply is tokenized on its own, as the model writes it after the prompt."""
+    import tiny_model
+
+    tokenizer = tiny_model.train_tiny_tokenizer(600, extra_texts=["so\n\n\nthen\n\nwe"] * 200)  # learns "\n\n\n"
+    messages = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "\n\nX"}]
+    ids, labels, pieces = decoded_targets(tokenizer, messages)
+    assert "".join(p for p, t in pieces if t) == "\n\nX<|im_end|>"
+    prompt = sft.generation_prompt(tokenizer, messages[:1])
+    separately = tokenizer(prompt, add_special_tokens=False)["input_ids"] + tokenizer("\n\nX")["input_ids"]
+    assert ids[: len(separately)] == separately
+    whole = tokenizer(prompt + "\n\nX", add_special_tokens=False)["input_ids"]
+    assert tokenizer.convert_ids_to_tokens(whole)[-2] == "ĊĊĊ"  # the merge across the boundary that is avoided
+
+
+def test_a_template_that_reorders_history_is_refused(tokenizer):
+    class Reversed:  # renders turns newest first: the conversation before a reply is not where the reply goes
+        chat_template, bos_token, eos_token = "reversed", None, tokenizer.eos_token
 
         def apply_chat_template(self, messages, tokenize, add_generation_prompt):
             return "".join(f"[{m['role']}]{m['content']}" for m in reversed(messages)) + "[gen]" * add_generation_prompt
 
-    with pytest.raises(ValueError, match="not prefix-stable"):
-        sft.assistant_char_spans(Reversed(), CONVERSATION[1:])
+    with pytest.raises(ValueError, match="message 1: the generation prompt .* is not how the template begins"):
+        sft.chat_pieces(Reversed(), CONVERSATION[1:])
+
+
+# ----------------------------------------------------------------------------- published chat templates
+
+TEMPLATES = utils.REPO_DIR / "tests" / "data" / "templates"
+# name: (template, special tokens of the real tokenizer that the template writes, the token that ends a reply)
+PUBLISHED = {
+    "qwen2.5": (utils.DATA_DIR / "qwen2.5_chat_template.jinja", {}, "<|im_end|>"),
+    "deepseek-r1-distill-qwen": (
+        TEMPLATES / "deepseek-r1-distill-qwen.jinja",
+        {
+            "bos_token": "<｜begin▁of▁sentence｜>",
+            "eos_token": "<｜end▁of▁sentence｜>",
+            "extra": ["<｜User｜>", "<｜Assistant｜>"],
+        },
+        "<｜end▁of▁sentence｜>",
+    ),
+    "llama-3.1-instruct": (
+        TEMPLATES / "llama-3.1-instruct.jinja",
+        {
+            "bos_token": "<|begin_of_text|>",
+            "eos_token": "<|eot_id|>",
+            "extra": ["<|start_header_id|>", "<|end_header_id|>"],
+        },
+        "<|eot_id|>",
+    ),
+    "gemma-2-it": (  # eos is <eos>, but a turn ends with <end_of_turn>: generation_config stops at both
+        TEMPLATES / "gemma-2-it.jinja",
+        {"bos_token": "<bos>", "eos_token": "<eos>", "extra": ["<start_of_turn>", "<end_of_turn>"]},
+        "<end_of_turn>",
+    ),
+    "mistral-nemo-instruct-2407": (
+        TEMPLATES / "mistral-nemo-instruct-2407.jinja",
+        {"bos_token": "<s>", "eos_token": "</s>", "extra": ["[INST]", "[/INST]"]},
+        "</s>",
+    ),
+}
+REPLY = "12 * 3 is 36.\n\nCheck: 36 / 3 = 12.\n\n\\boxed{36}"
+THOUGHT_REPLY = "<think>\nFirst, 12 * 3 = 36.\nWait, check: 36 / 3 = 12.\n</think>\n\n\\boxed{36}"  # R1's layout
+
+
+def published_tokenizer(tiny_model_dir, name):
+    """The tiny tokenizer taught the real model's special tokens, carrying its published chat template."""
+    path, special, _ = PUBLISHED[name]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    if special:
+        roles = {k: v for k, v in special.items() if k != "extra"}
+        tokenizer.add_special_tokens({**roles, "extra_special_tokens": special["extra"]})
+    tokenizer.chat_template = path.read_text(encoding="utf-8")
+    return tokenizer
+
+
+def learned_and_read(tokenizer, messages):
+    ids, labels = next(sft.tokenize_conversations(tokenizer, [messages]))
+    learned = tokenizer.decode([i for i, label in zip(ids, labels) if label != IGNORE])
+    return learned, tokenizer.decode([i for i, label in zip(ids, labels) if label == IGNORE]), ids, labels
+
+
+@pytest.mark.parametrize("name", PUBLISHED)
+def test_published_templates_learn_exactly_each_reply_and_its_end_of_turn(tiny_model_dir, name):
+    tokenizer = published_tokenizer(tiny_model_dir, name)
+    end = PUBLISHED[name][2]
+    messages = [*CONVERSATION[:2], {"role": "assistant", "content": REPLY}]
+    learned, read, ids, labels = learned_and_read(tokenizer, messages)
+    assert learned == REPLY + end
+    prompt = sft.generation_prompt(tokenizer, messages[:2])  # what evaluation sends: the same text, the same tokens
+    assert (
+        ids[: len(tokenizer(prompt, add_special_tokens=False)["input_ids"])]
+        == tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    )
+    assert read.startswith(prompt) and SYSTEM in prompt  # the system prompt is never lost (Gemma, Mistral: merged)
+    first = labels.index(next(label for label in labels if label != IGNORE))
+    assert all(label != IGNORE for label in labels[first : first + len(tokenizer(REPLY)["input_ids"]) + 1])
+    # two turns: both replies and both ends learned, the user turn between them not
+    two = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    two += [{"role": "user", "content": "add 2 and 2"}, {"role": "assistant", "content": "4"}]
+    learned, read, _, _ = learned_and_read(tokenizer, two)
+    assert learned == f"hello{end}4{end}" and "add 2 and 2" in read
+
+
+def test_r1_distill_trains_the_whole_thought_its_template_drops_from_history(tiny_model_dir):
+    tokenizer = published_tokenizer(tiny_model_dir, "deepseek-r1-distill-qwen")
+    end = PUBLISHED["deepseek-r1-distill-qwen"][2]
+    messages = [{"role": "user", "content": "What is 12*3?"}, {"role": "assistant", "content": THOUGHT_REPLY}]
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False)
+    assert "Wait, check" not in rendered  # the template itself keeps only what follows </think>
+    learned, read, _, _ = learned_and_read(tokenizer, messages)
+    # the generation prompt ends "<think>\n", so the reply is the thought after it, whole, then the answer
+    assert read.endswith("<｜Assistant｜><think>\n") and learned == THOUGHT_REPLY.removeprefix("<think>\n") + end
+    # R1's raw outputs have no opening <think> (the prompt wrote it): they continue the prompt as they are
+    raw = [messages[0], {"role": "assistant", "content": THOUGHT_REPLY.removeprefix("<think>\n")}]
+    assert learned_and_read(tokenizer, raw)[0] == learned
+    # in a second turn the first reply's thought is trained too, not stripped as the template would for inference
+    again = [*messages, {"role": "user", "content": "And 12*4?"}, {"role": "assistant", "content": THOUGHT_REPLY}]
+    assert learned_and_read(tokenizer, again)[0] == 2 * learned
+
+
+def test_templates_that_trim_or_refuse_system_turns(tiny_model_dir):
+    llama = published_tokenizer(tiny_model_dir, "llama-3.1-instruct")
+    assert sft.template_traits(llama) == sft.TemplateTraits(system_role=True, trims=(True, True))
+    padded = [CONVERSATION[1], {"role": "assistant", "content": "\n  " + REPLY + "\n"}]
+    assert learned_and_read(llama, padded)[0] == REPLY + "<|eot_id|>"  # as the template would render it
+    gemma = published_tokenizer(tiny_model_dir, "gemma-2-it")
+    assert not sft.template_traits(gemma).system_role
+    with pytest.raises(Exception, match="System role not supported"):
+        gemma.apply_chat_template(CONVERSATION, tokenize=False)  # what the template does with a system turn
+    assert sft.generation_prompt(gemma, CONVERSATION[:2]).startswith(f"<bos><start_of_turn>user\n{SYSTEM}\n\nWhat")
+    mistral = published_tokenizer(tiny_model_dir, "mistral-nemo-instruct-2407")
+    assert SYSTEM not in mistral.apply_chat_template(CONVERSATION, tokenize=False)  # dropped from a trained turn
+    assert not sft.template_traits(mistral).system_role
+    with pytest.raises(ValueError, match="no user turn follows the system turn"):
+        sft.chat_pieces(gemma, [CONVERSATION[0], CONVERSATION[2]])
+
+
+def test_bad_template_or_record_is_one_line_naming_template_and_record(tiny_model_dir, tmp_path):
+    gemma_dir = tmp_path / "gemma-tokenizer"
+    published_tokenizer(tiny_model_dir, "gemma-2-it").save_pretrained(gemma_dir)
+    template = str(PUBLISHED["gemma-2-it"][0])
+    data = tmp_path / "train.jsonl"
+    twice = {"messages": [{"role": "user", "content": "Q"}, {"role": "user", "content": "Q"}, CONVERSATION[2]]}
+    utils.write_jsonl(data, [{"prompt": "Q", "response": "A"}, twice, {"prompt": "Q2", "response": "B"}])
+    with pytest.raises(SystemExit) as err:
+        sft.load_training_data([str(data)], str(gemma_dir), 256, False, False, chat_template=template)
+    message = str(err.value)
+    assert message.startswith(f"data error: {data}:2: chat template {template}: rendering failed (TemplateError: ")
+    assert "Conversation roles must alternate" in message and "\n" not in message
+    skipped = sft.load_training_data([str(data)], str(gemma_dir), 256, False, True, chat_template=template)
+    assert len(skipped.samples) == 2 and "1 bad skipped" in skipped.report
+    # a template whose replies end in no special token: the model would never learn to stop
+    plain = tmp_path / "plain.jinja"
+    plain.write_text("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}")
+    with pytest.raises(SystemExit, match=rf"^data error: {data}:1: chat template {plain}: no special token ends"):
+        sft.load_training_data([str(data)], str(tiny_model_dir), 256, False, False, chat_template=str(plain))
+    with pytest.raises(SystemExit, match=r"no trainable samples left .* 3 unfit for the chat template, first .*:1:"):
+        sft.load_training_data([str(data)], str(tiny_model_dir), 256, False, True, chat_template=str(plain))
 
 
 def test_targets_are_shifted_inside_each_sample():

@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -209,13 +210,39 @@ def test_tied_lm_head_and_cpu_offload_in_one_fsdp_process(tiny_model_dir, train_
 
 def test_eight_bit_adamw_trains_and_resumes_exactly(tiny_model_dir, train_file, tmp_path):
     run = tmp_path / "adam8"
-    eight_bit = ["--optim", "adamw8bit", "--max-steps", "2", "--save-every", "1"]
+    eight_bit = ["--optim", "adamw8bit", "--max-steps", "2", "--save-every", "1", "--chat-template", "chatml"]
     train_full.main(args(tiny_model_dir, train_file, run, *eight_bit))
+    chatml = (utils.DATA_DIR / "chatml_template.jinja").read_text(encoding="utf-8")
+    assert utils.load_tokenizer(str(run / "final")).chat_template == chatml  # final/ carries the template it learned
     split = interrupted_copy(run, tmp_path / "split", at_step=1, logged_after=0)
     train_full.main(args(tiny_model_dir, train_file, split, *eight_bit, "--resume", str(split / "step-000001")))
     assert metrics(split) == metrics(run) and len(metrics(run)) == 2
     with pytest.raises(SystemExit, match="bitsandbytes optimizers cannot step FSDP"):
         train_full.main(args(tiny_model_dir, train_file, tmp_path / "x", "--optim", "adamw8bit", "--fsdp"))
+
+
+def test_dist_timeout_reaches_the_process_group(monkeypatch):
+    """Rank 0 alone reads a 32B checkpoint and writes final/ while the others wait in a collective: --dist-timeout
+    (minutes, default 2 h) must be the process group's timeout, under torchrun and in one process."""
+    import torch.distributed as dist
+
+    assert train_full.parse_args(["--data", "x.jsonl"]).dist_timeout == 120
+    seen = []
+
+    def init_process_group(backend, **kwargs):
+        seen.append(kwargs["timeout"])
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(dist, "init_process_group", init_process_group)
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    for under_torchrun in (True, False):
+        if under_torchrun:
+            monkeypatch.setenv("RANK", "0")
+        else:
+            monkeypatch.delenv("RANK", raising=False)
+        with pytest.raises(RuntimeError, match="stop here"):
+            train_full.init_distributed(timedelta(minutes=7))
+    assert seen == [timedelta(minutes=7)] * 2
 
 
 def test_bad_data_fails_before_the_model_loads(tmp_path):

@@ -6,12 +6,14 @@ import os
 import shutil
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+import memory_plan
 import sft
 import train_lora
 import utils
@@ -46,6 +48,47 @@ def test_qlora_nf4_trains_and_loss_falls(tiny_model_dir, train_file, tmp_path):
     adapter_config = json.loads((tmp_path / "q" / "final" / "adapter_config.json").read_text())
     linears = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
     assert adapter_config["r"] == 8 and {m.split(".")[-1] for m in adapter_config["target_modules"]} == linears
+
+
+def test_qlora_keeps_the_residual_stream_in_bf16_as_the_plan_assumes(tiny_model_dir):
+    """One QLoRA step under bf16 autocast (on CPU, as on GPU): every decoder layer reads, and checkpointing keeps, bf16
+    hidden states; the frozen weights outside the 4-bit linears are bf16, the adapters fp32; and memory_plan's figures
+    for this model are what is really held. PEFT's prepare_model_for_kbit_training alone makes all of it fp32."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    def one_step(prepare):
+        model = prepare(utils.load_model(str(tiny_model_dir), torch.device("cpu"), torch.bfloat16, "sdpa", "nf4"))
+        utils.enable_checkpointing(model)
+        model = get_peft_model(
+            model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM")
+        )
+        lm, layer_inputs = model.get_base_model(), []
+
+        def record_input(_, args, kwargs):
+            layer_inputs.append(args[0] if args else kwargs["hidden_states"])
+
+        for layer in lm.model.layers:
+            layer.register_forward_pre_hook(record_input, with_kwargs=True)
+        batch = sft.collate_packed([sft.make_sample(list(range(5, 70)), list(range(5, 70)))])
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = sft.summed_loss(lm, batch, loss_chunk_tokens=16)
+        loss.backward()
+        return model, {x.dtype for x in layer_inputs}, loss
+
+    model, hidden, loss = one_step(utils.prepare_qlora)
+    plan = memory_plan.estimate(str(tiny_model_dir), mode="qlora", lora_rank=8, seq_len=65)
+    assert hidden == {torch.bfloat16} and torch.finfo(torch.bfloat16).bits // 8 == plan["residual_bytes"] == 2
+    assert loss.dtype == torch.float32 and loss.isfinite()  # the loss itself is computed from fp32 logits
+    kinds = {(type(p).__name__, p.dtype, p.requires_grad) for p in model.parameters()}
+    frozen_16 = ("Parameter", torch.bfloat16, False)
+    assert kinds == {("Params4bit", torch.uint8, False), frozen_16, ("Parameter", torch.float32, True)}
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
+    held = sum(p.numel() * p.element_size() for p in model.parameters())
+    held += sum(p.quant_state.absmax.numel() for p in model.parameters() if hasattr(p, "quant_state"))  # uint8 absmax
+    assert held / memory_plan.GiB == pytest.approx(plan["weights"], rel=0.03)
+    # the check has teeth: PEFT's own preparation alone leaves the residual stream and the rest of the weights fp32
+    _, hidden, _ = one_step(lambda m: prepare_model_for_kbit_training(m, use_gradient_checkpointing=False))
+    assert hidden == {torch.float32}
 
 
 def test_micro_batch_size_changes_memory_not_the_curves(tiny_model_dir, train_file, tmp_path):
@@ -121,6 +164,35 @@ def test_merged_model_matches_base_plus_adapter(tiny_model_dir, train_file, tmp_
     assert (out / "merged" / "tokenizer.json").exists()
 
 
+def test_merge_runs_after_everything_of_training_is_freed(tiny_model_dir, train_file, tmp_path, monkeypatch):
+    """On a GPU the bf16 base is reloaded for merging; the 4-bit model, the optimizer (and the scheduler holding it,
+    ~4 GB of Adam state on 32B at rank 64) must be gone by then, not kept alive by the training loop's frame."""
+    import peft
+
+    alive, at_merge = [], {}
+    get_peft_model, adamw = peft.get_peft_model, torch.optim.AdamW
+
+    def tracked_peft_model(*a, **kw):
+        model = get_peft_model(*a, **kw)
+        alive.append(weakref.ref(model))
+        return model
+
+    def tracked_adamw(*a, **kw):
+        optimizer = adamw(*a, **kw)
+        alive.append(weakref.ref(optimizer))
+        return optimizer
+
+    def merge(base_model, adapter_dir, output_dir):
+        at_merge["alive"] = [ref() for ref in alive if ref() is not None]
+        return str(output_dir)
+
+    monkeypatch.setattr(peft, "get_peft_model", tracked_peft_model)
+    monkeypatch.setattr(torch.optim, "AdamW", tracked_adamw)
+    monkeypatch.setattr(train_lora, "merge_adapter", merge)
+    summary = train_lora.main(args(tiny_model_dir, train_file, tmp_path / "m", "--max-steps", "1", "--merge"))
+    assert len(alive) == 2 and at_merge["alive"] == [] and summary["merged"] == str(tmp_path / "m" / "merged")
+
+
 def test_bad_data_fails_before_the_model_loads(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "Q", "response": "A"}\n{"prompt": "Q"}\n')
@@ -148,7 +220,7 @@ def test_cli_contract(tiny_model_dir, train_file, tmp_path):
     cmd = [sys.executable, str(REPO / "train_lora.py"), "--data", str(train_file), "--model", str(tiny_model_dir)]
     cmd += ["--output-dir", str(out), "--quant", "nf4", "--lora-rank", "4", "--lora-alpha", "8", "--lr", "1e-3"]
     cmd += ["--max-steps", "2", "--max-length", "512", "--samples-per-step", "4", "--micro-batch-tokens", "512"]
-    cmd += ["--save-every", "1", "--seed", "1", "--attn", "sdpa", "--merge"]
+    cmd += ["--save-every", "1", "--seed", "1", "--attn", "sdpa", "--merge", "--chat-template", "chatml"]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=ONE_THREAD_ENV)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "step 2/2 | loss" in result.stdout + result.stderr
@@ -160,6 +232,8 @@ def test_cli_contract(tiny_model_dir, train_file, tmp_path):
     for name in final_files + ["run_config.json"]:
         assert (out / "final" / name).exists(), name
     assert json.loads((out / "final" / "run_config.json").read_text())["quant"] == "nf4"
+    chatml = (utils.DATA_DIR / "chatml_template.jinja").read_text(encoding="utf-8")
+    assert utils.load_tokenizer(str(out / "final")).chat_template == chatml  # the template it was trained with
     merged = AutoModelForCausalLM.from_pretrained(out / "merged")
     assert merged.dtype == torch.bfloat16 and not any("lora" in n for n, _ in merged.named_parameters())
     # resuming a finished run does no more steps and keeps the result

@@ -181,6 +181,51 @@ def test_rng_state_round_trip_replays_random_numbers():
     assert first[0] == again[0] and torch.equal(first[1], again[1])
 
 
+# ----------------------------------------------------------------------------- device and model
+
+
+def test_bf16_only_where_the_gpu_has_it(monkeypatch):
+    """T4/V100 report bf16 as supported when emulation counts (torch's default); training there runs fp32."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert utils.pick_dtype(torch.device("cuda")) == torch.float32
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert utils.pick_dtype(torch.device("cuda")) == torch.bfloat16
+    assert utils.pick_dtype(torch.device("cpu")) == torch.float32
+
+
+def test_checkpointing_on_the_transformers_vllm_allows():
+    """transformers 5.20-5.22 (vLLM 0.33's range) lacks activation_checkpointing_enable: the older name is used, and
+    --offload-activations, which only the new one has, stops with what to install."""
+
+    class Older:  # transformers 5.20
+        def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
+            self.enabled = gradient_checkpointing_kwargs
+
+    class Newer:  # transformers >= 5.23
+        def activation_checkpointing_enable(self, activation_checkpointing_kwargs=None, offload=False):
+            self.enabled = (activation_checkpointing_kwargs, offload)
+
+    older, newer = Older(), Newer()
+    utils.enable_checkpointing(older)
+    utils.enable_checkpointing(newer, offload=True)
+    assert older.enabled == {"use_reentrant": False} and newer.enabled == ({"use_reentrant": False}, True)
+    with pytest.raises(SystemExit, match="--offload-activations needs transformers >= 5.23"):
+        utils.enable_checkpointing(Older(), offload=True)
+
+
+def test_cpu_threads_per_rank_undo_torchruns_one_thread(monkeypatch):
+    monkeypatch.setattr(utils.os, "sched_getaffinity", lambda pid: set(range(16)))
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert utils.cpu_threads_per_rank() is None  # not under torchrun: torch's own default stands
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what torchrun sets when it is unset
+    assert utils.cpu_threads_per_rank() == 4
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "32")
+    assert utils.cpu_threads_per_rank() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "6")  # chosen by hand: kept
+    assert utils.cpu_threads_per_rank() is None
+
+
 # ----------------------------------------------------------------------------- OpenAI-compatible client
 
 
@@ -220,7 +265,7 @@ class FakeServer:
 
 
 COMPLETION = {
-    "choices": [{"message": {"role": "assistant", "content": "\\boxed{4}"}}],
+    "choices": [{"message": {"role": "assistant", "content": "\\boxed{4}"}, "finish_reason": "stop"}],
     "usage": {"completion_tokens": 7},
 }
 MESSAGES = [{"role": "user", "content": "2 + 2?"}]
@@ -237,7 +282,7 @@ def sleeps(monkeypatch):
 def test_chat_completion_retries_a_500_then_returns_the_reply(sleeps):
     with FakeServer([(500, "overloaded"), (200, COMPLETION)]) as server:
         reply = utils.chat_completion(server.url, "m", MESSAGES, api_key="k", max_tokens=16, temperature=0.0, seed=1)
-    assert reply == ("\\boxed{4}", 7)
+    assert reply == ("\\boxed{4}", 7, "stop")
     assert len(server.requests) == 2 and sleeps == [1.0]
     request = server.requests[0]
     assert request["path"] == "/v1/chat/completions" and request["headers"]["Authorization"] == "Bearer k"
@@ -260,4 +305,8 @@ def test_chat_completion_gives_up_after_its_retries_and_rejects_non_completions(
         with pytest.raises(utils.ChatCompletionError, match="not a chat completion reply"):
             utils.chat_completion(server.url, "m", MESSAGES)
     with FakeServer([(200, {"choices": [{"message": {"content": None}}]})]) as server:
-        assert utils.chat_completion(server.url, "m", MESSAGES) == ("", None)  # no usage block: token count unknown
+        assert utils.chat_completion(server.url, "m", MESSAGES) == (
+            "",
+            None,
+            None,
+        )  # no usage block: token count unknown
