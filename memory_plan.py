@@ -3,6 +3,7 @@
     python memory_plan.py --model Qwen/Qwen2.5-32B-Instruct --mode qlora                 # train_lora.py's default run
     python memory_plan.py --model Qwen/Qwen2.5-32B-Instruct --mode full --gpus 8 --cpu-offload   # the paper's full SFT
     python memory_plan.py --model Qwen/Qwen2.5-7B-Instruct --mode full --optim adamw8bit --seq-len 32768
+    python memory_plan.py --model Qwen/Qwen2.5-32B-Instruct --mode lora --gpus 4 --fsdp       # the paper's LoRA run
 
 Both trainers' --dry-run print the same plan for their configuration. The shapes of the Qwen2.5 family are built in,
 so their plans need no download; any other dense decoder is read from its config.json (local folder or the hub).
@@ -72,6 +73,7 @@ def estimate(
     mode: str = "full",
     optimizer: str = "adamw",
     lora_rank: int = 64,
+    fsdp: bool = False,
     cpu_offload: bool = False,
     gradient_checkpointing: bool = True,
     offload_activations: bool = False,
@@ -90,10 +92,13 @@ def estimate(
       norm, LM head) stays gathered in bf16 through forward and backward (2 x root), plus one decoder layer gathered
       and one prefetched in bf16, its bf16 gradient and fp32 reduce-scatter buffer (10 x layer). One GPU without
       FSDP: bf16 copies made by autocast for one layer and the LM head at a time (its cache is off).
-    mode="lora" / "qlora" (train_lora.py, not sharded: n_gpus > 1 means data-parallel replicas): frozen base in bf16
+    mode="lora" / "qlora" (train_lora.py; without fsdp, n_gpus > 1 means data-parallel replicas): frozen base in bf16
       (2P); qlora: decoder linears in NF4 with double quantisation (4.127 bits), the rest (embeddings, norms, biases,
       LM head) in bf16, as utils.prepare_qlora leaves it, plus one layer dequantised to bf16 at a time. Adapters 16A
-      (fp32 weights, gradients and AdamW moments) or 10A (8-bit moments).
+      (fp32 weights, gradients and AdamW moments) or 10A (8-bit moments). lora with fsdp (or cpu_offload, which
+      implies it): base and adapter states sharded over n_gpus (in CPU memory with cpu_offload); working copies: the
+      root unit gathered in bf16 (2 x root), one decoder layer gathered and one prefetched in bf16 (4 x layer, no
+      gradient: the base is frozen), and one layer's adapters gathered, their gradient and reduce buffer (10 x A / L).
     Activations: with checkpointing, each layer's input is kept (L x T x h in the residual stream's dtype: bf16, but
       fp32 on the single-GPU full path, whose fp32 master weights keep it fp32 under autocast), on CPU with
       offload_activations. Recomputing one layer in backward holds its saved tensors, 22h + 8kv + 8i bytes per token
@@ -116,8 +121,10 @@ def estimate(
     root = V * h * (1 if s["tied"] else 2) + h
     params = n_layers * layer + root
     optimizer_bytes = {"adamw": 8, "adamw8bit": 2, "paged_adamw8bit": 2}[optimizer]
-    sharded = mode == "full" and (n_gpus > 1 or cpu_offload)
-    on_cpu = cpu_offload and mode == "full"
+    if mode == "qlora" and (fsdp or cpu_offload):
+        raise ValueError("qlora is not sharded: FSDP shards a bf16 base (mode lora); QLoRA replicates over GPUs")
+    sharded = (mode == "full" and (n_gpus > 1 or cpu_offload)) or (mode == "lora" and (fsdp or cpu_offload))
+    on_cpu = cpu_offload and sharded
 
     plan = {
         "model": model if isinstance(model, str) else "custom",
@@ -139,6 +146,9 @@ def estimate(
         base = 2 * params if mode == "lora" else quantized * 4.127 / 8 + 2 * (params - quantized)
         states = {"weights": base + 4 * adapters, "gradients": 4 * adapters, "optimizer": optimizer_bytes * adapters}
         working = 2 * layer_linear if mode == "qlora" else 0
+        if sharded:
+            states = {name: value / n_gpus for name, value in states.items()}
+            working = 2 * root + 4 * layer + 10 * adapters / n_layers
         plan["lora_params_million"] = adapters / 1e6
     act_bytes = 4 if mode == "full" and not sharded else 2  # the residual stream's dtype: what checkpoints keep
     plan["residual_bytes"] = act_bytes
@@ -190,12 +200,14 @@ def report(model, **settings) -> tuple[dict, str]:
     """The plan, its table and, when it does not fit, each single flag that would make it fit."""
     plan = estimate(model, **settings)
     lines = [format_plan(plan)]
+    params_gib = plan["params_billion"] * 1e9 / GiB
     if plan["mode"] == "full":
-        params_gib = plan["params_billion"] * 1e9 / GiB
         lines.append(
             f"  rank 0 CPU memory: ~{2 * params_gib:.0f} GiB to read the bf16 checkpoint, "
             f"~{4 * params_gib:.0f} GiB to gather final/"
         )
+    elif plan["sharded"]:
+        lines.append(f"  rank 0 CPU memory: ~{2 * params_gib:.0f} GiB to read the bf16 checkpoint")
     if not plan["fits"]:
         changes = [("--offload-activations", {"offload_activations": True})]
         if plan["mode"] == "full":
@@ -203,7 +215,10 @@ def report(model, **settings) -> tuple[dict, str]:
                 changes.insert(0, ("--optim paged_adamw8bit", {"optimizer": "paged_adamw8bit"}))
             changes.append(("--cpu-offload", {"cpu_offload": True, "optimizer": "adamw"}))
         elif plan["mode"] == "lora":
-            changes.append(("--quant nf4", {"mode": "qlora"}))
+            if plan["n_gpus"] > 1 and not plan["sharded"]:
+                changes.append(("--fsdp", {"fsdp": True}))
+            changes.append(("--fsdp --cpu-offload", {"fsdp": True, "cpu_offload": True}))
+            changes.append(("--quant nf4", {"mode": "qlora", "fsdp": False, "cpu_offload": False}))
         for flag, change in changes:
             alt = estimate(model, **{**settings, **change})
             if alt["fits"]:
@@ -219,11 +234,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="Qwen/Qwen2.5-32B-Instruct", help="hub name or local folder (its config.json)")
     p.add_argument("--mode", choices=MODES, default="qlora", help="full: train_full.py; lora/qlora: train_lora.py")
-    p.add_argument("--gpus", type=int, default=1, help="GPUs; full SFT shards over them, LoRA replicates")
+    p.add_argument("--gpus", type=int, default=1, help="GPUs; full SFT shards over them, LoRA replicates (or --fsdp)")
     p.add_argument("--seq-len", type=int, default=16384, help="tokens per packed micro-batch (--micro-batch-tokens)")
     p.add_argument("--optim", choices=OPTIMIZERS, default="adamw", help="optimizer whose state is counted")
     p.add_argument("--lora-rank", type=int, default=64, help="adapter rank (paper: 64)")
-    p.add_argument("--cpu-offload", action="store_true", help="full: FSDP with sharded state in CPU memory")
+    p.add_argument("--fsdp", action="store_true", help="lora: shard base and adapters over the GPUs (FSDP2)")
+    p.add_argument("--cpu-offload", action="store_true", help="FSDP with the sharded state in CPU memory")
     p.add_argument("--offload-activations", action="store_true", help="checkpointed activations in CPU memory")
     p.add_argument(
         "--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True, help="recompute activations"
@@ -241,6 +257,7 @@ def main(args: argparse.Namespace) -> dict:
         mode=args.mode,
         optimizer=args.optim,
         lora_rank=args.lora_rank,
+        fsdp=args.fsdp,
         cpu_offload=args.cpu_offload,
         gradient_checkpointing=args.gradient_checkpointing,
         offload_activations=args.offload_activations,

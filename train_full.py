@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+import distributed
 import memory_plan
 import sft
 import tiny_model
@@ -105,139 +106,41 @@ def dry_run(args: argparse.Namespace) -> dict:
     return plan
 
 
-class CausalLMLoss(torch.nn.Module):
-    """Decoder, LM head and summed chunked cross-entropy as one module: FSDP's root unit gathers the embeddings,
-    final norm and LM head around this forward, and the full logits of a 16k-token sequence never exist."""
-
-    def __init__(self, lm, loss_chunk_tokens: int):
-        super().__init__()
-        self.lm, self.loss_chunk_tokens = lm, loss_chunk_tokens
-
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return sft.summed_loss(self.lm, batch, self.loss_chunk_tokens)
-
-
-def init_distributed(timeout: timedelta) -> tuple[int, int, torch.device]:
-    """Join torchrun's process group (or make a one-process group for --fsdp without torchrun); one GPU per rank. The
-    timeout: the others wait in a collective while rank 0 alone reads a 32B checkpoint and later writes final/."""
-    import torch.distributed as dist
-
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(device)
-    # gloo beside NCCL for collectives on CPU tensors: with --cpu-offload the shards the weights load into live there
-    backend = "cpu:gloo,cuda:nccl" if cuda else "gloo"
-    if not dist.is_initialized():
-        if "RANK" in os.environ:
-            dist.init_process_group(backend, device_id=device if cuda else None, timeout=timeout)
-        else:
-            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
-    return dist.get_rank(), dist.get_world_size(), device
-
-
-def shard_and_load(
-    model: CausalLMLoss, args: argparse.Namespace, device: torch.device, dtype: torch.dtype, rank: int
-) -> None:
+def load_sharded(model: distributed.CausalLMLoss, args: argparse.Namespace, device, dtype, rank: int) -> None:
     """Shard the empty model, then let rank 0 read the checkpoint and send each rank its shards: no rank ever holds
-    the whole model in fp32 (8 ranks x 131 GB for 32B), and rank 0 holds it once in its stored dtype."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-    from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+    the whole model in fp32 (8 ranks x 131 GB for 32B), and rank 0 holds it once in its stored dtype. bf16 compute,
+    fp32 gradient reduction, fp32 master shards for the optimizer; on CPU (tests) everything stays fp32."""
     from transformers import AutoModelForCausalLM
 
-    # bf16 compute, fp32 gradient reduction, fp32 master shards for the optimizer; on CPU (tests) everything stays fp32.
-    policy = {
-        "mp_policy": MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32),
-        "offload_policy": CPUOffloadPolicy(pin_memory=device.type == "cuda") if args.cpu_offload else OffloadPolicy(),
-    }
-    for layer in model.lm.get_decoder().layers:
-        fully_shard(layer, **policy)
-    fully_shard(model, **policy)
-    for module in model.modules():
-        if isinstance(module, FSDPModule):
-            # Sum, not average, across ranks: each rank's loss is already divided by the step's global target count.
-            module.set_gradient_divide_factor(1.0)
-            module.set_force_sum_reduction_for_comms(True)
-    buffers = dict(model.named_buffers())  # rotary tables: made at construction, not in the checkpoint: keep them
-    model.to_empty(device="cpu" if args.cpu_offload else device)
-    for name, value in buffers.items():
-        owner, _, leaf = name.rpartition(".")
-        setattr(model.get_submodule(owner), leaf, value.to(device))
     full = {}
     if rank == 0:
         weights = AutoModelForCausalLM.from_pretrained(args.model, dtype="auto").state_dict()
         full = {f"lm.{k}": v for k, v in weights.items()}
-    set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
-
-
-def rank_micro_batches(
-    sample_ids: list[int], lengths: list[int], world: int, micro_batch_tokens: int, pack
-) -> list[list[list[int]]]:
-    """Every rank's micro-batches for one step, computed identically on every rank without communication.
-
-    Samples go longest first to the rank with the fewest tokens so far (ranks finish together). FSDP needs the same
-    number of forward/backward passes on every rank, so short lists are padded with empty micro-batches.
-    """
-    shares, loads = [[] for _ in range(world)], [0] * world
-    for i in sorted(sample_ids, key=lambda i: (-lengths[i], i)):
-        r = loads.index(min(loads))
-        shares[r].append(i)
-        loads[r] += lengths[i]
-    per_rank = [pack(share, lengths, micro_batch_tokens) for share in shares]
-    n = max(len(m) for m in per_rank)
-    return [m + [[]] * (n - len(m)) for m in per_rank]
-
-
-def clip_grad_norm(params: list[torch.Tensor], max_norm: float, device: torch.device) -> float:
-    """Global L2 norm from each rank's own gradient shards (FSDP shards are disjoint, so squares add up), then scale.
-    One all-reduce of one number on the GPU, wherever the shards live (CPU memory with --cpu-offload)."""
-    import torch.distributed as dist
-    from torch.distributed.tensor import DTensor
-
-    grads = [p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad for p in params if p.grad is not None]
-    # float64: a float32 norm of a 100k-element shard is off by up to 1e-4 on a single CPU thread
-    squares = sum(torch.linalg.vector_norm(g, dtype=torch.float64).square().to(device) for g in grads)
-    if dist.is_initialized():
-        dist.all_reduce(squares)
-    norm = squares.sqrt().item()
-    scale = max_norm / (norm + 1e-6)
-    if scale < 1:
-        torch._foreach_mul_(grads, scale)
-    return norm
+    distributed.shard_and_load(model, full, device, dtype, args.cpu_offload)
 
 
 def main(args: argparse.Namespace) -> dict:
     # ---------------------------------------------------------------- setup
     if args.dry_run:
         return dry_run(args)
-    import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint import state_dict as dcp_state
 
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1 or args.fsdp or args.cpu_offload
-    if distributed and args.optim != "adamw":
+    sharded = distributed.launched() or args.fsdp or args.cpu_offload
+    if sharded and args.optim != "adamw":
         raise SystemExit(f"--optim {args.optim}: bitsandbytes optimizers cannot step FSDP's shards; use adamw")
     if args.micro_batch_tokens < args.max_length:
         raise SystemExit(f"--micro-batch-tokens {args.micro_batch_tokens} must be >= --max-length {args.max_length}")
     timeout = timedelta(minutes=args.dist_timeout)
-    rank, world, device = init_distributed(timeout) if distributed else (0, 1, utils.pick_device())
-    if distributed and args.cpu_offload and utils.cpu_threads_per_rank():  # the CPU AdamW step: torchrun gives it 1
-        torch.set_num_threads(utils.cpu_threads_per_rank())
+    rank, world, device = distributed.init(timeout, args.cpu_offload) if sharded else (0, 1, utils.pick_device())
     is_main = rank == 0
 
-    def say(*parts):
-        if is_main:
-            print(*parts)
-
-    def barrier():
-        if distributed:
-            dist.barrier()
-
+    say = distributed.say
     out = Path(args.output_dir)
     dtype = utils.pick_dtype(device)
     attn = utils.pick_attention(args.attn, device)
     say("config:", json.dumps(vars(args), indent=1))
-    sharding = ("FSDP2 + CPU offload" if args.cpu_offload else "FSDP2") if distributed else "single process"
+    sharding = ("FSDP2 + CPU offload" if args.cpu_offload else "FSDP2") if sharded else "single process"
     say(f"device {device} x {world} | {sharding} | compute {dtype}, fp32 master weights | attention {attn}")
     torch.manual_seed(args.seed)
     if args.demo:
@@ -252,31 +155,23 @@ def main(args: argparse.Namespace) -> dict:
     total_steps = args.max_steps or args.epochs * steps_per_epoch
     pack = sft.pack_step if args.packing else sft.pad_step
     collate = sft.collate_packed if args.packing else partial(sft.collate_padded, pad_id=tokenizer.pad_token_id)
-    # Stands in for a real micro-batch on a rank with fewer of them; its loss is weighted by zero. It has one target so
-    # the LM head gets a (zero) gradient too: every rank then reduce-scatters the same tensors.
-    empty_micro_batch = [sft.Sample([tokenizer.pad_token_id], [tokenizer.pad_token_id])]
     say(data.report)
     out.mkdir(parents=True, exist_ok=True)  # only now: bad data leaves no empty run folder behind
     micro_batches = math.ceil(args.samples_per_step * sum(lengths) / len(lengths) / args.micro_batch_tokens / world)
     say(f"schedule: {steps_per_epoch} steps/epoch, {total_steps} steps, ~{micro_batches} micro-batches/step per rank")
 
     # ---------------------------------------------------------------- model
-    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+    from transformers import AutoModelForCausalLM, GenerationConfig
 
-    if distributed:
-        from accelerate import init_empty_weights
-
-        with init_empty_weights(include_buffers=False):  # parameters on the meta device: allocated only once sharded
-            config = AutoConfig.from_pretrained(args.model)
-            lm = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation=attn)
-        lm.tie_weights()  # init_empty_weights re-creates each parameter, which unties a tied LM head
+    if sharded:
+        lm = distributed.empty_model(args.model, torch.float32, attn)  # fp32 master shards
     else:
         lm = utils.load_model(args.model, device, torch.float32, attn)  # fp32 master weights; autocast computes in bf16
     if args.gradient_checkpointing:
         utils.enable_checkpointing(lm, args.offload_activations)
-    model = CausalLMLoss(lm, args.loss_chunk_tokens)
-    if distributed:
-        shard_and_load(model, args, device, dtype, rank)
+    model = distributed.CausalLMLoss(lm, args.loss_chunk_tokens)
+    if sharded:
+        load_sharded(model, args, device, dtype, rank)
     params = [p for p in model.parameters() if p.requires_grad]
     say(f"model: {sum(p.numel() for p in params) / 1e9:.3f}B trainable parameters")
     if args.optim == "adamw":
@@ -309,7 +204,7 @@ def main(args: argparse.Namespace) -> dict:
         tmp = folder.with_name(folder.name + ".tmp")
         if is_main:
             shutil.rmtree(tmp, ignore_errors=True)
-        barrier()
+        distributed.barrier()
         model_state, optimizer_state = dcp_state.get_state_dict(model, optimizer)
         dcp.save({"model": model_state, "optim": optimizer_state}, checkpoint_id=str(tmp))
         if is_main:
@@ -321,7 +216,7 @@ def main(args: argparse.Namespace) -> dict:
                 shutil.rmtree(folder)
             os.replace(tmp, folder)
             utils.prune_checkpoints(out, args.keep_checkpoints)
-        barrier()
+        distributed.barrier()
 
     def save_final(folder: Path):
         """Gather the full weights to rank 0 and write an ordinary Hugging Face folder (vLLM, from_pretrained)."""
@@ -345,14 +240,14 @@ def main(args: argparse.Namespace) -> dict:
                 utils.atomic_write_text(tmp / "run_config.json", json.dumps(vars(args), indent=1))
 
             utils.save_dir_atomically(folder, write)
-        barrier()
+        distributed.barrier()
 
     # ---------------------------------------------------------------- loop
     from tqdm import tqdm
 
     # FSDP casts to bf16 itself. Autocast's weight cache would keep a bf16 copy of the whole model alive until backward.
     autocast = nullcontext()
-    if device.type == "cuda" and not distributed:
+    if device.type == "cuda" and not sharded:
         autocast = torch.autocast("cuda", dtype=dtype, cache_enabled=False)
     logger = utils.StepLogger(out, total_steps, start_step, args.wandb, vars(args)) if is_main else None
     bar = tqdm(total=total_steps, initial=start_step, desc="train", dynamic_ncols=True, disable=not is_main)
@@ -363,34 +258,20 @@ def main(args: argparse.Namespace) -> dict:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         sample_ids = sft.step_sample_ids(len(samples), args.samples_per_step, args.seed, step)
-        # The denominator is the step's target tokens on ALL ranks, fixed before any micro-batch runs: with gradients
-        # summed across ranks, every rank count gives the single-process gradient of the mean over the step's tokens.
-        n_targets = sum(data.n_targets[i] for i in sample_ids)
-        loss_sum, n_tokens = 0.0, 0
-        for micro in rank_micro_batches(sample_ids, lengths, world, args.micro_batch_tokens, pack)[rank]:
-            weight = 1.0 if micro else 0.0
-            batch = collate([samples[i] for i in micro] or empty_micro_batch)
-            with autocast:
-                micro_loss = model({k: v.to(device) for k, v in batch.items()})
-            (micro_loss * (weight / n_targets)).backward()
-            loss_sum += weight * micro_loss.item()
-            n_tokens += sum(lengths[i] for i in micro)
-        if distributed:
-            totals = torch.tensor([loss_sum, n_tokens], dtype=torch.float64, device=device)
-            dist.all_reduce(totals)
-            loss_sum, n_tokens = totals[0].item(), int(totals[1].item())
-        grad_norm = clip_grad_norm(params, args.max_grad_norm, device)
+        # this rank's share of the step; each loss / the step's target tokens on ALL ranks, then summed over ranks
+        loss_sum, n_tokens, n_targets = distributed.accumulate_step(
+            model, data, sample_ids, args.micro_batch_tokens, pack, collate, device, autocast
+        )
+        grad_norm = distributed.clip_grad_norm(params, args.max_grad_norm, device)
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        peak = torch.tensor(utils.peak_memory_gb(device), device=device)
-        if distributed:
-            dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+        peak = distributed.max_over_ranks(utils.peak_memory_gb(device), device)
 
         record = {"step": step + 1, "loss": loss_sum / n_targets, "lr": lr, "grad_norm": grad_norm}
         record.update(tokens=n_tokens, target_tokens=n_targets, tokens_per_s=n_tokens / (time.time() - t0))
-        record.update(peak_mem_gb=peak.item(), epoch=step // steps_per_epoch)
+        record.update(peak_mem_gb=peak, epoch=step // steps_per_epoch)
         losses.append(record["loss"])
         if is_main:
             bar.write(logger.log(record))
@@ -408,8 +289,7 @@ def main(args: argparse.Namespace) -> dict:
     summary = {"steps": total_steps, "first_loss": losses[0] if losses else None}
     summary.update(last_loss=losses[-1] if losses else None, model=str(out / "final"), world_size=world)
     say("done:", json.dumps(summary))
-    if distributed:
-        dist.destroy_process_group()
+    distributed.finish()
     return summary
 
 

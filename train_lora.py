@@ -4,10 +4,15 @@
     python train_lora.py --data cot17k.jsonl                    # QLoRA, Qwen2.5-32B-Instruct, paper settings, 80 GB GPU
     python train_lora.py --data cot17k.jsonl --model Qwen/Qwen2.5-7B-Instruct --quant none --lora-rank 16
     python train_lora.py --data cot17k.jsonl --output-dir out/lora --resume auto --merge
+    torchrun --nproc-per-node 8 train_lora.py --data cot17k.jsonl                # QLoRA, 8 data-parallel ranks
+    torchrun --nproc-per-node 4 train_lora.py --data cot17k.jsonl --quant none --fsdp   # bf16 LoRA (paper), sharded
 
 The loop is plain PyTorch: every optimizer step takes `--samples-per-step` samples, packs them into micro-batches of
 at most `--micro-batch-tokens` tokens (no padding, no attention across samples) and divides the summed loss by the
 target tokens of the whole step, so gradient accumulation changes nothing but memory. sft.py holds those rules.
+Under torchrun, N ranks compute the one-GPU step (distributed.py): QLoRA replicates its 4-bit base on every GPU and
+sums the adapters' gradients; --fsdp shards a bf16 base and the adapters with FSDP2 (--cpu-offload: in CPU memory, the
+paper's ZeRO-3 offload). Rank 0 writes log, checkpoints and final/; checkpoints resume on any number of ranks.
 """
 
 from __future__ import annotations
@@ -16,14 +21,17 @@ import argparse
 import gc
 import json
 import math
+import os
 import tempfile
 import time
 from contextlib import nullcontext
+from datetime import timedelta
 from functools import partial
 from pathlib import Path
 
 import torch
 
+import distributed
 import memory_plan
 import sft
 import tiny_model
@@ -63,6 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True, help="recompute activations"
     )
     p.add_argument("--offload-activations", action="store_true", help="checkpointed activations in CPU memory")
+    p.add_argument("--fsdp", action="store_true", help="--quant none: shard base and adapters over the GPUs (FSDP2)")
+    p.add_argument("--cpu-offload", action="store_true", help="--fsdp with the shards in CPU memory (paper: ZeRO-3)")
+    p.add_argument("--dist-timeout", type=float, default=120, help="minutes ranks may wait for rank 0 (loads, saves)")
     # output
     p.add_argument("--output-dir", default="out/lora", help="metrics.jsonl, step-NNNNNN/, final/ adapter, merged/")
     p.add_argument("--save-every", type=int, default=50, help="steps between checkpoints (0: only at the end)")
@@ -72,6 +83,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--wandb", metavar="PROJECT", help="also log to this Weights & Biases project")
     p.add_argument("--demo", action="store_true", help="tiny random model + bundled sample on CPU (no download)")
     p.add_argument("--dry-run", action="store_true", help="print the GPU memory plan and exit (no download)")
+    p.add_argument("--gpus", type=int, default=0, help="GPUs the --dry-run plan assumes (0: WORLD_SIZE, else 1)")
     args = p.parse_args(argv)
     if args.demo:  # small enough for a laptop CPU, same code path as the real run (QLoRA included)
         args.model, args.data, args.output_dir = tiny_model.DEMO_MODEL_DIR, [tiny_model.DEMO_DATA], "out/lora-demo"
@@ -79,6 +91,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.samples_per_step, args.micro_batch_tokens, args.max_length, args.save_every = 16, 4096, 2048, 10
     if not args.data and not args.dry_run:
         p.error("--data is required (or --demo)")
+    args.fsdp = args.fsdp or args.cpu_offload
+    if args.fsdp and args.quant == "nf4":
+        p.error("--fsdp shards a bf16 base: add --quant none (QLoRA runs data-parallel under torchrun without it)")
     return args
 
 
@@ -86,8 +101,11 @@ def plan_memory(args: argparse.Namespace) -> tuple[dict, str]:
     """Estimated GPU memory of this run; reads only the model's shapes (offline for the paper's models)."""
     return memory_plan.report(
         args.model,
+        n_gpus=args.gpus or int(os.environ.get("WORLD_SIZE", "1")),
         seq_len=args.micro_batch_tokens,
         mode="qlora" if args.quant == "nf4" else "lora",
+        fsdp=args.fsdp,
+        cpu_offload=args.cpu_offload,
         lora_rank=args.lora_rank,
         gradient_checkpointing=args.gradient_checkpointing,
         offload_activations=args.offload_activations,
@@ -116,12 +134,14 @@ def merge_adapter(base_model: str, adapter_dir: Path, output_dir: Path) -> str:
 
 
 def main(args: argparse.Namespace) -> dict:
-    print("config:", json.dumps(vars(args), indent=1))
     if args.dry_run:
+        print("config:", json.dumps(vars(args), indent=1))
         plan, text = plan_memory(args)
         print(text)
         return plan
     summary = train(args)
+    if summary is None:  # not rank 0: rank 0 alone merges and reports, after every rank has finished training
+        return {}
     if args.merge:  # train() has returned: its model, optimizer, scheduler and gradients went with it
         gc.collect()
         torch.cuda.empty_cache()
@@ -130,18 +150,22 @@ def main(args: argparse.Namespace) -> dict:
     return summary
 
 
-def train(args: argparse.Namespace) -> dict:
+def train(args: argparse.Namespace) -> dict | None:
     # ---------------------------------------------------------------- setup
     if args.micro_batch_tokens < args.max_length:
         raise SystemExit(f"--micro-batch-tokens {args.micro_batch_tokens} must be >= --max-length {args.max_length}")
     out = Path(args.output_dir)
-    device = utils.pick_device()
+    several, timeout = distributed.launched() or args.fsdp, timedelta(minutes=args.dist_timeout)
+    rank, world, device = distributed.init(timeout, args.cpu_offload) if several else (0, 1, utils.pick_device())
+    is_main, say = rank == 0, distributed.say
     dtype = utils.pick_dtype(device)
     attn = utils.pick_attention(args.attn, device)
-    print(f"device {device} | compute dtype {dtype} | attention {attn} | quant {args.quant}")
-    torch.manual_seed(args.seed)
-    if args.demo:
+    say("config:", json.dumps(vars(args), indent=1))
+    say(f"device {device} x {world} | FSDP2 {args.fsdp} | compute {dtype} | attention {attn} | quant {args.quant}")
+    torch.manual_seed(args.seed)  # the same adapter initialisation on every rank and for any rank count
+    if args.demo and is_main:
         tiny_model.ensure_demo_model(args.model)
+    distributed.barrier()
 
     # ---------------------------------------------------------------- data: all validated before the model loads
     data = sft.load_training_data(
@@ -152,65 +176,83 @@ def train(args: argparse.Namespace) -> dict:
     total_steps = args.max_steps or args.epochs * steps_per_epoch
     pack = sft.pack_step if args.packing else sft.pad_step
     collate = sft.collate_packed if args.packing else partial(sft.collate_padded, pad_id=tokenizer.pad_token_id)
-    print(data.report)
+    say(data.report)
     out.mkdir(parents=True, exist_ok=True)  # only now: bad data leaves no empty run folder behind
-    micro_batches = math.ceil(args.samples_per_step * sum(lengths) / len(lengths) / args.micro_batch_tokens)
-    print(f"schedule: {steps_per_epoch} steps/epoch, {total_steps} steps, ~{micro_batches} micro-batches/step")
+    micro_batches = math.ceil(args.samples_per_step * sum(lengths) / len(lengths) / args.micro_batch_tokens / world)
+    say(f"schedule: {steps_per_epoch} steps/epoch, {total_steps} steps, ~{micro_batches} micro-batches/step per rank")
     try:
-        print(f"estimated peak GPU memory {plan_memory(args)[0]['total']:.1f} GiB (--dry-run for the breakdown)")
+        say(f"estimated peak GPU memory {plan_memory(args)[0]['total']:.1f} GiB (--dry-run for the breakdown)")
     except ValueError as e:  # an architecture the planner does not know must not stop training
-        print(f"no memory estimate: {e}")
+        say(f"no memory estimate: {e}")
 
     # ---------------------------------------------------------------- model
     from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 
-    model = utils.load_model(args.model, device, dtype, attn, args.quant)
+    if args.fsdp and not is_main:  # parameters on the meta device: rank 0 sends each rank its shards
+        lm = distributed.empty_model(args.model, dtype, attn)
+    else:  # --fsdp: rank 0 reads the base into CPU memory, once; otherwise each rank holds its own copy on its GPU
+        lm = utils.load_model(args.model, torch.device("cpu") if args.fsdp else device, dtype, attn, args.quant)
     if args.quant == "nf4":  # frozen, and kept in the compute dtype: the residual stream stays bf16
-        model = utils.prepare_qlora(model)
+        lm = utils.prepare_qlora(lm)
     if args.gradient_checkpointing:
-        utils.enable_checkpointing(model, args.offload_activations)
+        utils.enable_checkpointing(lm, args.offload_activations)
     targets = args.target_modules if args.target_modules == "all-linear" else args.target_modules.split(",")
     lora = dict(r=args.lora_rank, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout, target_modules=targets)
-    model = get_peft_model(model, LoraConfig(**lora, task_type="CAUSAL_LM"))
-    model.print_trainable_parameters()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay, fused=device.type == "cuda")
-    warmup = math.ceil(args.warmup_ratio * total_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, utils.cosine_schedule(warmup, total_steps))
-
+    peft_model = get_peft_model(lm, LoraConfig(**lora, task_type="CAUSAL_LM"))
+    if is_main:
+        peft_model.print_trainable_parameters()
     start_step = 0
     resume_dir = utils.resolve_resume(args.resume, out)
-    if resume_dir:
+    if resume_dir and (is_main or not args.fsdp):  # the adapter goes in before sharding, as the weights do
         from safetensors.torch import load_file
 
+        set_peft_model_state_dict(peft_model, load_file(resume_dir / "adapter_model.safetensors"))
+    # Both modes train through the same module, so checkpoints name parameters alike ("lm.model.layers.0...").
+    model = distributed.CausalLMLoss(peft_model.get_base_model(), args.loss_chunk_tokens)
+    if args.fsdp:
+        distributed.shard_and_load(model, model.state_dict() if is_main else {}, device, dtype, args.cpu_offload)
+    params = [p for p in model.parameters() if p.requires_grad]
+    fused = device.type == "cuda" and not args.cpu_offload
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay, fused=fused)
+    warmup = math.ceil(args.warmup_ratio * total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, utils.cosine_schedule(warmup, total_steps))
+    if resume_dir:
         state = utils.load_training_state(resume_dir, data.fingerprint)
-        set_peft_model_state_dict(model, load_file(resume_dir / "adapter_model.safetensors"))
-        optimizer.load_state_dict(state["optimizer"])
+        distributed.load_optimizer_state(model, optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         utils.set_rng_state(state["rng"])
         start_step = state["step"]
-        utils.truncate_metrics(out, start_step)
-        print(f"resumed from {resume_dir} at step {start_step}")
+        if is_main:
+            utils.truncate_metrics(out, start_step)
+        say(f"resumed from {resume_dir} at step {start_step}")
 
     def save_checkpoint(folder: Path, step: int, with_state: bool):
+        """Every rank helps gather the adapter (and optimizer state) to rank 0, which writes the folder."""
+        adapter, optimizer_state = distributed.trainable_state(model, optimizer if with_state else None)
+        if not is_main:
+            return
+        adapter = {"base_model.model." + key.removeprefix("lm."): value for key, value in adapter.items()}
+
         def write(tmp: Path):
-            model.save_pretrained(tmp)
+            peft_model.save_pretrained(tmp, state_dict=adapter)  # PEFT's own format: what from_pretrained reads
             tokenizer.save_pretrained(tmp)
             utils.atomic_write_text(tmp / "run_config.json", json.dumps(vars(args), indent=1))
             if with_state:
-                state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
-                state.update(rng=utils.rng_state(), data_fingerprint=data.fingerprint)
+                state = {"step": step, "optimizer": optimizer_state, "scheduler": scheduler.state_dict()}
+                state.update(rng=utils.rng_state(), data_fingerprint=data.fingerprint, world_size=world)
                 torch.save(state, tmp / "training_state.pt")
 
         utils.save_dir_atomically(folder, write)
+        utils.prune_checkpoints(out, args.keep_checkpoints)
 
     # ---------------------------------------------------------------- loop
     from tqdm import tqdm
 
-    lm = model.get_base_model()  # the transformers model, LoRA layers inside: sft.summed_loss runs its decoder
-    autocast = torch.autocast("cuda", dtype=dtype) if device.type == "cuda" else nullcontext()
-    logger = utils.StepLogger(out, total_steps, start_step, args.wandb, vars(args))
-    bar = tqdm(total=total_steps, initial=start_step, desc="train", dynamic_ncols=True)
+    # FSDP casts to the compute dtype itself; one GPU or a replica computes in bf16 under autocast
+    use_autocast = device.type == "cuda" and not args.fsdp
+    autocast = torch.autocast("cuda", dtype=dtype) if use_autocast else nullcontext()
+    logger = utils.StepLogger(out, total_steps, start_step, args.wandb, vars(args)) if is_main else None
+    bar = tqdm(total=total_steps, initial=start_step, desc="train", dynamic_ncols=True, disable=not is_main)
     model.train()
     losses = []
     for step in range(start_step, total_steps):
@@ -218,18 +260,13 @@ def train(args: argparse.Namespace) -> dict:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         sample_ids = sft.step_sample_ids(len(samples), args.samples_per_step, args.seed, step)
-        # The denominator is fixed for the whole step before any micro-batch runs: the mean over all target tokens
-        # of the step, not a mean of micro-batch means (which would over-weight short micro-batches).
-        n_targets = sum(data.n_targets[i] for i in sample_ids)
-        loss_sum, n_tokens = 0.0, 0
-        for micro in pack(sample_ids, lengths, args.micro_batch_tokens):
-            batch = collate([samples[i] for i in micro])
-            with autocast:
-                micro_loss = sft.summed_loss(lm, {k: v.to(device) for k, v in batch.items()}, args.loss_chunk_tokens)
-            (micro_loss / n_targets).backward()
-            loss_sum += micro_loss.item()
-            n_tokens += sum(lengths[i] for i in micro)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm).item()
+        # this rank's share of the step; each loss / the step's target tokens on ALL ranks, then summed over ranks
+        loss_sum, n_tokens, n_targets = distributed.accumulate_step(
+            model, data, sample_ids, args.micro_batch_tokens, pack, collate, device, autocast
+        )
+        if not args.fsdp:  # FSDP2 has summed its shards' gradients already
+            distributed.all_reduce_gradients(params)
+        grad_norm = distributed.clip_grad_norm(params, args.max_grad_norm, device)
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
         scheduler.step()
@@ -237,23 +274,26 @@ def train(args: argparse.Namespace) -> dict:
 
         record = {"step": step + 1, "loss": loss_sum / n_targets, "lr": lr, "grad_norm": grad_norm}
         record.update(tokens=n_tokens, target_tokens=n_targets, tokens_per_s=n_tokens / (time.time() - t0))
-        record.update(peak_mem_gb=utils.peak_memory_gb(device), epoch=step // steps_per_epoch)
+        peak = distributed.max_over_ranks(utils.peak_memory_gb(device), device)
+        record.update(peak_mem_gb=peak, epoch=step // steps_per_epoch)
         losses.append(record["loss"])
-        bar.write(logger.log(record))
+        if is_main:
+            bar.write(logger.log(record))
         bar.update(1)
         if args.save_every and (step + 1) % args.save_every == 0 and step + 1 < total_steps:
             save_checkpoint(out / f"step-{step + 1:06d}", step + 1, with_state=True)
-            utils.prune_checkpoints(out, args.keep_checkpoints)
     bar.close()
-    logger.close()
+    if logger:
+        logger.close()
 
     # ---------------------------------------------------------------- save
     if start_step < total_steps:
         save_checkpoint(out / f"step-{total_steps:06d}", total_steps, with_state=True)
-        utils.prune_checkpoints(out, args.keep_checkpoints)
     save_checkpoint(out / "final", total_steps, with_state=False)
-    summary = {"steps": total_steps, "first_loss": losses[0] if losses else None}
-    return summary | {"last_loss": losses[-1] if losses else None, "adapter": str(out / "final")}
+    distributed.finish()  # every rank is done before rank 0 merges
+    summary = {"steps": total_steps, "first_loss": losses[0] if losses else None, "world_size": world}
+    summary.update(last_loss=losses[-1] if losses else None, adapter=str(out / "final"))
+    return summary if is_main else None
 
 
 if __name__ == "__main__":

@@ -124,3 +124,29 @@ def test_cli_prints_the_plan_offline():
     assert "32.76B params" in result.stdout and "FSDP-sharded over 8 GPU(s), CPU offload" in result.stdout
     assert "total                       25.27 GiB per GPU" in result.stdout and "-> fits" in result.stdout
     assert memory_plan.main(memory_plan.parse_args(cmd[2:]))["total"] == pytest.approx(25.27, abs=0.01)
+
+
+def test_bf16_lora_of_32b_sharded_over_2_4_8_gpus_at_16k():
+    """The paper's LoRA run (bf16 base, ZeRO-3 over several GPUs): FSDP2 shards the 65 GB base and the adapter states;
+    each GPU keeps the root unit and two decoder layers gathered, and its own activations."""
+    replicated = memory_plan.estimate("Qwen/Qwen2.5-32B-Instruct", n_gpus=8, mode="lora")
+    assert not replicated["sharded"] and not replicated["fits"] and replicated["weights"] > 60  # 65 GB on every GPU
+    totals = {}
+    for gpus in (2, 4, 8):
+        plan = memory_plan.estimate("Qwen/Qwen2.5-32B-Instruct", n_gpus=gpus, mode="lora", fsdp=True)
+        assert plan["sharded"] and plan["fits"] and plan["seq_len"] == 16384
+        assert plan["weights"] == pytest.approx(replicated["weights"] / gpus, rel=1e-9)
+        assert plan["optimizer"] == pytest.approx(replicated["optimizer"] / gpus, rel=1e-9)
+        assert plan["activation_checkpoints"] == replicated["activation_checkpoints"]  # activations are not sharded
+        assert 4.5 < plan["working_copies"] < 5  # bf16: embeddings + LM head 2.9 GiB, two layers 1.8, adapters
+        offload = memory_plan.estimate("Qwen/Qwen2.5-32B-Instruct", n_gpus=gpus, mode="lora", cpu_offload=True)
+        assert offload["sharded"] and offload["cpu_offload"] and offload["weights"] == 0
+        assert offload["cpu_per_gpu"] == pytest.approx(plan["weights"] + plan["gradients"] + plan["optimizer"])
+        totals[gpus] = plan["total"]
+    assert totals[2] > totals[4] > totals[8] > offload["total"]
+    with pytest.raises(ValueError, match="qlora is not sharded"):
+        memory_plan.estimate("Qwen/Qwen2.5-32B-Instruct", n_gpus=4, mode="qlora", fsdp=True)
+    _, text = memory_plan.report("Qwen/Qwen2.5-32B-Instruct", n_gpus=4, mode="lora")
+    assert "would fit with --fsdp:" in text and "would fit with --fsdp --cpu-offload" in text
+    _, text = memory_plan.report("Qwen/Qwen2.5-32B-Instruct", n_gpus=4, mode="lora", fsdp=True)
+    assert "FSDP-sharded over 4 GPU(s)" in text and "rank 0 CPU memory: ~61 GiB" in text

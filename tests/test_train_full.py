@@ -5,7 +5,6 @@ import os
 import shutil
 import subprocess
 import sys
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+import distributed
 import memory_plan
 import sft
 import train_full
@@ -89,23 +89,6 @@ def interrupted_copy(run: Path, to: Path, at_step: int, logged_after: int = 1) -
     return to
 
 
-def test_ranks_get_equal_micro_batch_counts_and_every_sample_once():
-    lengths = [100, 90, 80, 70, 60, 50, 40, 30, 20, 10, 5]
-    ids = list(range(len(lengths)))
-    for world in (1, 2, 3, 8):
-        per_rank = train_full.rank_micro_batches(ids, lengths, world, 100, sft.pack_step)
-        assert len(per_rank) == world and len({len(m) for m in per_rank}) == 1  # FSDP: same number of passes everywhere
-        assert sorted(i for m in per_rank for micro in m for i in micro) == ids  # nobody drops or repeats a sample
-        assert all(sum(lengths[i] for i in micro) <= 100 for m in per_rank for micro in m)
-        loads = [sum(lengths[i] for micro in m for i in micro) for m in per_rank]
-        assert max(loads) - min(loads) <= max(lengths)
-        assert per_rank == train_full.rank_micro_batches(list(reversed(ids)), lengths, world, 100, sft.pack_step)
-    assert train_full.rank_micro_batches(ids, lengths, 1, 100, sft.pack_step) == [sft.pack_step(ids, lengths, 100)]
-    assert train_full.rank_micro_batches([0, 1, 2], lengths, 8, 100, sft.pack_step)[7] == [
-        []
-    ]  # more ranks than samples
-
-
 def test_single_process_learns_and_writes_a_loadable_model(single, tiny_model_dir):
     curve = metrics(single)
     assert len(curve) == 4 and curve[-1] < curve[0] - 0.2, curve
@@ -151,7 +134,7 @@ def test_two_fsdp_ranks_compute_the_single_process_run(single, two_ranks, tiny_m
     # The data must exercise the uneven case: some step where one rank runs an empty (zero-weight) micro-batch.
     data = sft.load_training_data([str(train_file)], str(tiny_model_dir), 128, False, False)
     steps = [
-        train_full.rank_micro_batches(
+        distributed.rank_micro_batches(
             sft.step_sample_ids(len(data.samples), 5, 3, step), data.lengths, 2, 128, sft.pack_step
         )
         for step in range(4)
@@ -219,30 +202,6 @@ def test_eight_bit_adamw_trains_and_resumes_exactly(tiny_model_dir, train_file, 
     assert metrics(split) == metrics(run) and len(metrics(run)) == 2
     with pytest.raises(SystemExit, match="bitsandbytes optimizers cannot step FSDP"):
         train_full.main(args(tiny_model_dir, train_file, tmp_path / "x", "--optim", "adamw8bit", "--fsdp"))
-
-
-def test_dist_timeout_reaches_the_process_group(monkeypatch):
-    """Rank 0 alone reads a 32B checkpoint and writes final/ while the others wait in a collective: --dist-timeout
-    (minutes, default 2 h) must be the process group's timeout, under torchrun and in one process."""
-    import torch.distributed as dist
-
-    assert train_full.parse_args(["--data", "x.jsonl"]).dist_timeout == 120
-    seen = []
-
-    def init_process_group(backend, **kwargs):
-        seen.append(kwargs["timeout"])
-        raise RuntimeError("stop here")
-
-    monkeypatch.setattr(dist, "init_process_group", init_process_group)
-    monkeypatch.setattr(dist, "is_initialized", lambda: False)
-    for under_torchrun in (True, False):
-        if under_torchrun:
-            monkeypatch.setenv("RANK", "0")
-        else:
-            monkeypatch.delenv("RANK", raising=False)
-        with pytest.raises(RuntimeError, match="stop here"):
-            train_full.init_distributed(timedelta(minutes=7))
-    assert seen == [timedelta(minutes=7)] * 2
 
 
 def test_bad_data_fails_before_the_model_loads(tmp_path):
