@@ -2,13 +2,15 @@
 
     python bench/scoring.py            # all bundled maths golds x (right, wrong); 120 LiveCodeBench problems (~5 min)
     python bench/scoring.py --quick    # smoke test
+    python bench/scoring.py --baseline HEAD --code-problems 3   # maths before/after a grading.py change, same run
 
 Maths: every gold of data/eval/{aime24,amc23,math500,olympiadbench}.jsonl (grading.answer_from_record) against two
 long-CoT-shaped responses (about 3k characters of reasoning in Sky-T1 markup, then \\boxed{...}): one right (the gold,
 half of them in an equivalent form: decimal for fractions, swapped order for multi-answer golds) and one wrong (another
 item's gold). Each is graded with grading.grade_math (extraction + math_equal, the symbolic fallback included), on one
 process, then on a process pool with one worker per core. Agreement with the intended verdict is reported too, so a
-fast but wrong grader does not look good.
+fast but wrong grader does not look good. With --baseline REV, grading.py as committed at REV (imported from a
+temporary copy, bench/grader_agreement.load_grading) grades the same responses right after, in the same run.
 Code: LiveCodeBench problems of data/eval/livecodebench.jsonl with their real public tests (stdin and functional), each
 run by sandbox.run_tests against a trivially correct program: one that looks the expected output up from the test
 input. It measures the sandbox's cost per test (process start, isolation, per-test fork, comparison), not the cost
@@ -18,6 +20,8 @@ of running real solutions. Sequential (per core), then a pool with one worker pe
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib
 import json
 import os
 import random
@@ -50,6 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="pool size for the parallel rows")
     p.add_argument("--reasoning-chars", type=int, default=3000, help="length of the reasoning before the final answer")
     p.add_argument("--seed", type=int, default=0, help="response text and the choice of wrong answers")
+    p.add_argument(
+        "--baseline", default="none", help="git revision whose grading.py is timed on the same responses (e.g. HEAD)"
+    )
     add_common_args(p)
     args = p.parse_args(argv)
     if args.quick:
@@ -104,24 +111,25 @@ def math_cases(args: argparse.Namespace) -> list[tuple[str, object, bool]]:
     return cases
 
 
-def grade_one(case) -> bool:
-    import grading
-
+def grade_one(case, grader: str = "grading") -> bool:
     response, gold, _ = case
-    return grading.grade_math(response, gold)["correct"]
+    return importlib.import_module(grader).grade_math(response, gold)["correct"]
 
 
-def time_math(cases, workers: int) -> dict:
+def time_math(cases, workers: int, grader: str = "grading") -> dict:
+    grade = functools.partial(grade_one, grader=grader)  # a baseline copy is in sys.modules: forked workers see it
+    importlib.import_module(grader).math_equal("1", "1")  # the sympy helper's start is not part of the time
     t0 = time.perf_counter()
     if workers == 1:
-        verdicts = [grade_one(c) for c in cases]
+        verdicts = [grade(c) for c in cases]
     else:
         with ProcessPoolExecutor(workers) as pool:
-            verdicts = list(pool.map(grade_one, cases, chunksize=8))
+            verdicts = list(pool.map(grade, cases, chunksize=8))
     seconds = time.perf_counter() - t0
     agree = sum(v == c[2] for v, c in zip(verdicts, cases)) / len(cases)
     return {
         "task": "math",
+        "grader": grader,
         "workers": workers,
         "items": len(cases),
         "seconds": seconds,
@@ -188,23 +196,33 @@ def main(args: argparse.Namespace) -> dict:
     problems = utils.read_jsonl(utils.DATA_DIR / "eval" / "livecodebench.jsonl")
     problems = [p for p in problems if p["tests"]]
     problems = random.Random(args.seed).sample(problems, min(args.code_problems, len(problems)))
+    graders = ["grading"]
+    if args.baseline != "none":
+        from grader_agreement import load_grading
+
+        baseline = load_grading(args.baseline)
+        sys.modules[baseline.__name__] = baseline
+        graders.append(baseline.__name__)
     rows = []
     for workers in (1, args.workers):
-        print(f"maths: {len(cases)} responses, {workers} process(es) ...", flush=True)
-        rows.append(time_math(cases, workers))
-        print("  ", rows[-1], flush=True)
+        for grader in graders:
+            print(f"maths: {len(cases)} responses, {grader}, {workers} process(es) ...", flush=True)
+            rows.append(time_math(cases, workers, grader))
+            print("  ", rows[-1], flush=True)
     for workers in (1, args.workers):
         print(f"code: {len(problems)} problems, {workers} process(es) ...", flush=True)
         rows.append(time_code(problems, workers))
         print("  ", rows[-1], flush=True)
-    table = markdown_table(rows, ["task", "workers", "items", "seconds", "per_s", "agreement", "problems_per_s"])
+    columns = ["task", "grader", "workers", "items", "seconds", "per_s", "agreement", "problems_per_s"]
+    table = markdown_table(rows, columns)
     print("\n" + table)
     notes = (
         f"maths: {len(cases)} graded responses (each gold right + wrong, ~{args.reasoning_chars} chars of reasoning "
         "each), grading.grade_math; agreement = share of verdicts equal to the intended one. "
         f"code: {len(problems)} LiveCodeBench problems, their public tests, a lookup program that passes them; "
         f"agreement = share of tests passed; sandbox isolation '{machine['sandbox_isolation']}'. "
-        "workers > 1 = ProcessPoolExecutor."
+        "workers > 1 = ProcessPoolExecutor. grader: grading = this working tree"
+        + (f", {graders[1]} = grading.py at {args.baseline}, same responses, right after." if len(graders) > 1 else ".")
     )
     markdown = f"{machine_line(machine)}\n\n`python bench/scoring.py`: {notes}\n\n{table}\n"
     payload = {"benchmark": "scoring", "machine": machine, "config": vars(args), "rows": rows}

@@ -1,4 +1,5 @@
-r"""Tests for grading.py on real benchmark records: extraction, equivalence, false positives, timeouts, speed.
+r"""Tests for grading.py and answer_extraction.py: extraction, normalisation, equivalence rule by rule (made-up cases,
+right and wrong), real benchmark records, false positives, timeouts, speed.
 
 python -m pytest tests/test_grading.py -q
 python -m pytest tests/test_grading.py -q -s -k throughput    # prints comparisons/s
@@ -72,7 +73,8 @@ def test_extract_boxed(text, expected):
         (sky_t1("The final answer is $7$.", thought=r"\boxed{3}"), "7"),
         (sky_t1(r"Thus $x = 4$.", thought="no box at all"), "x = 4"),
         (sky_t1("I could not finish.", thought=r"so far \boxed{12}"), "12"),
-        (r"<|begin_of_thought|> long thinking ... \boxed{9} ... cut off", "9"),  # truncated: no solution block
+        (r"<|begin_of_thought|> long thinking ... so \boxed{9}", "9"),  # unclosed thought ending with its answer
+        (r"<|begin_of_thought|> long thinking ... \boxed{9}, but wait: if n = 4 then the count is", None),
         (r"<think>maybe \boxed{1}</think> The answer is \boxed{2}.", "2"),
         ("Adding up, we get 42.\n\n**Answer:** 42", "42"),
         (r"Answer: $\frac{1}{2}$", r"\frac{1}{2}"),
@@ -84,6 +86,139 @@ def test_extract_boxed(text, expected):
 )
 def test_extract_answer(text, expected):
     assert extract_answer(text) == expected
+
+
+def load_responses() -> list[dict]:
+    with open(ROOT / "tests" / "data" / "grading" / "responses.jsonl", encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.mark.parametrize("case", load_responses(), ids=lambda c: c["rule"])
+def test_made_up_responses(case):
+    """Whole responses, one extraction rule each (tests/data/grading/responses.jsonl): boxes in the solution block and
+    multi-part boxes, answer phrases keeping the span, concluding sentences, lone last lines, no last-number fallback,
+    cut off mid-thought (or at the token limit), chat-template tails."""
+    result = grade_math(case["response"], case["gold"], finish_reason=case.get("finish_reason"))
+    assert result == {"extracted": case["extracted"], "correct": case["correct"]}
+
+
+# ---------------------------------------------------------------- normalisation and comparison, rule by rule
+
+RULES = [  # (rule, prediction, gold, equal): made-up answers, a right and a wrong one per rule at least
+    ("unit after a number", r"300 \text{ km/s}", "300", True),
+    ("unit after a number", r"15,000 \, \text{kcal m}^{-2}", "15000", True),
+    ("unit after a number", r"12^{\mathrm{th}}\text{ grade}", "12", True),
+    ("unit after a number", "1.54 Å", "1.54", True),
+    ("unit after a number", r"301 \text{ km/s}", "300", False),
+    ("unit after a number", "3x", "3", False),  # a variable is not a unit
+    ("unit after a number", r"6 \times 10^{-3} \text{ m/s²}", "0.006", True),
+    ("degree and percent signs", r"700^\circ C", "700", True),
+    ("degree and percent signs", r"50\%", "50", True),
+    ("degree and percent signs", r"50\%", "0.5", False),  # not rescaled
+    ("degree and percent signs", "0.5", r"50\%", False),
+    ("ordinal", "21st", "21", True),
+    ("ordinal", r"13^{th}", "12", False),
+    ("thousands separator", r"11,\!111", "11111", True),
+    ("thousands separator", "14{,}916", "14916", True),
+    ("thousands separator", "1 000", "1000", True),
+    ("thousands separator", "32, 349", "32349", False),  # a list of two numbers
+    ("thousands separator", "1,22", "1.22", False),  # no decimal comma
+    ("thousands separator", "15,000, 11,000", "11000, 15000", True),  # ', ' separates, ',' groups digits
+    ("thousands separator", "(312,123,231)", "(312123231)", False),
+    ("latex spacing", r"10\,080", "10080", True),
+    ("latex spacing", r"\frac{1}{2}\!\pi", r"\frac{\pi}{2}", True),
+    ("unicode", "x²+π", r"x^2+\pi", True),
+    ("unicode", "−3", "-3", True),
+    ("unicode", "½", "0.5", True),
+    ("unicode", "x³", "x^2", False),
+    ("dfrac and tfrac", r"\tfrac{3}{4}", "0.75", True),
+    ("dfrac and tfrac", r"\dfrac{4}{3}", "0.75", False),
+    ("e-notation", "1e-4", "0.0001", True),
+    ("e-notation", r"1.5 \times 10^{-3}", "0.0015", True),
+    ("e-notation", "2.5E3", "2500", True),
+    ("e-notation", "1e-3", "0.0001", False),
+    ("left-hand side", "f(x)=3x", "3x", True),
+    ("left-hand side", r"y_p(t)=\frac{1}{4}e^t", r"\frac{e^t}{4}", True),
+    ("left-hand side", "(p,q)=(3,2)", "(3,2)", True),
+    ("left-hand side", "k=1", "1", True),
+    ("left-hand side", "W(n)=1", "W(x)=1", True),  # names compared, not argument names
+    ("left-hand side", "y=5", "x=5", False),
+    ("left-hand side", "Xd = 125 - 1.25P", "X_{d}=125-1.25P", True),
+    ("left-hand side", "3", "2x+4y=3", False),  # an equation, not 'name = value'
+    ("left-hand side", "2+3=5", "5", True),  # a computation ending in the value
+    ("and/or/pm list", r"4 \text{ and } -3", "4,-3", True),
+    ("and/or/pm list", r"x=2 \text{ or } x=-5", "-5,2", True),
+    ("and/or/pm list", r"1\pm\sqrt{2}", r"1+\sqrt{2},1-\sqrt{2}", True),
+    ("and/or/pm list", r"\pm 2", "2", False),
+    ("and/or/pm list", r"4 \text{ and } 3", "4,-3", False),
+    ("set", r"\{3,1,2\}", "1,2,3", True),
+    ("set", "2, 2, 3", "2,3", True),  # a repeated answer, read once
+    ("set", "1, 3", "1,1,3", False),  # the gold repeats a value on purpose
+    ("set", "1,2,3", "1,2", False),  # an extra element
+    ("set", "1", "1,2", False),  # a missing element
+    ("tuple", "(3,-1)", "3,-1", True),  # a tuple against a bare list, in order
+    ("tuple", "(-1,3)", "3,-1", False),
+    ("tuple", "(2,1)", "(1,2)", False),
+    ("interval", "[1,2)", "[1,2]", False),
+    ("interval", r"(-\infty,3]", r"x \le 3", True),  # an inequality is its interval, both ways
+    ("interval", r"-2 \le x < 7", "[-2,7)", True),
+    ("interval", r"x \ge 2", "(2,\\infty)", False),
+    ("qualifier", r"B=\frac{1}{9-k^2},\ \text{for } k^2\neq 9", r"\frac{1}{9-k^2}", True),
+    (
+        "qualifier",
+        r"E_1 \text{ with probability } \frac13, \text{ and } E_2 \text{ with probability } \frac23",
+        "E_1,E_2",
+        True,
+    ),
+    ("qualifier", r"E_1 \text{ with probability } 1", "E_1,E_2", False),
+    ("rounded gold", "4210.35", "4210", True),
+    ("rounded gold", "4211", "4210", False),
+    ("rounded gold", "6630.65", "6630", True),  # within 1e-4, the tolerance of the paper's harness
+    ("rounded gold", "32347", "32348", False),  # an integer prediction of an integer gold: a count, exact
+    ("rounded gold", r"\frac{70}{9}", "7.78", True),
+    ("rounded gold", "204.4", "204", False),  # 3 digits: AIME answers are exact
+    ("rounded gold", "0.54", "0.5", False),  # one significant digit: exact
+    ("exact gold as decimal", "0.0833333333", r"\frac{1}{12}", True),
+    ("exact gold as decimal", "0.33", r"\frac{1}{3}", False),
+    ("words", r"\text{Even}", "even", True),
+    ("words", "e", "E", False),  # single letters are variables: case matters
+]
+
+
+@pytest.mark.parametrize("rule, pred, gold_answer, equal", RULES, ids=[f"{r[0]}:{r[1]}" for r in RULES])
+def test_rules(rule, pred, gold_answer, equal):
+    assert math_equal(pred, gold_answer) is equal
+
+
+@pytest.mark.parametrize(
+    "pred, gold_answer, equal",
+    [
+        (r"\frac{\sinh(at)}{a}", r"\frac{1}{2a}(e^{at}-e^{-at})", True),  # exp rewrite of hyperbolic forms
+        (r"\frac{\cosh(at)}{a}", r"\frac{1}{2a}(e^{at}-e^{-at})", False),
+        (r"\frac{41}{4}m", r"\frac{41m}{4}", True),  # math-verify alone drops the m as metres
+        (r"\frac{41}{4}", r"\frac{41m}{4}", False),
+        (r"\tan^2(y)+1", r"\sec^2(y)", True),
+    ],
+)
+def test_symbolic_rules(pred, gold_answer, equal):
+    assert math_equal(pred, gold_answer) is equal
+
+
+def test_grader_suites_data_is_well_formed():
+    """bench/data/grader_suites.jsonl: source, licence, commit and verdict on every case; bench's DELIBERATE list names
+    real cases."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from grader_agreement import DELIBERATE, SUITES
+
+    with open(SUITES, encoding="utf-8") as f:
+        cases = [json.loads(line) for line in f]
+    ids = [c["id"] for c in cases]
+    assert len(ids) == len(set(ids)) and len(cases) > 300
+    assert {c["source"] for c in cases} == {"math-verify", "lm-evaluation-harness"}
+    for case in cases:
+        assert re.fullmatch(r"[0-9a-f]{40}", case["commit"]) and case["licence"] and case["path"]
+        assert isinstance(case["expected"], bool) and isinstance(case["gold"], str)
+    assert set(DELIBERATE) <= set(ids)
 
 
 # ---------------------------------------------------------------- gold answers

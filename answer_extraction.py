@@ -1,0 +1,313 @@
+r"""Where is the final answer of a math response? Extraction for grading.py, which compares what this finds.
+
+    python -c 'from answer_extraction import extract_answer; print(extract_answer("So there are 9 divisors."))'
+    python -m pytest tests/test_grading.py -q -k extract
+
+The answer is looked for in the solution block (markup.solution_part: the Sky-T1 solution, the text after </think>,
+or the whole response when it has no reasoning markup), by the first rule that finds one:
+  1. the last \boxed{}/\fbox{}; boxes separated by a short gap with no sentence break ("\boxed{2} and \boxed{5}",
+     "(a) \boxed{1}, (b) \boxed{3}") are the parts of one multi-part answer;
+  2. the last answer phrase ("final answer is", "Answer:", "**Final Answer**", "the final answers are:" and a list),
+     keeping the answer's span (a number, formula or short LaTeX), not the sentence: "Final answer: The speed is 250
+     meters per second." gives 250;
+  3. a concluding sentence among the last two ("Therefore, there are 9 divisors.", "So the area is $12$ square units.");
+  4. a formula or **bold** line that ends the solution (closing remarks without maths aside), or a whole response
+     that is one short formula.
+answer_parts returns the parts and whether they are labelled (part (a), Subproblem 1, a bulleted list); extract_answer
+joins them. There is no last-number fallback: a number near the end of a response is often a draft. A response whose
+thought never closed (cut off mid-way) counts only an answer that ends it; grading.grade_math gives none to a response
+the backend stopped at its token limit.
+"""
+
+import re
+from typing import NamedTuple
+
+from markup import markup_of, solution_part
+
+BOX_GAP_CHARS = 40  # boxes this close, with no sentence break between them, are parts of one answer
+
+_BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![a-zA-Z])")
+_BOX_TOKEN_RE = re.compile(r"\s+([^\s$]+)")  # the \boxed 5 form
+_SPACES_RE = re.compile(r"\s*")
+_BRACE_TOKEN_RE = re.compile(r"\\.|[{}]", re.S)
+_COMMANDS = r"boxed|fbox|[dtc]?frac|sqrt|left|right|text|mathrm|pi|infty|cdot|times|le|ge|leq|geq|neq|pm|circ"
+_DOUBLE_ESCAPED_RE = re.compile(rf"(?<!\\)\\\\(?=(?:{_COMMANDS})(?![a-zA-Z]))")  # \\frac: a JSON-escaping slip
+_CHAT_TAIL_RE = re.compile(r"\s*(?:<\|(?:im_start|im_end|endoftext|eot_id|end_of_text)\|>|</s>).*\Z", re.S)
+_SENTENCE_BREAK_RE = re.compile(r"[.!?]\s+[A-Z]|\n\s*\n")
+_MATH_RE = re.compile(r"\$\$(.+?)\$\$|(?<!\\)\$(.+?)(?<!\\)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.S)
+_JOIN_RE = re.compile(r"\s*(?:,|;|\band\b|\bor\b)\s*")
+_PHRASE_RE = re.compile(
+    r"\b(?:final\s+)?answers?\s*(?:(?:is|are|was|would\s+be|should\s+be|will\s+be)\b|:|\*\*|\n|(?=\$|\\[(\[]))",
+    re.I,
+)
+_LABEL = r"(?:\*\*)?(?:sub-?problem|part|question)\s*\(?\w{1,3}\)?\s*[:.]?(?:\*\*)?"
+_LABEL_RE = re.compile(rf"{_LABEL}|\(\s*[a-z0-9]{{1,3}}\s*\)|^\s*[a-z0-9]\)", re.I | re.M)
+_LIST_ITEM_RE = re.compile(rf"^[ \t]*(?:[-*•][ \t]+|\d+[.)][ \t]+|{_LABEL}[ \t]*)", re.I | re.M)
+_ITEM_LABEL_RE = re.compile(rf"^\s*{_LABEL}\s*", re.I)
+_LAST_FORMULA_RE = re.compile(  # the formula that ends a text: no other formula opens inside it
+    r"(?:\$\$((?:(?!\$\$).)+)\$\$|\\\[((?:(?!\\\[).)+)\\\]|(?<!\\)\$([^$]+)\$|\\\(((?:(?!\\\().)+)\\\))\Z", re.S
+)
+_STATES_RE = re.compile(r"(?:^|\n)\s*\Z|(?::|=|\b(?:is|are|gives?|get|obtain|becomes?))\s*\Z", re.I)  # before it
+_REMARK_RE = re.compile(r"[\d$\\=]")  # a closing sentence without any of these is a remark, not an answer
+_CONCLUSION_RE = re.compile(
+    r"\b(?:therefore|thus|hence|so|consequently|in conclusion|in summary|finally|this means|which means)\b", re.I
+)
+_COPULA_RE = re.compile(
+    r"\s(?:is|are|was|were|be|equals?|becomes?|gives?|yields?|(?:find|get|see|conclude|obtain|have)\s+that)\s"
+    r"|(?<![<>!\\=])=(?!=)|:\s",
+    re.I,
+)
+_WORD_COPULA_RE = re.compile(
+    r"\s(?:is|are|was|were|equals?|becomes?|(?:find|get|see|conclude|have)\s+that)\s|:\s", re.I
+)
+_SENTENCE_END_RE = re.compile(r"\.(?!\d)|[!?]|\n")
+_SENTENCE_SPLIT_RE = re.compile(r"(?:(?<=[.!?])|(?<=[.!?]\$)|(?<=[.!?]\$\$)|(?<=\\\]))\s+(?=[A-Z*$\\])|\n")
+_PARAGRAPH_RE = re.compile(r"\n\s*\n")
+_BOILERPLATE_RE = re.compile(r"\bI hope\b|\bhope (?:this|it) helps|\blet me know\b|\bfeel free\b|\bthank you\b", re.I)
+_MATHY_RE = re.compile(r"[\d\\^_=+*/<>|√π∞]|^-[\w(]")
+_BARE_NUMBER_RE = re.compile(r"(?<![\w.\\])[-+]?\d[\d,]*(?:\.\d+)?%?(?!\w)")
+_FILLER_RE = re.compile(r"^(?:(?:approximately|about|exactly|roughly|around|probably|simply|just|then|now)\s+)+", re.I)
+_BOLD_RE = re.compile(r"\*\*(.+?)\*\*[.:]?")
+
+
+def all_boxes(text: str) -> list[tuple[int, int, str]]:
+    """(start, end, content) of every non-empty \\boxed{..}, \\boxed x and \\fbox{..}, in order of appearance."""
+    boxes = list(_BOX_RE.finditer(text))
+    if not boxes:
+        return []
+    # One pass pairs every brace, so a degenerate \boxed{\boxed{\boxed{... stays linear; escaped \{ do not group.
+    closing, opened = {}, []
+    for token in _BRACE_TOKEN_RE.finditer(text, boxes[0].end()):
+        if token[0] == "{":
+            opened.append(token.start())
+        elif token[0] == "}" and opened:
+            closing[opened.pop()] = token.start()
+    found = []
+    for m in boxes:
+        brace = _SPACES_RE.match(text, m.end()).end()
+        if text.startswith("{", brace):
+            end = closing.get(brace)
+            content, end = (text[brace + 1 : end], end + 1) if end is not None else (None, 0)
+        else:
+            token = _BOX_TOKEN_RE.match(text, m.end())
+            content, end = (token[1], token.end()) if token else (None, 0)
+        if content and content.strip():
+            found.append((m.start(), end, content.strip()))
+    return found
+
+
+def extract_boxed(text: str) -> str | None:
+    """Content of the last non-empty box: models restate the final answer after earlier drafts."""
+    boxes = all_boxes(text)
+    return boxes[-1][2] if boxes else None
+
+
+class Found(NamedTuple):
+    parts: list[str]  # one answer, or the parts of a multi-part one
+    end: int  # offset in the searched text where the answer's statement ends
+    labelled: bool = False  # the parts are labelled (Subproblem 1, part (b), a list): each answers its own question
+
+
+def _box_answer(text: str) -> Found | None:
+    """The last box, with the boxes just before it when only a short gap separates them."""
+    boxes = all_boxes(text)
+    if not boxes:
+        return None
+    group, gaps = [boxes[-1]], []
+    for box in reversed(boxes[:-1]):
+        gap = text[box[1] : group[0][0]]
+        if len(gap) > BOX_GAP_CHARS or _SENTENCE_BREAK_RE.search(gap):
+            break
+        group.insert(0, box)
+        gaps.append(gap)
+    labelled = any(_LABEL_RE.search(gap) for gap in gaps)
+    return Found(list(dict.fromkeys(content for _, _, content in group)), boxes[-1][1], labelled)
+
+
+def _leading_math(text: str) -> str | None:
+    """The formula that opens `text`, joined with formulas that follow it after ',', 'and', 'or'."""
+    m = _MATH_RE.match(text)
+    if not m:
+        return None
+    parts = [next(g for g in m.groups() if g is not None).strip()]
+    while (joint := _JOIN_RE.match(text, m.end())) and (m := _MATH_RE.match(text, joint.end())):
+        parts.append(next(g for g in m.groups() if g is not None).strip())
+    return ", ".join(p for p in parts if p) or None
+
+
+def _is_mathy(token: str) -> bool:
+    core = token.strip(",.;:*\"'")
+    return bool(core) and (bool(_MATHY_RE.search(core)) or (len(core) == 1 and core.isalpha() and core not in "aAI"))
+
+
+def _math_run(sentence: str) -> str | None:
+    """The leading run of formula-like tokens: '12 square units' gives 12, '4 and -3 are roots' gives '4 and -3'."""
+    tokens = []
+    for m in re.finditer(r"\S+", sentence):
+        if _is_mathy(m[0]) or (tokens and m[0].lower() in ("and", "or")):
+            tokens.append(m)
+        else:
+            break
+    while tokens and tokens[-1][0].lower() in ("and", "or"):
+        tokens.pop()
+    span = sentence[tokens[0].start() : tokens[-1].end()].strip(" ,;:*").rstrip(".") if tokens else ""
+    return span or None
+
+
+def _sole_value(sentence: str) -> str | None:
+    """The only formula or number of a sentence ('Jane started 3 hours ago.'), None if there are several."""
+    found = [next(g for g in m.groups() if g is not None) for m in _MATH_RE.finditer(sentence)]
+    found += _BARE_NUMBER_RE.findall(_MATH_RE.sub(" ", sentence))
+    return found[0].strip().rstrip(",") if len(found) == 1 else None
+
+
+def _copulas(sentence: str, pattern: re.Pattern = _COPULA_RE) -> list[int]:
+    """Offsets just after each copula outside formulas ('the volume of $V=abc$ is 120' has one)."""
+    masked = _MATH_RE.sub(lambda m: "#" * len(m[0]), sentence)
+    return [m.end() for m in pattern.finditer(masked)]
+
+
+def _answer_span(text: str, words: bool, sole: bool = True) -> str | None:
+    """The answer at the start of `text` (what follows 'the answer is'): a formula, a run of formula-like tokens, what
+    follows a copula ('the speed is 250 m/s'), a short word answer when `words`, or the sentence's only value."""
+    text = text.lstrip(" \t\n*:,")
+    math = _leading_math(text)
+    if math:
+        return math
+    end = _SENTENCE_END_RE.search(text)
+    sentence = text[: end.start()] if end else text
+    for start in [0] + _copulas(sentence):
+        rest = _FILLER_RE.sub("", sentence[start:].lstrip(" *:"))
+        span = _leading_math(rest) or _math_run(rest)
+        if span:
+            return span
+    plain = sentence.strip(" *.")
+    if words and plain and len(plain) <= 30 and len(plain.split()) <= 3:
+        return plain
+    return _sole_value(sentence) if sole else None
+
+
+def _sentence_end(text: str, pos: int) -> int:
+    end = _SENTENCE_END_RE.search(text, pos)
+    return end.end() if end else len(text)
+
+
+def _listed_parts(tail: str) -> list[str] | None:
+    """'the final answers are:' then '- NPP = 15,000 kcal' lines, or 'Subproblem 0: ...' blocks: each item's value."""
+    items = list(_LIST_ITEM_RE.finditer(tail))
+    if len(items) < 2 or tail[: items[0].start()].strip(" \t\n*:"):
+        return None
+    parts = []
+    for item, following in zip(items, items[1:] + [None]):
+        chunk = _ITEM_LABEL_RE.sub("", tail[item.end() : following.start() if following else len(tail)])
+        span = _answer_span(chunk, words=False)
+        if not span:
+            return None
+        parts.append(span)
+    return parts
+
+
+def _phrase_answer(region: str) -> Found | None:
+    for m in reversed(list(_PHRASE_RE.finditer(region))):
+        parts = _listed_parts(region[m.end() :])
+        if parts:
+            return Found(parts, len(region), labelled=True)
+        span = _answer_span(_ITEM_LABEL_RE.sub("", region[m.end() :].lstrip(" \t\n*:")), words=True)
+        if span and not span.endswith(":"):
+            return Found([span], _sentence_end(region, m.end() + 1))
+    return None
+
+
+def _closing_sentences(region: str) -> list[tuple[int, str]]:
+    """(offset, text) of the last two sentences of the last paragraph, closing pleasantries left out."""
+    region = region.rstrip()
+    paragraph_start = max([m.end() for m in _PARAGRAPH_RE.finditer(region)], default=0)
+    sentences, start = [], paragraph_start
+    for m in list(_SENTENCE_SPLIT_RE.finditer(region, paragraph_start)) + [None]:
+        end = m.start() if m else len(region)
+        text = region[start:end]
+        if text.strip() and not _BOILERPLATE_RE.search(text):
+            sentences.append((start, text))
+        start = m.end() if m else start
+    return sentences[-2:]
+
+
+def _conclusion_answer(region: str) -> Found | None:
+    """'Therefore, there are 9 divisors.' near the end; failing that, a last sentence 'X is <formula>'."""
+    closing = _closing_sentences(region)
+    for offset, sentence in reversed(closing):
+        for m in reversed(list(_CONCLUSION_RE.finditer(sentence))):
+            # "..., so we check 3 cases" is no conclusion; a sentence that opens with "Therefore" may be one.
+            span = _answer_span(sentence[m.end() :], words=False, sole=not sentence[: m.start()].strip(" *"))
+            if span:
+                return Found([span], offset + len(sentence))
+    if closing:
+        offset, sentence = closing[-1]
+        for start in _copulas(sentence, _WORD_COPULA_RE):
+            rest = sentence[start:].lstrip(" *:")
+            span = _leading_math(rest) or (_math_run(rest) if _is_mathy(rest.split(" ", 1)[0]) else None)
+            if span and len(rest.strip(" .$*\\()[]")) <= len(span) + 4:  # the value ends the sentence
+                return Found([span], offset + len(sentence))
+    return None
+
+
+def _final_line_answer(region: str, remarks: bool) -> Found | None:
+    """A formula or **bold** line that ends the text (after closing remarks without maths, when `remarks`: a solution
+    block's '... \\[x = 5\\] This is the final answer.'); a whole response that is one short formula."""
+    stripped = region.rstrip()
+    for _ in range(3 if remarks else 0):
+        sentences = _SENTENCE_SPLIT_RE.split(stripped)
+        if len(sentences) < 2 or _REMARK_RE.search(sentences[-1]):
+            break
+        stripped = stripped[: stripped.rfind(sentences[-1])].rstrip()
+    tail = stripped[-1500:].rstrip(" .")
+    formula = _LAST_FORMULA_RE.search(tail)
+    line = stripped.rsplit("\n", 1)[-1].strip()
+    bold = _BOLD_RE.fullmatch(line)
+    span = None
+    if formula and _STATES_RE.search(tail[: formula.start()]):
+        span = next(g for g in formula.groups() if g is not None).strip()
+    elif bold:
+        span = _answer_span(bold[1], words=True)
+    elif len(stripped) <= 80 and "\n" not in stripped and _is_mathy(stripped.split(" ", 1)[0]):
+        span = _math_run(stripped)
+    return Found([span], len(region)) if span else None
+
+
+def _find_answer(region: str, remarks: bool = False) -> Found | None:
+    """The answer by the first rule that finds one."""
+    return (
+        _box_answer(region)
+        or _phrase_answer(region)
+        or _conclusion_answer(region)
+        or _final_line_answer(region, remarks)
+    )
+
+
+def tidy(text: str) -> str:
+    """Undo JSON double escaping (\\\\frac) and drop chat-template tokens a response may end with."""
+    return _CHAT_TAIL_RE.sub("", _DOUBLE_ESCAPED_RE.sub(r"\\", text))
+
+
+def answer_parts(text: str) -> tuple[list[str], bool]:
+    """(parts of the final answer, whether they are labelled parts) of a response; ([], False) when none is stated."""
+    if not text:
+        return [], False
+    text = tidy(text)
+    solution = solution_part(text)
+    if solution is None and markup_of(text) is not None:
+        # The thought never closed: only an answer that ends the response counts, not a draft cut off mid-way.
+        paragraph = text[max([m.end() for m in _PARAGRAPH_RE.finditer(text.rstrip())], default=0) :]
+        found = _find_answer(paragraph)
+        rest = _BOILERPLATE_RE.sub("", paragraph[found.end :]) if found else ""
+        ends_it = found and len(re.sub(r"[\s.$\\\])}*]", "", rest)) <= 40 and not re.search(r"[\d=]", rest)
+        return (found.parts, found.labelled) if ends_it else ([], False)
+    found = _find_answer(text if solution is None else solution, remarks=solution is not None)
+    if found is None and solution is not None:  # a solution block that states no answer: the thought's last box
+        found = _box_answer(text[: text.rfind(solution)])
+    return (found.parts, found.labelled) if found else ([], False)
+
+
+def extract_answer(text: str) -> str | None:
+    """Final answer of a response (see the module docstring; multi-part answers joined), or None."""
+    return ", ".join(answer_parts(text)[0]) or None
