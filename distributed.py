@@ -1,6 +1,6 @@
 """What both trainers share about running as several processes (torchrun): one home for the process group, the
 token-balanced split of a step's samples over the ranks, the global loss normalisation's collectives, gradient sums
-and clipping across ranks, and FSDP2 sharding of a model.
+and clipping across ranks, the optimizer step with fp16's loss scaling, and FSDP2 sharding of a model.
 
 The rule that makes N ranks compute the one-process step: every rank takes its share of the same `--samples-per-step`
 samples (rank_micro_batches), divides its summed loss by the target tokens of the WHOLE step (all ranks), and the
@@ -91,14 +91,23 @@ def empty_micro_batch(pad_id: int) -> list[sft.Sample]:
 
 
 def accumulate_step(
-    model, data: sft.TrainingData, sample_ids: list[int], micro_batch_tokens: int, pack, collate, device, autocast
+    model,
+    data: sft.TrainingData,
+    sample_ids: list[int],
+    micro_batch_tokens: int,
+    pack,
+    collate,
+    device,
+    autocast,
+    scaler: torch.amp.GradScaler,
 ) -> tuple[float, int, int]:
     """Forward and backward of this rank's share of one optimizer step; gradients accumulate in the parameters.
 
     Each micro-batch's summed loss is divided by the target tokens of the WHOLE step (all samples, all ranks), fixed
     before any micro-batch runs: with gradients summed over micro-batches and ranks, that is the one-process gradient
     of the mean over the step's target tokens, not a mean of micro-batch means (which would over-weight short ones).
-    Returns the step's summed loss and token count over all ranks, and its target tokens.
+    Under fp16 the backward runs on the loss times the scaler's scale (make_grad_scaler); the gradients keep it until
+    scaled_optimizer_step. Returns the step's summed loss and token count over all ranks, and its target tokens.
     """
     rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if active() else (0, 1)
     n_targets = sum(data.n_targets[i] for i in sample_ids)
@@ -108,7 +117,7 @@ def accumulate_step(
         batch = collate([data.samples[i] for i in micro] or empty_micro_batch(data.tokenizer.pad_token_id))
         with autocast:
             micro_loss = model({k: v.to(device) for k, v in batch.items()})
-        (micro_loss * (weight / n_targets)).backward()
+        scaler.scale(micro_loss * (weight / n_targets)).backward()
         loss_sum += weight * micro_loss.item()
         n_tokens += sum(data.lengths[i] for i in micro)
     loss_sum, n_tokens = sum_over_ranks(loss_sum, n_tokens, device)
@@ -162,6 +171,44 @@ def clip_grad_norm(params: list[torch.Tensor], max_norm: float, device: torch.de
     if scale < 1:
         torch._foreach_mul_(grads, scale)
     return norm
+
+
+def make_grad_scaler(dtype: torch.dtype, device: torch.device) -> torch.amp.GradScaler:
+    """fp16's loss scaling, and under bf16 or fp32 a disabled scaler whose calls change nothing (their exponent range
+    is fp32's), so both trainers' loops read the same whatever the dtype (utils.pick_dtype: fp16 on a T4 or V100).
+
+    fp16 stops at 6e-8 (6e-5 for full precision): the backward of a loss divided by a step's ~10^5 target tokens
+    flushes many gradients to zero there. The scaler multiplies the loss by 2^16 before backward, so the fp16 backward
+    carries gradients 65536 x larger, and divides the fp32 gradients back before the clip and the step. A scale so
+    large that some gradient overflows to inf or nan skips that step and halves the scale; 2000 clean steps in a row
+    double it (torch's defaults). Under FSDP2 every rank sees only its shards' gradients: DTensor reduces the inf/nan
+    flag over the ranks (max), so all skip the same steps."""
+    return torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+
+def scaled_optimizer_step(
+    optimizer, scaler: torch.amp.GradScaler, params: list[torch.Tensor], max_norm: float, device: torch.device
+) -> tuple[float, float, bool]:
+    """One optimizer step on the gradients accumulate_step left (summed over ranks already): unscale them (fp16),
+    clip the TRUE gradients to max_norm, step unless one is inf or nan, then update the scale.
+
+    Returns the gradient norm, the loss scale this step's backward used (1.0 without fp16) and whether the optimizer
+    stepped (a skipped step halves the scale: the test Hugging Face accelerate uses)."""
+    scaler.unscale_(optimizer)  # before the clip: clipping scaled gradients would clip 65536 x too hard
+    grad_norm = clip_grad_norm(params, max_norm, device)
+    loss_scale = scaler.get_scale()
+    scaler.step(optimizer)
+    scaler.update()
+    return grad_norm, loss_scale, scaler.get_scale() >= loss_scale
+
+
+def restore_grad_scaler(scaler: torch.amp.GradScaler, state: dict) -> int:
+    """A checkpoint's loss scale, so that a resumed fp16 run goes on with the scale it had (not 2^16 again, with its
+    skipped steps); returns the steps the run has skipped so far. A checkpoint of a bf16 or fp32 run (or of an older
+    version) has no scale: fp16 then starts from torch's default."""
+    if scaler.is_enabled() and state.get("grad_scaler"):
+        scaler.load_state_dict(state["grad_scaler"])
+    return state.get("skipped_steps", 0)
 
 
 class CausalLMLoss(torch.nn.Module):

@@ -125,7 +125,9 @@ def check_torch() -> list[Check]:
         if torch.cuda.is_bf16_supported(including_emulation=False):
             checks.append(Check(f"bf16 gpu {i}", "native", "ok", "training and merging run in bf16 (the paper's)"))
         else:
-            detail = "only emulated (before Ampere): training falls back to fp32, twice the memory, far slower"
+            detail = (
+                "only emulated (before Ampere): training runs fp16 with loss scaling; some Qwen2 models overflow fp16"
+            )
             checks.append(Check(f"bf16 gpu {i}", "emulated", "note", detail, "fix: an Ampere or newer GPU (A100, L4)"))
     return checks
 

@@ -317,6 +317,7 @@ def vllm_backend(cfg, jobs: list[dict]):
         lora_args = {"enable_lora": True, "max_lora_rank": next(r for r in VLLM_LORA_RANKS if r >= rank)}
         lora_request = LoRARequest("adapter", 1, str(Path(cfg.adapter).resolve()))
     engine = {"tensor_parallel_size": cfg.tensor_parallel_size, "max_model_len": max_len, "seed": cfg.seed}
+    engine["dtype"] = utils.vllm_dtype()  # the trainers' rule: bf16 where the GPU has it, fp16 ("half") on a T4
     llm = LLM(model=cfg.model, tokenizer=tokenizer_source(cfg), **engine, **lora_args)
     shared = sampling_params(cfg) | {"stop_token_ids": stop_token_ids(tokenizer)}
 

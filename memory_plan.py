@@ -1,22 +1,28 @@
-"""Will it fit? Estimated peak GPU memory per GPU, by component, before renting the GPU.
+"""Will it fit? Estimated peak GPU memory per GPU, by component, before renting the GPU; and what fits a given GPU.
 
     python memory_plan.py --model Qwen/Qwen2.5-32B-Instruct --mode qlora                 # train_lora.py's default run
     python memory_plan.py --model Qwen/Qwen2.5-32B-Instruct --mode full --gpus 8 --cpu-offload   # the paper's full SFT
-    python memory_plan.py --model Qwen/Qwen2.5-7B-Instruct --mode full --optim adamw8bit --seq-len 32768
-    python memory_plan.py --model Qwen/Qwen2.5-32B-Instruct --mode lora --gpus 4 --fsdp       # the paper's LoRA run
+    python memory_plan.py --model Qwen/Qwen2.5-7B-Instruct --gpu-memory 14.76 --attention sdpa --fit   # a Colab T4
+    python memory_plan.py --fit-table           # the README's table: QLoRA of Qwen2.5 1.5B-32B on T4, L4, A100 40/80 GB
 
-Both trainers' --dry-run print the same plan for their configuration. The shapes of the Qwen2.5 family are built in,
-so their plans need no download; any other dense decoder is read from its config.json (local folder or the hub).
+Both trainers' --dry-run print the same plan for their configuration, and their --fit chooses (and, without --dry-run,
+applies) the longest --micro-batch-tokens that fits --gpu-memory, then the fallbacks it needs. The shapes of the
+Qwen2.5 family are built in, so their plans need no download; any other dense decoder is read from its config.json
+(local folder or the hub). Throughput figures are estimates (an assumed MFU) until measured (bench/gpu.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 # Shapes of the models the paper trains, so a memory plan needs no download; "-Instruct" shares its base's shape.
 # (hidden, layers, attention heads, kv heads, intermediate, vocab, tied embeddings)
 KNOWN_SHAPES = {
+    "Qwen/Qwen2.5-0.5B": (896, 24, 14, 2, 4864, 151936, True),  # the small ones tie the LM head to the embeddings
+    "Qwen/Qwen2.5-1.5B": (1536, 28, 12, 2, 8960, 151936, True),
+    "Qwen/Qwen2.5-3B": (2048, 36, 16, 2, 11008, 151936, True),
     "Qwen/Qwen2.5-7B": (3584, 28, 28, 4, 18944, 152064, False),
     "Qwen/Qwen2.5-14B": (5120, 48, 40, 8, 13824, 152064, False),
     "Qwen/Qwen2.5-32B": (5120, 64, 40, 8, 27648, 152064, False),
@@ -25,6 +31,10 @@ KNOWN_SHAPES = {
 GiB = 2**30
 MODES = ("full", "lora", "qlora")
 OPTIMIZERS = ("adamw", "adamw8bit", "paged_adamw8bit")
+# What the trainers' --attn resolves to (utils.pick_attention). FlashAttention-2 and flex attention read packed samples'
+# boundaries from position_ids; SDPA and eager get them as a T x T mask (estimate() counts it).
+ATTENTION = ("flash_attention_2", "flex_attention", "sdpa", "eager")
+DEFAULT_GPU_GIB = 79.6  # an 80 GB card, as torch reports its memory
 HEADROOM = 0.92  # share of the card a plan may fill: the rest is CUDA context, NCCL buffers and fragmentation
 
 
@@ -66,6 +76,13 @@ def model_shapes(model) -> dict:
     }
 
 
+def linear_params(s: dict) -> int:
+    """Weights of one decoder layer's linears (q, k, v, o, gate, up, down), from model_shapes()."""
+    h, i = s["hidden"], s["intermediate"]
+    q, kv = s["heads"] * s["head_dim"], s["kv_heads"] * s["head_dim"]
+    return h * q + 2 * h * kv + q * h + 3 * h * i
+
+
 def estimate(
     model,
     n_gpus: int = 1,
@@ -78,7 +95,8 @@ def estimate(
     gradient_checkpointing: bool = True,
     offload_activations: bool = False,
     loss_chunk_tokens: int = 1024,  # sft.LOSS_CHUNK_TOKENS (not imported: planning needs no torch)
-    gpu_gib: float = 79.6,
+    gpu_gib: float = DEFAULT_GPU_GIB,
+    attention: str = "flash_attention_2",
 ) -> dict:
     """Estimated peak memory per GPU in GiB, by component, for one micro-batch of seq_len packed tokens.
 
@@ -102,10 +120,23 @@ def estimate(
     Activations: with checkpointing, each layer's input is kept (L x T x h in the residual stream's dtype: bf16, but
       fp32 on the single-GPU full path, whose fp32 master weights keep it fp32 under autocast), on CPU with
       offload_activations. Recomputing one layer in backward holds its saved tensors, 22h + 8kv + 8i bytes per token
-      (norms in fp32, q/k/v before and after rotary, attention output, the four SwiGLU tensors; FlashAttention/SDPA
-      keep no T x T scores; measured for a QLoRA layer under bf16 autocast on CPU: within 2%), x 1.5 for the
-      gradients alive beside them. The chunked loss peaks at 10 bytes x chunk x V (bf16 logits, fp32 logits and
-      log-softmax, its gradient); it runs before the layers' backward, so the larger of the two counts.
+      (norms in fp32, q/k/v before and after rotary, attention output, the four SwiGLU tensors; the fused attention
+      kernels keep no T x T scores; measured for a QLoRA layer under bf16 autocast on CPU: within 2%), x 1.5 for the
+      gradients alive beside them. fp16 (a T4's autocast) costs the same bytes as bf16. The chunked loss peaks at
+      10 bytes x chunk x V (bf16 logits, fp32 logits and log-softmax, its gradient); it runs before the layers'
+      backward, so the larger of the two counts.
+    Attention: FlashAttention-2 (and flex attention) read the packed samples' boundaries from position_ids and hold
+      nothing T x T. SDPA and eager do not: for a packed row (position_ids restarting, no attention mask; sft.py's
+      collate_packed) transformers 5.x's create_causal_mask finds the packed sequences (find_packed_sequence_indices)
+      and, the is_causal shortcut being off, sdpa_mask materialises a (1, 1, T, T) bool block-diagonal mask, built once
+      per forward and held by every checkpointed layer until backward ends: T^2 bytes ("attention_mask"). With a mask,
+      transformers' sdpa_attention_forward repeats the kv heads to all heads (no enable_gqa): + 4q bytes per token in
+      a layer's recomputation; and torch's SDPA turns the bool mask into an additive fp16/bf16 copy and, when T is not
+      a multiple of 8, an aligned padded copy (attention.cpp: convert_boolean_attn_mask, preprocess_mask), which the
+      memory-efficient kernel keeps for backward: + 4 T^2 bytes at a layer's peak. Eager also materialises the scores,
+      about 8 x heads x T^2 bytes per layer (bf16 scores, fp32 softmax, bf16 weights), and a float mask, 4 T^2. This is
+      what a T4 runs (no FlashAttention-2 before Ampere), and what decides its longest sample: 16384 tokens cost
+      1.25 GiB of masks, 32768 tokens 5 GiB.
     Not counted: CUDA context, NCCL buffers, allocator fragmentation: "fits" leaves 8% of gpu_gib (79.6 = an 80 GB card)
     for them. Expect the estimate within ~15% of torch.cuda.max_memory_allocated.
     """
@@ -113,10 +144,12 @@ def estimate(
         raise ValueError(f"mode must be full, lora or qlora, not {mode!r}")
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be adamw, adamw8bit or paged_adamw8bit, not {optimizer!r}")
+    if attention not in ATTENTION:
+        raise ValueError(f"attention must be one of {', '.join(ATTENTION)}, not {attention!r}")
     s = model_shapes(model)
     h, n_layers, i, V, T = s["hidden"], s["layers"], s["intermediate"], s["vocab"], seq_len
     q, kv = s["heads"] * s["head_dim"], s["kv_heads"] * s["head_dim"]
-    layer_linear = h * q + 2 * h * kv + q * h + 3 * h * i
+    layer_linear = linear_params(s)
     layer = layer_linear + 2 * h + (q + 2 * kv if s["qkv_bias"] else 0)
     root = V * h * (1 if s["tied"] else 2) + h
     params = n_layers * layer + root
@@ -135,6 +168,7 @@ def estimate(
         "seq_len": T,
         "sharded": sharded,
         "cpu_offload": on_cpu,
+        "attention": attention,
     }
     if mode == "full":
         local = params / n_gpus if sharded else params
@@ -152,14 +186,20 @@ def estimate(
         plan["lora_params_million"] = adapters / 1e6
     act_bytes = 4 if mode == "full" and not sharded else 2  # the residual stream's dtype: what checkpoints keep
     plan["residual_bytes"] = act_bytes
-    per_layer = (22 * h + 8 * kv + 8 * i) * T
-    checkpoints = n_layers * T * h * act_bytes if gradient_checkpointing else n_layers * per_layer
-    layer_peak = 1.5 * per_layer if gradient_checkpointing else 0.5 * per_layer
+    masked = attention in ("sdpa", "eager")  # the packed row's T x T mask (see the docstring)
+    per_layer = (22 * h + 8 * kv + 8 * i + (4 * q if masked else 0)) * T
+    mask = {"sdpa": T * T, "eager": 4 * T * T}.get(attention, 0)
+    scores = {"sdpa": 4 * T * T, "eager": 8 * s["heads"] * T * T}.get(attention, 0)
+    if gradient_checkpointing:
+        checkpoints, layer_peak = n_layers * T * h * act_bytes, 1.5 * per_layer + scores
+    else:  # every layer keeps what it saved, attention's too
+        checkpoints, layer_peak = n_layers * (per_layer + scores), 0.5 * per_layer
     loss_peak = 10 * min(loss_chunk_tokens or T, T) * V
     gpu = {name: 0.0 if on_cpu else value for name, value in states.items()}
     gpu["working_copies"] = working
     gpu["activation_checkpoints"] = 0.0 if offload_activations and gradient_checkpointing else checkpoints
     gpu["activation_peak"] = max(layer_peak, loss_peak)
+    gpu["attention_mask"] = mask
     plan.update({k: v / GiB for k, v in gpu.items()})
     plan["total"] = sum(gpu.values()) / GiB
     cpu_states = sum(states.values()) if on_cpu else 0
@@ -176,13 +216,17 @@ def format_plan(plan: dict) -> str:
     offload = ", CPU offload" if plan["cpu_offload"] else ""
     lines = [
         f"memory plan: {plan['model']} ({plan['params_billion']:.2f}B params), {plan['mode']}, {plan['optim']}, "
-        f"{plan['seq_len']} tokens/micro-batch, {how}{offload}"
+        f"{plan['seq_len']} tokens/micro-batch, {how}{offload}, {plan['attention']}"
     ]
     if "lora_params_million" in plan:
         lines.append(f"  adapters                  {plan['lora_params_million']:.1f}M trainable params")
-    for key in ("weights", "gradients", "optimizer", "working_copies", "activation_checkpoints", "activation_peak"):
-        note = " (paged: spills to CPU under pressure)" if key == "optimizer" and plan["pageable"] else ""
-        lines.append(f"  {key:<25} {plan[key]:7.2f} GiB per GPU{note}")
+    notes = {
+        "optimizer": " (paged: spills to CPU under pressure)" if plan["pageable"] else "",
+        "attention_mask": " (the packed row's T x T mask: no FlashAttention-2)",
+    }
+    keys = ["weights", "gradients", "optimizer", "working_copies", "activation_checkpoints", "activation_peak"]
+    for key in keys + (["attention_mask"] if plan["attention_mask"] else []):
+        lines.append(f"  {key:<25} {plan[key]:7.2f} GiB per GPU{notes.get(key, '')}")
     lines.append(
         f"  {'total':<25} {plan['total']:7.2f} GiB per GPU   (+ {plan['cpu_per_gpu']:.1f} GiB CPU memory per GPU)"
     )
@@ -230,6 +274,265 @@ def report(model, **settings) -> tuple[dict, str]:
     return plan, "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------- --fit: the longest sample a GPU allows
+
+FIT_STEP = 512  # token budgets are searched in multiples of this
+OFFLOAD_NOTE = "needs transformers >= 5.23: activation_checkpointing_enable(offload=True)"
+
+
+def longest_fitting(model, limit: int, step: int = FIT_STEP, **settings) -> int:
+    """The largest token budget that fits: limit itself, else the largest multiple of step below it; 0 if none.
+    A binary search: every component of a plan grows with its tokens."""
+    if estimate(model, seq_len=limit, **settings)["fits"]:
+        return limit
+    low, high = 0, (limit - 1) // step
+    while low < high:
+        middle = (low + high + 1) // 2
+        if estimate(model, seq_len=middle * step, **settings)["fits"]:
+            low = middle
+        else:
+            high = middle - 1
+    return low * step
+
+
+def fallbacks(settings: dict, offload_available: bool = True) -> list[tuple[str, dict]]:
+    """What --fit tries, in order, each on top of the ones before: the run as configured; activation checkpointing
+    (when off); its checkpoints in CPU memory; then, for full SFT on one GPU, paged 8-bit AdamW (state pages to CPU
+    under pressure); then the sharded weights, gradients and optimizer state in CPU memory (full SFT and bf16 LoRA).
+    Cheaper in speed first: offloading activations costs a PCIe round trip per layer, --cpu-offload the optimizer
+    step on the CPU."""
+    mode, change, steps = settings.get("mode", "full"), {}, [("as configured", {})]
+    if not settings.get("gradient_checkpointing", True):
+        change = {"gradient_checkpointing": True}
+        steps.append(("--gradient-checkpointing", change))
+    if offload_available and not settings.get("offload_activations"):
+        change = {**change, "offload_activations": True}
+        steps.append((f"--offload-activations ({OFFLOAD_NOTE})", change))
+    one_gpu = settings.get("n_gpus", 1) == 1 and not settings.get("cpu_offload")
+    if mode == "full" and one_gpu and settings.get("optimizer", "adamw") != "paged_adamw8bit":
+        change = {**change, "optimizer": "paged_adamw8bit"}
+        steps.append(("--optim paged_adamw8bit", change))
+    if mode in ("full", "lora") and not settings.get("cpu_offload"):  # bitsandbytes cannot step FSDP's shards
+        change = {**change, "cpu_offload": True, **({"optimizer": "adamw"} if mode == "full" else {"fsdp": True})}
+        steps.append(("--cpu-offload", change))
+    return steps
+
+
+def flags(change: dict, settings: dict) -> list[str]:
+    """The trainer flags that make a fallback's change."""
+    out = [f"--{key.replace('_', '-')}" for key in ("gradient_checkpointing", "offload_activations") if key in change]
+    if "cpu_offload" in change:
+        out.append("--cpu-offload")
+    if change.get("optimizer", settings.get("optimizer", "adamw")) != settings.get("optimizer", "adamw"):
+        out.append(f"--optim {change['optimizer']}")
+    return out
+
+
+def fit(model, limit: int = 16384, step: int = FIT_STEP, offload_available: bool = True, **settings) -> dict:
+    """The longest token budget (a packed micro-batch; so also the longest sample) that fits settings' GPU (gpu_gib),
+    up to limit, trying fallbacks() in order: the first that reaches limit is chosen, else the one that reaches
+    furthest (the cheaper on a tie). Returns tokens (0: nothing fits), the settings changed, their flags, the chosen
+    plan and one line per decision."""
+    gpu = settings.get("gpu_gib", DEFAULT_GPU_GIB)
+    lines, tried = [], []
+    if not offload_available and not settings.get("offload_activations"):
+        lines.append(f"--offload-activations not tried: it {OFFLOAD_NOTE}")
+    for name, change in fallbacks(settings, offload_available):
+        tokens = longest_fitting(model, limit, step, **{**settings, **change})
+        found = f"{tokens} tokens fit" if tokens else f"nothing fits, not even {min(step, limit)} tokens"
+        lines.append(f"{'+ ' if tried else ''}{name}: {found}")
+        tried.append((tokens, change))
+        if tokens == limit:
+            break
+    tokens, change = max(tried, key=lambda t: t[0])  # max keeps the first of equals: the cheaper
+    for key in ("gradient_checkpointing", "offload_activations"):  # taken on the way: still needed with the rest?
+        lighter = {k: v for k, v in change.items() if k != key}
+        if key not in change or not lighter or not tokens:  # alone, it is a rung that did no better than before it
+            continue
+        if longest_fitting(model, limit, step, **{**settings, **lighter}) >= tokens:
+            change = lighter
+            lines.append(f"--{key.replace('_', '-')} dropped: not needed with the rest")
+    chosen = flags(change, settings)
+    plan = estimate(model, seq_len=tokens or limit, **{**settings, **change})
+    paged = f", {plan['pageable']:.1f} GiB of it pageable optimizer state" if plan["pageable"] else ""
+    estimated = f"{gpu:.1f} GiB GPU (est. {plan['total']:.1f} GiB{paged})"
+    if not tokens:
+        lines.append(f"chosen: nothing; {plan['model']} does not fit a {gpu:.1f} GiB GPU this way")
+    elif tokens == limit:
+        lines.append(
+            f"chosen: {' '.join(chosen) or 'the settings as configured'}: all {limit} tokens fit a {estimated}"
+        )
+    else:
+        how = " ".join([*chosen, f"--micro-batch-tokens {tokens}"])
+        lines.append(
+            f"chosen: {how}: the longest of the options tried, {tokens} of the {limit} wanted, on a {estimated}"
+        )
+    lines = [f"fit: {line}" for line in lines]
+    return {"tokens": tokens, "change": change, "flags": chosen, "plan": plan, "lines": lines}
+
+
+# ----------------------------------------------------------------------------- throughput: an estimate until measured
+
+# Dense (no sparsity) 16-bit tensor-core peaks, TFLOPS, from the vendors' datasheets, matched in this order against
+# torch.cuda.get_device_name(): T4 65 (mixed FP16/FP32; no bf16), L4 121 (242 "with sparsity"), A100 312 (bf16), H100
+# SXM 989 (1,979 with sparsity). bench/gpu.py reads its MFU against the same table.
+PEAK_TFLOPS = [
+    ("H100 PCIe", 756), ("H100 NVL", 835), ("H100", 989), ("H200", 989), ("H800", 989), ("GH200", 989),
+    ("B200", 2250), ("A100", 312), ("A800", 312), ("L40S", 362), ("L40", 181), ("A6000", 155), ("L4", 121),
+    ("A10G", 70), ("RTX 4090", 165), ("T4", 65),
+]  # fmt: skip
+
+
+def peak_tflops(device_name: str) -> float | None:
+    """The dense 16-bit peak of a GPU named like torch.cuda.get_device_name() ("NVIDIA A100-SXM4-40GB"), if known."""
+    return next((tflops for key, tflops in PEAK_TFLOPS if key.lower() in device_name.lower()), None)
+
+
+MFU = 0.35  # assumed model-FLOPs utilisation: what well-tuned bf16 training reaches; an estimate until measured
+MEAN_SAMPLE_TOKENS = 5634  # Sky-T1-like sample lengths (bench/RESULTS.md, benchmark 2)
+
+
+def tokens_per_second(model, peak_tflops: float, mean_sample: float = MEAN_SAMPLE_TOKENS, mfu: float = MFU) -> float:
+    """Estimated training tokens per second: peak x MFU / FLOPs per token. FLOPs per token = 6 x the weights that take
+    part in a matrix multiply (decoder linears and the LM head, not the embedding lookup) + causal attention,
+    6 x layers x hidden x the mean sample length: MFU as bench/gpu.py measures it. 6 = forward 2 + backward 4; LoRA
+    skips the frozen weights' gradients but recomputes the checkpointed forward, which MFU does not count as work."""
+    s = model_shapes(model)
+    flops = (
+        6 * (s["layers"] * linear_params(s) + s["vocab"] * s["hidden"]) + 6 * s["layers"] * s["hidden"] * mean_sample
+    )
+    return peak_tflops * 1e12 * mfu / flops
+
+
+# ----------------------------------------------------------------------------- the README's fit table
+
+# Memory as torch reports it (GiB): T4 15,843,721,216 bytes and A100 40 GB 42,405,855,232 bytes (CUDA deviceQuery);
+# L4: nvidia-smi's 23,034 MiB less the ~0.25-0.5 GiB the driver keeps (as on T4 and A100); 80 GB: the planner's default.
+# A T4 (compute capability 7.5) has no FlashAttention-2: utils.pick_attention gives it SDPA.
+TABLE_GPUS = (
+    ("T4 16 GB", 14.76, "T4", "sdpa"),
+    ("L4 24 GB", 22.0, "L4", "flash_attention_2"),
+    ("A100 40 GB", 39.49, "A100", "flash_attention_2"),
+    ("A100 80 GB", DEFAULT_GPU_GIB, "A100", "flash_attention_2"),
+)
+TABLE_MODELS = ("Qwen/Qwen2.5-1.5B-Instruct", "Qwen/Qwen2.5-7B-Instruct", "Qwen/Qwen2.5-14B-Instruct")
+TABLE_MODELS += ("Qwen/Qwen2.5-32B-Instruct",)
+TABLE_LIMIT = 32768  # Qwen2.5's native context (max_position_embeddings); the paper trains at 16384
+
+
+def fit_table(limit: int = TABLE_LIMIT, step: int = FIT_STEP) -> tuple[list[dict], str]:
+    """QLoRA (rank 64, all linears, one GPU, checkpointing on) of each model on each GPU: the longest sample that
+    fits, what it needs, and the estimated throughput. Returns the rows and the README's markdown table."""
+    rows = []
+    for model in TABLE_MODELS:
+        for gpu, gib, kind, attention in TABLE_GPUS:
+            settings = {"mode": "qlora", "lora_rank": 64, "gpu_gib": gib, "attention": attention}
+            result = fit(model, limit, step, **settings)
+            without = fit(model, limit, step, offload_available=False, **settings)["tokens"]
+            tokens = result["tokens"]
+            speed = tokens_per_second(model, peak_tflops(kind), min(MEAN_SAMPLE_TOKENS, tokens / 2)) if tokens else 0
+            rows.append({"model": model, "gpu": gpu, "gpu_gib": gib, "attention": attention, "tokens": tokens})
+            rows[-1].update(flags=result["flags"], total_gib=result["plan"]["total"], tokens_per_s=speed)
+            rows[-1]["without_offload"] = without
+    lines = [
+        "| model | GPU (GiB usable, attention) | longest sample, tokens | needs | est. peak | without offload | "
+        f"est. tokens/s (MFU {MFU}) | est. hours per 10M tokens |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        name = row["model"].removeprefix("Qwen/").removesuffix("-Instruct")
+        gpu = f"{row['gpu']} ({row['gpu_gib']:.1f}, {'FA2' if row['attention'] == 'flash_attention_2' else 'SDPA'})"
+        if not row["tokens"]:
+            lines.append(f"| {name} | {gpu} | does not fit | | | | | |")
+            continue
+        tokens = f"{row['tokens']}" + (" (the cap)" if row["tokens"] == limit else "")
+        needs = " ".join(f"`{flag}`" for flag in row["flags"]) or "nothing more"
+        hours = 1e7 / row["tokens_per_s"] / 3600
+        without = row["without_offload"] or "does not fit"
+        lines.append(
+            f"| {name} | {gpu} | {tokens} | {needs} | {row['total_gib']:.1f} GiB | {without} | "
+            f"{row['tokens_per_s']:,.0f} | {hours:.1f} |"
+        )
+    return rows, "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- the trainers' --gpu-memory and --fit
+
+
+def target_gpu(gpu_memory: float | None, attn: str) -> dict:
+    """The GPU a trainer plans for, and the attention its run will use there: --gpu-memory, else the GPU of this
+    machine, else an 80 GB card; --attn auto: what utils.pick_attention picks on this machine's GPU (SDPA on a T4 or
+    without flash-attn), FlashAttention-2 without a GPU (the README's GPU install on Ampere or newer)."""
+    import torch
+
+    import utils
+
+    detected = torch.cuda.is_available()
+    gib = gpu_memory or DEFAULT_GPU_GIB
+    if detected and not gpu_memory:
+        gib = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / GiB
+    attention = attn
+    if attn == "auto":
+        attention = utils.pick_attention(attn, torch.device("cuda")) if detected else "flash_attention_2"
+    return {"gpu_gib": gib, "attention": attention, "detected": detected}
+
+
+def run_settings(args: argparse.Namespace, **specific) -> dict:
+    """estimate()'s settings for a trainer's arguments: what both trainers share, plus their own (mode, optimizer...).
+    The plan assumes WORLD_SIZE GPUs under torchrun, else --gpus, else one."""
+    target = target_gpu(args.gpu_memory, args.attn)
+    return {
+        "n_gpus": args.gpus or int(os.environ.get("WORLD_SIZE", "1")),
+        "cpu_offload": args.cpu_offload,
+        "gradient_checkpointing": args.gradient_checkpointing,
+        "offload_activations": args.offload_activations,
+        "loss_chunk_tokens": args.loss_chunk_tokens,
+        "gpu_gib": target["gpu_gib"],
+        "attention": target["attention"],
+        **specific,
+    }
+
+
+def can_offload_activations() -> bool:
+    """utils.enable_checkpointing's condition for --offload-activations (transformers >= 5.23)."""
+    from transformers import PreTrainedModel
+
+    return hasattr(PreTrainedModel, "activation_checkpointing_enable")
+
+
+NO_GPU = "no GPU detected: --fit needs --gpu-memory to plan for one; settings unchanged"
+
+
+def fit_run(args: argparse.Namespace, settings: dict) -> dict:
+    """--fit for both trainers: the longest --micro-batch-tokens (and, when shorter, --max-length) up to the configured
+    one that fits the target GPU, with the first fallbacks() it needs, written into args so that the run (or its
+    --dry-run plan) uses them; prints one line per decision (rank 0). Without --dry-run, a fallback this environment
+    cannot run is not tried, and nothing fitting stops the run before it loads anything."""
+    printer = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 speaks for all
+    detected = target_gpu(None, args.attn)["detected"]
+    source = "--gpu-memory"
+    if args.gpu_memory is None:
+        source = "this machine's GPU" if detected else "no GPU detected: an 80 GB card, the planner's default"
+    if args.gpu_memory is None and not detected and not args.dry_run:
+        result = {"tokens": None, "change": {}, "lines": [NO_GPU]}
+    else:
+        offload_available = args.dry_run or can_offload_activations()
+        result = fit(args.model, args.micro_batch_tokens, offload_available=offload_available, **settings)
+        result["lines"].insert(0, f"fit: for a {settings['gpu_gib']:.1f} GiB GPU ({source}), {settings['attention']}")
+    for line in result["lines"] if printer else []:
+        print(line)
+    if result["tokens"] is None:
+        return result
+    if not result["tokens"]:
+        if not args.dry_run:
+            raise SystemExit(f"--fit: {args.model} does not fit a {settings['gpu_gib']:.1f} GiB GPU; see above")
+        return result
+    for key, value in result["change"].items():
+        setattr(args, {"optimizer": "optim"}.get(key, key), value)
+    args.micro_batch_tokens, args.max_length = result["tokens"], min(args.max_length, result["tokens"])
+    return result
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="Qwen/Qwen2.5-32B-Instruct", help="hub name or local folder (its config.json)")
@@ -245,15 +548,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True, help="recompute activations"
     )
     p.add_argument("--loss-chunk-tokens", type=int, default=1024, help="chunked LM-head loss; 0 = full logits")
-    p.add_argument("--gpu-gib", type=float, default=79.6, help="memory of one GPU in GiB (79.6 = an 80 GB card)")
+    p.add_argument(
+        "--gpu-memory",
+        type=float,
+        default=DEFAULT_GPU_GIB,
+        help="memory of one GPU in GiB, as torch reports it (79.6: an 80 GB card; T4 14.76, A100 40 GB 39.49)",
+    )
+    p.add_argument(
+        "--attention",
+        choices=ATTENTION,
+        default="flash_attention_2",
+        help="what the run attends with: sdpa on a T4 (no FlashAttention-2 before Ampere) adds the packed T x T mask",
+    )
+    p.add_argument("--fit", action="store_true", help="the longest --seq-len (up to the one given) that fits, and how")
+    p.add_argument("--fit-table", action="store_true", help="print the README's table: QLoRA of Qwen2.5 on 4 GPUs")
     return p.parse_args(argv)
 
 
 def main(args: argparse.Namespace) -> dict:
-    plan, text = report(
-        args.model,
+    if args.fit_table:
+        rows, table = fit_table()
+        print(table)
+        return {"rows": rows}
+    settings = dict(
         n_gpus=args.gpus,
-        seq_len=args.seq_len,
         mode=args.mode,
         optimizer=args.optim,
         lora_rank=args.lora_rank,
@@ -262,8 +580,15 @@ def main(args: argparse.Namespace) -> dict:
         gradient_checkpointing=args.gradient_checkpointing,
         offload_activations=args.offload_activations,
         loss_chunk_tokens=args.loss_chunk_tokens,
-        gpu_gib=args.gpu_gib,
+        gpu_gib=args.gpu_memory,
+        attention=args.attention,
     )
+    if args.fit:
+        result = fit(args.model, args.seq_len, **settings)
+        print("\n".join(result["lines"]))
+        print(format_plan(result["plan"]))
+        return result
+    plan, text = report(args.model, seq_len=args.seq_len, **settings)
     print(text)
     return plan
 

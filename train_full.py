@@ -5,14 +5,15 @@
     python train_full.py --data cot17k.jsonl --model Qwen/Qwen2.5-7B-Instruct --optim paged_adamw8bit   # one 80 GB GPU
     torchrun --nproc-per-node 8 train_full.py --data cot17k.jsonl --cpu-offload   # the paper: 32B on 8 GPUs
 
-One process: the plain model on one device, fp32 master weights under bf16 autocast. Under torchrun (2+ processes,
-or --fsdp / --cpu-offload): PyTorch FSDP2 shards parameters, gradients and optimizer state over every rank, gathers one
-decoder layer at a time in bf16 and reduces gradients in fp32. Each optimizer step takes the same `--samples-per-step`
-samples a single process would, splits them over the ranks by token count, packs each share into micro-batches of at
-most `--micro-batch-tokens` and normalises by the target tokens of the whole step on all ranks, so N GPUs compute the
-one-GPU gradient. Multi-node: add --nnodes/--rdzv-endpoint to torchrun (`accelerate launch` works too); --output-dir
-must be on a filesystem every node sees (checkpoints are written by all ranks). FSDP2 partitions as the paper's
-DeepSpeed ZeRO-3 does, and CPUOffloadPolicy plays ZeRO-Offload's part: the README compares the two.
+One process: the plain model on one device, fp32 master weights under bf16 autocast (fp16 with loss scaling on a T4,
+--precision). Under torchrun (2+ processes, or --fsdp / --cpu-offload): PyTorch FSDP2 shards parameters, gradients and
+optimizer state over every rank, gathers one decoder layer at a time in bf16 and reduces gradients in fp32. Each
+optimizer step takes the same `--samples-per-step` samples a single process would, splits them over the ranks by token
+count, packs each share into micro-batches of at most `--micro-batch-tokens` and normalises by the target tokens of the
+whole step on all ranks, so N GPUs compute the one-GPU gradient. Multi-node: add --nnodes/--rdzv-endpoint to torchrun
+(`accelerate launch` works too); --output-dir must be on a filesystem every node sees (checkpoints are written by all
+ranks). FSDP2 partitions as the paper's DeepSpeed ZeRO-3 does, and CPUOffloadPolicy plays ZeRO-Offload's part: the
+README compares the two.
 """
 
 from __future__ import annotations
@@ -48,6 +49,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # model
     p.add_argument("--model", default="Qwen/Qwen2.5-32B-Instruct", help="base chat model, hub name or folder (paper)")
     p.add_argument("--attn", choices=utils.ATTENTION, default="auto", help="auto: FlashAttention-2 on GPU, else SDPA")
+    p.add_argument(
+        "--precision",
+        choices=utils.PRECISIONS,
+        default="auto",
+        help="auto: bf16 on A100/L4/H100 (paper), fp16 + loss scaling on T4/V100 (no native bf16), fp32 on CPU",
+    )
     # optimisation (paper: LLaMA-Factory's AdamW, cosine schedule)
     p.add_argument("--optim", choices=memory_plan.OPTIMIZERS, default="adamw", help="8-bit: bitsandbytes, one GPU")
     p.add_argument("--lr", type=float, default=1e-5, help="peak learning rate (paper's full SFT: 1e-5)")
@@ -71,7 +78,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dist-timeout", type=float, default=120, help="minutes ranks may wait for rank 0 (loads, saves)")
     # output
     p.add_argument("--output-dir", default="out/full", help="metrics.jsonl, step-NNNNNN/ (sharded), final/ model")
-    p.add_argument("--save-dtype", choices=["bf16", "fp32"], default="bf16", help="dtype of final/ (vLLM serves bf16)")
+    p.add_argument(
+        "--save-dtype", choices=["auto", *utils.DTYPES], default="auto", help="final/'s dtype; auto: --precision's"
+    )
     p.add_argument("--save-every", type=int, default=50, help="steps between checkpoints (0: only at the end)")
     p.add_argument("--keep-checkpoints", type=int, default=2, help="older step-NNNNNN/ are deleted (32B: ~390 GB)")
     p.add_argument("--resume", nargs="?", const="auto", help="'auto' (newest in --output-dir) or a checkpoint folder")
@@ -79,6 +88,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--demo", action="store_true", help="tiny random model + bundled sample on CPU (no download)")
     p.add_argument("--dry-run", action="store_true", help="print the memory plan per GPU and exit (no download)")
     p.add_argument("--gpus", type=int, default=0, help="GPUs the --dry-run plan assumes (0: WORLD_SIZE, else 1)")
+    p.add_argument("--gpu-memory", type=float, help="GiB of the GPU to plan for (default: this machine's, else 79.6)")
+    p.add_argument("--fit", action="store_true", help="pick the longest --micro-batch-tokens that fits, then offloads")
     args = p.parse_args(argv)
     if args.demo:  # small enough for a laptop CPU, same code path as the real run
         args.model, args.data, args.output_dir = tiny_model.DEMO_MODEL_DIR, [tiny_model.DEMO_DATA], "out/demo-full"
@@ -89,26 +100,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def plan_settings(args: argparse.Namespace) -> dict:
+    """memory_plan's settings for this run, on --gpu-memory (else this machine's GPU) with the attention used there."""
+    return memory_plan.run_settings(args, mode="full", optimizer=args.optim)
+
+
 def dry_run(args: argparse.Namespace) -> dict:
     """The memory plan for this configuration; if it does not fit, which single change would make it fit."""
-    plan, text = memory_plan.report(
-        args.model,
-        n_gpus=args.gpus or int(os.environ.get("WORLD_SIZE", "1")),
-        seq_len=args.micro_batch_tokens,
-        mode="full",
-        optimizer=args.optim,
-        cpu_offload=args.cpu_offload,
-        gradient_checkpointing=args.gradient_checkpointing,
-        offload_activations=args.offload_activations,
-        loss_chunk_tokens=args.loss_chunk_tokens,
-    )
+    plan, text = memory_plan.report(args.model, seq_len=args.micro_batch_tokens, **plan_settings(args))
     print(text)
     return plan
 
 
 def load_sharded(model: distributed.CausalLMLoss, args: argparse.Namespace, device, dtype, rank: int) -> None:
     """Shard the empty model, then let rank 0 read the checkpoint and send each rank its shards: no rank ever holds
-    the whole model in fp32 (8 ranks x 131 GB for 32B), and rank 0 holds it once in its stored dtype. bf16 compute,
+    the whole model in fp32 (8 ranks x 131 GB for 32B), and rank 0 holds it once in its stored dtype. 16-bit compute,
     fp32 gradient reduction, fp32 master shards for the optimizer; on CPU (tests) everything stays fp32."""
     from transformers import AutoModelForCausalLM
 
@@ -121,6 +127,8 @@ def load_sharded(model: distributed.CausalLMLoss, args: argparse.Namespace, devi
 
 def main(args: argparse.Namespace) -> dict:
     # ---------------------------------------------------------------- setup
+    if args.fit:  # before anything reads the settings: what fits the target GPU, and why (a notebook just adds --fit)
+        memory_plan.fit_run(args, plan_settings(args))
     if args.dry_run:
         return dry_run(args)
     import torch.distributed.checkpoint as dcp
@@ -137,7 +145,7 @@ def main(args: argparse.Namespace) -> dict:
 
     say = distributed.say
     out = Path(args.output_dir)
-    dtype = utils.pick_dtype(device)
+    dtype = utils.pick_dtype(device, args.precision)
     attn = utils.pick_attention(args.attn, device)
     say("config:", json.dumps(vars(args), indent=1))
     sharding = ("FSDP2 + CPU offload" if args.cpu_offload else "FSDP2") if sharded else "single process"
@@ -166,7 +174,7 @@ def main(args: argparse.Namespace) -> dict:
     if sharded:
         lm = distributed.empty_model(args.model, torch.float32, attn)  # fp32 master shards
     else:
-        lm = utils.load_model(args.model, device, torch.float32, attn)  # fp32 master weights; autocast computes in bf16
+        lm = utils.load_model(args.model, device, torch.float32, attn)  # fp32 master weights; autocast computes 16-bit
     if args.gradient_checkpointing:
         utils.enable_checkpointing(lm, args.offload_activations)
     model = distributed.CausalLMLoss(lm, args.loss_chunk_tokens)
@@ -184,6 +192,7 @@ def main(args: argparse.Namespace) -> dict:
         optimizer = optimizer_class(params, lr=args.lr, weight_decay=args.weight_decay)
     warmup = math.ceil(args.warmup_ratio * total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, utils.cosine_schedule(warmup, total_steps))
+    scaler, skipped_steps = distributed.make_grad_scaler(dtype, device), 0  # fp16: loss scaling; else a no-op
 
     start_step = 0
     resume_dir = utils.resolve_resume(args.resume, out)
@@ -193,6 +202,7 @@ def main(args: argparse.Namespace) -> dict:
         dcp.load({"model": model_state, "optim": optimizer_state}, checkpoint_id=str(resume_dir))  # reshards to world
         dcp_state.set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state)
         scheduler.load_state_dict(state["scheduler"])
+        skipped_steps = distributed.restore_grad_scaler(scaler, state)
         utils.set_rng_state(state["rng"])
         start_step = state["step"]
         if is_main:
@@ -209,6 +219,7 @@ def main(args: argparse.Namespace) -> dict:
         dcp.save({"model": model_state, "optim": optimizer_state}, checkpoint_id=str(tmp))
         if is_main:
             state = {"step": step, "scheduler": scheduler.state_dict(), "rng": utils.rng_state()}
+            state.update(grad_scaler=scaler.state_dict(), skipped_steps=skipped_steps)
             state.update(data_fingerprint=data.fingerprint, world_size=world)
             torch.save(state, tmp / "training_state.pt")
             utils.atomic_write_text(tmp / "run_config.json", json.dumps(vars(args), indent=1))
@@ -224,7 +235,7 @@ def main(args: argparse.Namespace) -> dict:
             model, options=dcp_state.StateDictOptions(full_state_dict=True, cpu_offload=True)
         )
         if is_main:
-            save_dtype = torch.bfloat16 if args.save_dtype == "bf16" else torch.float32
+            save_dtype = dtype if args.save_dtype == "auto" else utils.DTYPES[args.save_dtype]
             weights = {key.removeprefix("lm."): full.pop(key).to(save_dtype) for key in list(full)}
 
             def write(tmp: Path):
@@ -245,10 +256,10 @@ def main(args: argparse.Namespace) -> dict:
     # ---------------------------------------------------------------- loop
     from tqdm import tqdm
 
-    # FSDP casts to bf16 itself. Autocast's weight cache would keep a bf16 copy of the whole model alive until backward.
+    # FSDP casts to 16 bits itself. Autocast's weight cache would keep a 16-bit copy of the model alive until backward.
     autocast = nullcontext()
-    if device.type == "cuda" and not sharded:
-        autocast = torch.autocast("cuda", dtype=dtype, cache_enabled=False)
+    if dtype != torch.float32 and not sharded:
+        autocast = torch.autocast(device.type, dtype=dtype, cache_enabled=False)
     logger = utils.StepLogger(out, total_steps, start_step, args.wandb, vars(args)) if is_main else None
     bar = tqdm(total=total_steps, initial=start_step, desc="train", dynamic_ncols=True, disable=not is_main)
     model.train()
@@ -260,16 +271,22 @@ def main(args: argparse.Namespace) -> dict:
         sample_ids = sft.step_sample_ids(len(samples), args.samples_per_step, args.seed, step)
         # this rank's share of the step; each loss / the step's target tokens on ALL ranks, then summed over ranks
         loss_sum, n_tokens, n_targets = distributed.accumulate_step(
-            model, data, sample_ids, args.micro_batch_tokens, pack, collate, device, autocast
+            model, data, sample_ids, args.micro_batch_tokens, pack, collate, device, autocast, scaler
         )
-        grad_norm = distributed.clip_grad_norm(params, args.max_grad_norm, device)
         lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
+        # unscale (fp16), clip, step unless a gradient is inf/nan, update the loss scale
+        grad_norm, loss_scale, stepped = distributed.scaled_optimizer_step(
+            optimizer, scaler, params, args.max_grad_norm, device
+        )
+        if stepped:  # as Hugging Face's Trainer: a step fp16 skipped does not advance the schedule
+            scheduler.step()
+        skipped_steps += not stepped
         optimizer.zero_grad(set_to_none=True)
         peak = distributed.max_over_ranks(utils.peak_memory_gb(device), device)
 
         record = {"step": step + 1, "loss": loss_sum / n_targets, "lr": lr, "grad_norm": grad_norm}
+        if scaler.is_enabled():
+            record.update(loss_scale=loss_scale, skipped_steps=skipped_steps)
         record.update(tokens=n_tokens, target_tokens=n_targets, tokens_per_s=n_tokens / (time.time() - t0))
         record.update(peak_mem_gb=peak, epoch=step // steps_per_epoch)
         losses.append(record["loss"])

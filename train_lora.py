@@ -21,7 +21,6 @@ import argparse
 import gc
 import json
 import math
-import os
 import tempfile
 import time
 from contextlib import nullcontext
@@ -54,6 +53,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lora-dropout", type=float, default=0.0, help="paper: 0; also keeps a resumed run bit-exact")
     p.add_argument("--target-modules", default="all-linear", help="LoRA targets: all-linear (paper) or q_proj,v_proj")
     p.add_argument("--attn", choices=utils.ATTENTION, default="auto", help="auto: FlashAttention-2 on GPU, else SDPA")
+    p.add_argument(
+        "--precision",
+        choices=utils.PRECISIONS,
+        default="auto",
+        help="auto: bf16 on A100/L4/H100 (paper), fp16 + loss scaling on T4/V100 (no native bf16), fp32 on CPU",
+    )
     # optimisation (paper: LLaMA-Factory's AdamW, cosine schedule)
     p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (paper's LoRA run: 1e-4)")
     p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (LLaMA-Factory's default: 0)")
@@ -79,11 +84,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--save-every", type=int, default=50, help="steps between checkpoints (0: only at the end)")
     p.add_argument("--keep-checkpoints", type=int, default=2, help="older step-NNNNNN/ folders are deleted")
     p.add_argument("--resume", nargs="?", const="auto", help="'auto' (newest in --output-dir) or a checkpoint folder")
-    p.add_argument("--merge", action="store_true", help="also write merged/: a bf16 model for vLLM")
+    p.add_argument("--merge", action="store_true", help="also write merged/ for vLLM, in --precision's dtype")
     p.add_argument("--wandb", metavar="PROJECT", help="also log to this Weights & Biases project")
     p.add_argument("--demo", action="store_true", help="tiny random model + bundled sample on CPU (no download)")
     p.add_argument("--dry-run", action="store_true", help="print the GPU memory plan and exit (no download)")
     p.add_argument("--gpus", type=int, default=0, help="GPUs the --dry-run plan assumes (0: WORLD_SIZE, else 1)")
+    p.add_argument("--gpu-memory", type=float, help="GiB of the GPU to plan for (default: this machine's, else 79.6)")
+    p.add_argument("--fit", action="store_true", help="pick the longest --micro-batch-tokens that fits, then offload")
     args = p.parse_args(argv)
     if args.demo:  # small enough for a laptop CPU, same code path as the real run (QLoRA included)
         args.model, args.data, args.output_dir = tiny_model.DEMO_MODEL_DIR, [tiny_model.DEMO_DATA], "out/lora-demo"
@@ -97,31 +104,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def plan_settings(args: argparse.Namespace) -> dict:
+    """memory_plan's settings for this run, on --gpu-memory (else this machine's GPU) with the attention used there."""
+    mode = "qlora" if args.quant == "nf4" else "lora"
+    return memory_plan.run_settings(args, mode=mode, fsdp=args.fsdp, lora_rank=args.lora_rank)
+
+
 def plan_memory(args: argparse.Namespace) -> tuple[dict, str]:
     """Estimated GPU memory of this run; reads only the model's shapes (offline for the paper's models)."""
-    return memory_plan.report(
-        args.model,
-        n_gpus=args.gpus or int(os.environ.get("WORLD_SIZE", "1")),
-        seq_len=args.micro_batch_tokens,
-        mode="qlora" if args.quant == "nf4" else "lora",
-        fsdp=args.fsdp,
-        cpu_offload=args.cpu_offload,
-        lora_rank=args.lora_rank,
-        gradient_checkpointing=args.gradient_checkpointing,
-        offload_activations=args.offload_activations,
-        loss_chunk_tokens=args.loss_chunk_tokens,
-    )
+    return memory_plan.report(args.model, seq_len=args.micro_batch_tokens, **plan_settings(args))
 
 
-def merge_adapter(base_model: str, adapter_dir: Path, output_dir: Path) -> str:
-    """Fold the adapter into a bf16 copy of the base (never the 4-bit one: merging into NF4 loses the update)."""
+def merge_adapter(base_model: str, adapter_dir: Path, output_dir: Path, precision: str = "auto") -> str:
+    """Fold the adapter into a copy of the base in the training's dtype (utils.pick_dtype: bf16 on A100/L4/H100, fp16
+    on a T4, what vLLM serves there; fp32 on CPU), never into the 4-bit one: merging into NF4 loses the update."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     with tempfile.TemporaryDirectory(dir=output_dir.parent, prefix="merge-offload-") as offload:
         spill = {"offload_folder": offload} if torch.cuda.is_available() else {}
         device_map = "auto" if spill else None  # on GPU: what does not fit goes to CPU memory, then to disk
-        base = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.bfloat16, device_map=device_map, **spill)
+        dtype = utils.pick_dtype(utils.pick_device(), precision)
+        base = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype, device_map=device_map, **spill)
         merged = PeftModel.from_pretrained(base, str(adapter_dir), **spill).merge_and_unload()
         tokenizer = utils.load_tokenizer(str(adapter_dir))
 
@@ -134,6 +138,8 @@ def merge_adapter(base_model: str, adapter_dir: Path, output_dir: Path) -> str:
 
 
 def main(args: argparse.Namespace) -> dict:
+    if args.fit:  # before anything reads the settings: what fits the target GPU, and why (a notebook just adds --fit)
+        memory_plan.fit_run(args, plan_settings(args))
     if args.dry_run:
         print("config:", json.dumps(vars(args), indent=1))
         plan, text = plan_memory(args)
@@ -145,7 +151,8 @@ def main(args: argparse.Namespace) -> dict:
     if args.merge:  # train() has returned: its model, optimizer, scheduler and gradients went with it
         gc.collect()
         torch.cuda.empty_cache()
-        summary["merged"] = merge_adapter(args.model, Path(args.output_dir) / "final", Path(args.output_dir) / "merged")
+        out = Path(args.output_dir)
+        summary["merged"] = merge_adapter(args.model, out / "final", out / "merged", args.precision)
     print("done:", json.dumps(summary))
     return summary
 
@@ -158,7 +165,7 @@ def train(args: argparse.Namespace) -> dict | None:
     several, timeout = distributed.launched() or args.fsdp, timedelta(minutes=args.dist_timeout)
     rank, world, device = distributed.init(timeout, args.cpu_offload) if several else (0, 1, utils.pick_device())
     is_main, say = rank == 0, distributed.say
-    dtype = utils.pick_dtype(device)
+    dtype = utils.pick_dtype(device, args.precision)
     attn = utils.pick_attention(args.attn, device)
     say("config:", json.dumps(vars(args), indent=1))
     say(f"device {device} x {world} | FSDP2 {args.fsdp} | compute {dtype} | attention {attn} | quant {args.quant}")
@@ -192,7 +199,7 @@ def train(args: argparse.Namespace) -> dict | None:
         lm = distributed.empty_model(args.model, dtype, attn)
     else:  # --fsdp: rank 0 reads the base into CPU memory, once; otherwise each rank holds its own copy on its GPU
         lm = utils.load_model(args.model, torch.device("cpu") if args.fsdp else device, dtype, attn, args.quant)
-    if args.quant == "nf4":  # frozen, and kept in the compute dtype: the residual stream stays bf16
+    if args.quant == "nf4":  # frozen, and kept in the compute dtype: the residual stream stays 16-bit
         lm = utils.prepare_qlora(lm)
     if args.gradient_checkpointing:
         utils.enable_checkpointing(lm, args.offload_activations)
@@ -216,10 +223,12 @@ def train(args: argparse.Namespace) -> dict | None:
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay, fused=fused)
     warmup = math.ceil(args.warmup_ratio * total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, utils.cosine_schedule(warmup, total_steps))
+    scaler, skipped_steps = distributed.make_grad_scaler(dtype, device), 0  # fp16: loss scaling; else a no-op
     if resume_dir:
         state = utils.load_training_state(resume_dir, data.fingerprint)
         distributed.load_optimizer_state(model, optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        skipped_steps = distributed.restore_grad_scaler(scaler, state)
         utils.set_rng_state(state["rng"])
         start_step = state["step"]
         if is_main:
@@ -239,6 +248,7 @@ def train(args: argparse.Namespace) -> dict | None:
             utils.atomic_write_text(tmp / "run_config.json", json.dumps(vars(args), indent=1))
             if with_state:
                 state = {"step": step, "optimizer": optimizer_state, "scheduler": scheduler.state_dict()}
+                state.update(grad_scaler=scaler.state_dict(), skipped_steps=skipped_steps)
                 state.update(rng=utils.rng_state(), data_fingerprint=data.fingerprint, world_size=world)
                 torch.save(state, tmp / "training_state.pt")
 
@@ -248,9 +258,9 @@ def train(args: argparse.Namespace) -> dict | None:
     # ---------------------------------------------------------------- loop
     from tqdm import tqdm
 
-    # FSDP casts to the compute dtype itself; one GPU or a replica computes in bf16 under autocast
-    use_autocast = device.type == "cuda" and not args.fsdp
-    autocast = torch.autocast("cuda", dtype=dtype) if use_autocast else nullcontext()
+    # FSDP casts to the compute dtype itself; one GPU or a replica computes in bf16 or fp16 under autocast
+    use_autocast = dtype != torch.float32 and not args.fsdp
+    autocast = torch.autocast(device.type, dtype=dtype) if use_autocast else nullcontext()
     logger = utils.StepLogger(out, total_steps, start_step, args.wandb, vars(args)) if is_main else None
     bar = tqdm(total=total_steps, initial=start_step, desc="train", dynamic_ncols=True, disable=not is_main)
     model.train()
@@ -262,17 +272,23 @@ def train(args: argparse.Namespace) -> dict | None:
         sample_ids = sft.step_sample_ids(len(samples), args.samples_per_step, args.seed, step)
         # this rank's share of the step; each loss / the step's target tokens on ALL ranks, then summed over ranks
         loss_sum, n_tokens, n_targets = distributed.accumulate_step(
-            model, data, sample_ids, args.micro_batch_tokens, pack, collate, device, autocast
+            model, data, sample_ids, args.micro_batch_tokens, pack, collate, device, autocast, scaler
         )
         if not args.fsdp:  # FSDP2 has summed its shards' gradients already
             distributed.all_reduce_gradients(params)
-        grad_norm = distributed.clip_grad_norm(params, args.max_grad_norm, device)
         lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
+        # unscale (fp16), clip, step unless a gradient is inf/nan, update the loss scale
+        grad_norm, loss_scale, stepped = distributed.scaled_optimizer_step(
+            optimizer, scaler, params, args.max_grad_norm, device
+        )
+        if stepped:  # as Hugging Face's Trainer: a step fp16 skipped does not advance the schedule
+            scheduler.step()
+        skipped_steps += not stepped
         optimizer.zero_grad(set_to_none=True)
 
         record = {"step": step + 1, "loss": loss_sum / n_targets, "lr": lr, "grad_norm": grad_norm}
+        if scaler.is_enabled():
+            record.update(loss_scale=loss_scale, skipped_steps=skipped_steps)
         record.update(tokens=n_tokens, target_tokens=n_targets, tokens_per_s=n_tokens / (time.time() - t0))
         peak = distributed.max_over_ranks(utils.peak_memory_gb(device), device)
         record.update(peak_mem_gb=peak, epoch=step // steps_per_epoch)

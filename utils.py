@@ -216,12 +216,34 @@ def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def pick_dtype(device: torch.device) -> torch.dtype:
-    """bf16 where the hardware has it (the paper's setting; Ampere and newer); fp32 on CPU, where bf16 matmuls are slow
-    and inexact, and on T4/V100, whose bf16 is only emulated (torch reports it as supported unless told not to)."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False):
-        return torch.bfloat16
-    return torch.float32
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")  # the trainers' --precision choices
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def choose_dtype(device_type: str, native_bf16: bool, precision: str = "auto") -> torch.dtype:
+    """The repo's one dtype rule. auto: bf16 on a GPU that computes it natively (compute capability >= 8: A100, L4,
+    H100; the paper's setting), fp16 on an older GPU (T4, V100: their bf16 is emulated and slow; fp16 needs a gradient
+    scaler, distributed.make_grad_scaler), fp32 on CPU, where half-precision matmuls are slower and inexact. Any other
+    precision is the user's choice and is taken as it is."""
+    if precision != "auto":
+        return DTYPES[precision]
+    if device_type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if native_bf16 else torch.float16
+
+
+def pick_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
+    """choose_dtype for this machine. torch.cuda.is_bf16_supported() counts emulation (True on a T4) unless told not
+    to."""
+    native_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+    return choose_dtype(device.type, native_bf16, precision)
+
+
+def vllm_dtype() -> str:
+    """pick_dtype's choice as vLLM's dtype argument on a GPU (float16 is vLLM's "half", what a T4 needs); on CPU,
+    "auto" leaves the choice to vLLM's CPU backend."""
+    device = pick_device()
+    return str(pick_dtype(device)).removeprefix("torch.") if device.type == "cuda" else "auto"
 
 
 ATTENTION = ("auto", "flash_attention_2", "sdpa", "eager", "flex_attention")  # the trainers' --attn choices
@@ -291,12 +313,14 @@ def enable_checkpointing(model, offload: bool = False) -> None:
 def prepare_qlora(model):
     """PEFT's prepare_model_for_kbit_training, then every weight it upcast to fp32 back to the dtype it was loaded in.
 
-    PEFT upcasts embeddings, norms, biases and the LM head to fp32 (a fix for fp16 training). Under bf16 that turns the
-    residual stream fp32 (bitsandbytes' Linear4bit returns its input's dtype), which doubles every checkpointed
-    activation (Qwen2.5-32B at 16k tokens: 20 GiB instead of 10) and buys nothing: RMSNorm computes its variance in
-    fp32 anyway, and the loss upcasts its logits. What the model keeps in fp32 by design (_keep_in_fp32_modules) stays
-    so; the LoRA weights, which must be fp32 (the optimizer's master copy), are made fp32 by get_peft_model afterwards.
-    memory_plan.py counts this layout; tests/test_train_lora.py checks it in a bf16 step.
+    PEFT upcasts embeddings, norms, biases and the LM head to fp32 (a fix for fp16 training). That turns the residual
+    stream fp32 (bitsandbytes' Linear4bit returns its input's dtype), which doubles every checkpointed activation
+    (Qwen2.5-32B at 16k tokens: 20 GiB instead of 10); under bf16 it buys nothing: RMSNorm computes its variance in
+    fp32 anyway, and the loss upcasts its logits. fp16 (a T4) keeps the same layout in fp16, as vLLM serves it there;
+    an overflow shows as skipped steps in the log (distributed.scaled_optimizer_step). What the model keeps in fp32 by
+    design (_keep_in_fp32_modules) stays so; the LoRA weights, which must be fp32 (the optimizer's master copy), are
+    made fp32 by get_peft_model afterwards.
+    memory_plan.py counts this layout; tests/test_train_lora.py checks it in a bf16 and an fp16 step.
     """
     from peft import prepare_model_for_kbit_training
 
@@ -354,9 +378,13 @@ class StepLogger:
         append_jsonl(self.metrics, record)
         if self.wandb:
             self.wandb.log(record, step=record["step"])
+        # fp16 only: the loss scale this step used, and the steps skipped so far for inf/nan gradients
+        scale = (
+            f"scale {record['loss_scale']:g} ({record['skipped_steps']} skipped) | " if "loss_scale" in record else ""
+        )
         return (
             f"step {record['step']}/{self.total_steps} | loss {record['loss']:.4f} | lr {record['lr']:.2e} | "
-            f"grad {record['grad_norm']:.3f} | tok/s {record['tokens_per_s']:.0f} | "
+            f"grad {record['grad_norm']:.3f} | {scale}tok/s {record['tokens_per_s']:.0f} | "
             f"mem {record['peak_mem_gb']:.2f} GB | eta {format_duration(eta)}"
         )
 

@@ -67,24 +67,6 @@ SHAPES = {
         "vocab_size": 4096,
     },
 }
-# Dense (no sparsity) bf16 tensor-core peaks from the vendors' datasheets, matched against torch.cuda.get_device_name().
-PEAK_BF16_TFLOPS = [
-    ("H100 PCIe", 756),
-    ("H100 NVL", 835),
-    ("H100", 989),
-    ("H200", 989),
-    ("H800", 989),
-    ("GH200", 989),
-    ("B200", 2250),
-    ("A100", 312),
-    ("A800", 312),
-    ("L40S", 362),
-    ("L40", 181),
-    ("A6000", 155),
-    ("L4", 121),
-    ("A10G", 70),
-    ("RTX 4090", 165),
-]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -230,7 +212,7 @@ def planned_gib(shape: dict, tokens: int, args: argparse.Namespace) -> float:
 def peak_tflops(args: argparse.Namespace, device_name: str) -> float | None:
     if args.peak_tflops:
         return args.peak_tflops
-    return next((tflops for key, tflops in PEAK_BF16_TFLOPS if key.lower() in device_name.lower()), None)
+    return memory_plan.peak_tflops(device_name)
 
 
 # ----------------------------------------------------------------------------- one training step per method
@@ -391,7 +373,7 @@ def main(args: argparse.Namespace) -> dict:
     if args.device == "cpu" and not args.tiny:
         raise SystemExit("--device cpu needs --tiny: the real shapes would take hours on a CPU")
     device = torch.device(args.device)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # train_lora.py's choice (utils.pick_dtype)
+    dtype = utils.pick_dtype(device)  # the trainers' choice: bf16, fp16 on a T4/V100, fp32 on CPU
     attn = utils.pick_attention(args.attn, device)
     machine = machine_info()
     peak_flops = (peak_tflops(args, machine.get("gpu", "")) or 0) * 1e12 or None

@@ -1,5 +1,6 @@
-"""distributed.py: the rank split, the global normalisation, the gradient sums and clipping, in one process and in
-two gloo processes; the trainers' torchrun tests (test_train_full.py, test_train_lora.py) run them end to end."""
+"""distributed.py: the rank split, the global normalisation, the gradient sums and clipping, fp16's loss scaling, in
+one process and in two gloo processes; the trainers' torchrun tests (test_train_full.py, test_train_lora.py) run them
+end to end."""
 
 from datetime import timedelta
 
@@ -73,6 +74,79 @@ def test_one_process_clipping_is_torchs():
     assert distributed.clip_grad_norm(params, 10.0, torch.device("cpu")) == pytest.approx(1.0, rel=1e-5)  # not scaled
 
 
+def sgd_setup(scaler, grads: list[torch.Tensor]):
+    """One fp32 parameter per gradient under plain SGD (its update IS the clipped gradient, so the clip shows), the
+    loss scaled once as accumulate_step does, and the gradients a backward of the scaled loss would leave."""
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(g.shape)) for g in grads]
+    scaler.scale(torch.ones(()))  # what accumulate_step's backward does first: the scale is made on first use
+    for p, g in zip(params, grads):
+        p.grad = g * scaler.get_scale()
+    return params, torch.optim.SGD(params, lr=0.1)
+
+
+def test_fp16_step_unscales_then_clips_then_steps_as_fp32_would():
+    cpu = torch.device("cpu")
+    torch.manual_seed(1)
+    true_grads = [torch.randn(5, 3) * 3, torch.randn(4) * 3]  # norm ~14: the clip to 1.0 acts
+    scaler = distributed.make_grad_scaler(torch.float16, cpu)
+    params, optimizer = sgd_setup(scaler, true_grads)
+    before = [p.detach().clone() for p in params]
+    norm, loss_scale, stepped = distributed.scaled_optimizer_step(optimizer, scaler, params, 1.0, cpu)
+    # the fp32 reference: the same gradients, never scaled, clipped and stepped
+    reference = [torch.nn.Parameter(b.clone()) for b in before]
+    for r, g in zip(reference, true_grads):
+        r.grad = g.clone()
+    expected_norm = distributed.clip_grad_norm(reference, 1.0, cpu)
+    torch.optim.SGD(reference, lr=0.1).step()
+    assert stepped and loss_scale == 2.0**16 and scaler.get_scale() == 2.0**16  # 2000 clean steps before it grows
+    assert norm == pytest.approx(expected_norm, rel=1e-6)  # the true norm: the clip saw unscaled gradients
+    for p, r in zip(params, reference):
+        torch.testing.assert_close(p.detach(), r.detach(), rtol=1e-6, atol=1e-7)
+
+
+def test_fp16_step_with_an_inf_or_nan_gradient_is_skipped_and_halves_the_scale():
+    cpu = torch.device("cpu")
+    for bad in (float("inf"), float("nan")):
+        scaler = distributed.make_grad_scaler(torch.float16, cpu)
+        grads = [torch.ones(3), torch.ones(2)]
+        grads[1][0] = bad
+        params, optimizer = sgd_setup(scaler, grads)
+        before = [p.detach().clone() for p in params]
+        _, loss_scale, stepped = distributed.scaled_optimizer_step(optimizer, scaler, params, 1.0, cpu)
+        assert not stepped and loss_scale == 2.0**16 and scaler.get_scale() == 2.0**15
+        assert all(torch.equal(p.detach(), b) for p, b in zip(params, before))  # not a single parameter moved
+
+
+def test_bf16_and_fp32_steps_go_through_a_disabled_scaler_unchanged():
+    cpu = torch.device("cpu")
+    for dtype in (torch.bfloat16, torch.float32):
+        scaler = distributed.make_grad_scaler(dtype, cpu)
+        loss = torch.tensor(2.5)
+        assert not scaler.is_enabled() and scaler.scale(loss) is loss
+        params, optimizer = sgd_setup(scaler, [torch.full((3,), 0.1)])
+        norm, loss_scale, stepped = distributed.scaled_optimizer_step(optimizer, scaler, params, 1.0, cpu)
+        assert stepped and loss_scale == 1.0 and norm == pytest.approx(0.1 * 3**0.5)
+        assert scaler.state_dict() == {}
+
+
+def test_the_loss_scale_and_skipped_steps_survive_a_checkpoint():
+    cpu = torch.device("cpu")
+    scaler = distributed.make_grad_scaler(torch.float16, cpu)
+    params, optimizer = sgd_setup(scaler, [torch.full((2,), float("inf"))])
+    distributed.scaled_optimizer_step(optimizer, scaler, params, 1.0, cpu)  # skipped: 2^15
+    state = {"grad_scaler": scaler.state_dict(), "skipped_steps": 3}
+    resumed = distributed.make_grad_scaler(torch.float16, cpu)
+    assert distributed.restore_grad_scaler(resumed, state) == 3 and resumed.get_scale() == 2.0**15
+    # a checkpoint of a bf16 run, or of a version without the scaler: fp16 starts from torch's default scale
+    fresh = distributed.make_grad_scaler(torch.float16, cpu)
+    bf16_state = {"grad_scaler": distributed.make_grad_scaler(torch.bfloat16, cpu).state_dict()}
+    assert distributed.restore_grad_scaler(fresh, bf16_state) == 0 and fresh.get_scale() == 2.0**16
+    assert distributed.restore_grad_scaler(fresh, {}) == 0
+    disabled = distributed.make_grad_scaler(torch.bfloat16, cpu)  # an fp16 checkpoint resumed in bf16: no scale
+    assert distributed.restore_grad_scaler(disabled, state) == 3 and disabled.get_scale() == 1.0
+
+
 def _two_ranks(rank: int, world: int, init_file: str, results):
     """One gloo rank: replicated gradients are summed, sharded-style (DTensor) norms add up, totals are summed."""
     import torch.distributed as dist
@@ -87,8 +161,29 @@ def _two_ranks(rank: int, world: int, init_file: str, results):
     norm = distributed.clip_grad_norm([p, q], 100.0, torch.device("cpu"))  # replicated: no second sum
     totals = distributed.sum_over_ranks(1.5 * (rank + 1), 10 * (rank + 1), torch.device("cpu"))
     peak = distributed.max_over_ranks(float(rank), torch.device("cpu"))
-    results.put((rank, p.grad.tolist(), q.grad.tolist(), norm, totals, peak))
+    stepped = fp16_steps_of_fsdp_shards(rank, world)
+    results.put((rank, p.grad.tolist(), q.grad.tolist(), norm, totals, peak, stepped))
     dist.destroy_process_group()
+
+
+def fp16_steps_of_fsdp_shards(rank: int, world: int) -> list[bool]:
+    """Two fp16 steps on a parameter sharded as FSDP2 shards it (a DTensor, one half per rank): the first with an inf
+    in rank 1's half only. Every rank must skip it (a rank that stepped alone would leave the shards out of step and
+    the scales apart), then take the second."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor, Shard
+
+    cpu, mesh = torch.device("cpu"), init_device_mesh("cpu", (world,))
+    shard = torch.nn.Parameter(DTensor.from_local(torch.zeros(2), mesh, [Shard(0)]))
+    scaler = distributed.make_grad_scaler(torch.float16, cpu)
+    optimizer = torch.optim.SGD([shard], lr=0.1)
+    stepped = []
+    for bad in (float("inf"), 1.0):
+        scaler.scale(torch.ones(()))
+        local = torch.full((2,), bad if rank == 1 else 1.0) * scaler.get_scale()
+        shard.grad = DTensor.from_local(local, mesh, [Shard(0)])
+        stepped.append(distributed.scaled_optimizer_step(optimizer, scaler, [shard], 10.0, cpu)[2])
+    return stepped + [scaler.get_scale() == 2.0**15, torch.allclose(shard.to_local(), torch.full((2,), -0.1))]
 
 
 def test_collectives_in_two_gloo_processes(tmp_path):
@@ -103,7 +198,8 @@ def test_collectives_in_two_gloo_processes(tmp_path):
     for proc in procs:
         proc.join(timeout=60)
         assert proc.exitcode == 0
-    for _, p_grad, q_grad, norm, totals, peak in got:
+    for _, p_grad, q_grad, norm, totals, peak, fp16_steps in got:
         assert p_grad == [3.0] * 4 and q_grad == [1.0, 1.0]  # summed, not averaged
         assert norm == pytest.approx((4 * 9 + 2) ** 0.5)
         assert totals == (4.5, 30) and peak == 1.0
+        assert fp16_steps == [False, True, True, True]  # both skip the step with rank 1's inf, both take the next

@@ -150,3 +150,164 @@ def test_bf16_lora_of_32b_sharded_over_2_4_8_gpus_at_16k():
     assert "would fit with --fsdp:" in text and "would fit with --fsdp --cpu-offload" in text
     _, text = memory_plan.report("Qwen/Qwen2.5-32B-Instruct", n_gpus=4, mode="lora", fsdp=True)
     assert "FSDP-sharded over 4 GPU(s)" in text and "rank 0 CPU memory: ~61 GiB" in text
+
+
+# ---------------------------------------------------------------- issue 14: small Qwen2.5 shapes, SDPA's mask, --fit
+
+
+def test_small_qwen_shapes_are_the_published_ones():
+    """Qwen2.5-0.5B/1.5B/3B (config.json: tied embeddings, vocab 151936): their published parameter counts."""
+    published = {"0.5B": 494_032_768, "1.5B": 1_543_714_304, "3B": 3_085_938_688}
+    for size, n_params in published.items():
+        assert memory_plan.estimate(f"Qwen/Qwen2.5-{size}-Instruct")["params_billion"] * 1e9 == n_params
+    assert memory_plan.model_shapes("Qwen/Qwen2.5-1.5B")["tied"]
+
+
+def test_transformers_builds_the_packed_mask_sdpa_is_counted_for(tiny_model_dir, monkeypatch):
+    """What estimate(attention="sdpa") counts, as the installed transformers does it: a packed row (sft.collate_packed)
+    reaches torch's SDPA with a (1, 1, T, T) bool block-diagonal mask and the kv heads repeated to all heads; one
+    sample alone goes without a mask (is_causal)."""
+    import torch
+
+    import sft
+
+    seen = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(query, key, value, attn_mask=None, **kwargs):
+        seen.append((query.shape, key.shape, attn_mask))
+        return sdpa(query, key, value, attn_mask=attn_mask, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa")
+    lengths = (7, 5)
+    batch = sft.collate_packed([sft.make_sample(list(range(5, 5 + n)), list(range(5, 5 + n))) for n in lengths])
+    with torch.no_grad():
+        model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
+    assert len(seen) == model.config.num_hidden_layers
+    query_shape, key_shape, mask = seen[0]
+    T = sum(lengths)
+    assert mask.dtype == torch.bool and mask.shape == (1, 1, T, T)
+    block = torch.zeros(T, T, dtype=torch.bool)
+    block[:7, :7], block[7:, 7:] = torch.ones(7, 7).tril().bool(), torch.ones(5, 5).tril().bool()
+    assert torch.equal(mask[0, 0], block)  # samples never attend to each other
+    assert model.config.num_key_value_heads < model.config.num_attention_heads == key_shape[1] == query_shape[1]
+    seen.clear()
+    one = sft.collate_packed([sft.make_sample(list(range(5, 17)), list(range(5, 17)))])
+    with torch.no_grad():
+        model(input_ids=one["input_ids"], position_ids=one["position_ids"], use_cache=False)
+    assert seen[0][2] is None
+
+
+def test_sdpa_plans_the_mask_flash_attention_does_not_need():
+    fa2 = memory_plan.estimate("Qwen/Qwen2.5-1.5B-Instruct", mode="qlora", seq_len=16384)
+    sdpa = memory_plan.estimate("Qwen/Qwen2.5-1.5B-Instruct", mode="qlora", seq_len=16384, attention="sdpa")
+    T, q = 16384, 1536
+    assert fa2["attention_mask"] == 0 and sdpa["attention_mask"] == T * T / memory_plan.GiB  # the bool mask
+    # one layer's recomputation: kv heads repeated to all 12 (4q bytes a token, x 1.5 with their gradients), and the
+    # additive 16-bit mask and its aligned copy (4 T^2)
+    assert sdpa["activation_peak"] - fa2["activation_peak"] == pytest.approx((1.5 * 4 * q * T + 4 * T * T) / 2**30)
+    longer = memory_plan.estimate("Qwen/Qwen2.5-1.5B-Instruct", mode="qlora", seq_len=2 * T, attention="sdpa")
+    assert longer["attention_mask"] == 4 * sdpa["attention_mask"]  # quadratic: decides a T4's longest sample
+    eager = memory_plan.estimate("Qwen/Qwen2.5-1.5B-Instruct", mode="qlora", seq_len=4096, attention="eager")
+    assert eager["activation_peak"] > 8 * 12 * 4096 * 4096 / memory_plan.GiB  # scores of all 12 heads
+    _, text = memory_plan.report("Qwen/Qwen2.5-1.5B-Instruct", mode="qlora", attention="sdpa")
+    assert "attention_mask" in text and "T x T mask" in text
+    assert "attention_mask" not in memory_plan.report("Qwen/Qwen2.5-1.5B-Instruct", mode="qlora")[1]
+    with pytest.raises(ValueError, match="attention must be one of"):
+        memory_plan.estimate("Qwen/Qwen2.5-7B", attention="auto")
+
+
+FIT_CASES = [  # (model, settings): QLoRA on a T4, bf16 LoRA, full SFT
+    ("Qwen/Qwen2.5-7B-Instruct", {"mode": "qlora", "attention": "sdpa"}),
+    ("Qwen/Qwen2.5-1.5B-Instruct", {"mode": "lora"}),
+    ("Qwen/Qwen2.5-1.5B-Instruct", {"mode": "full", "optimizer": "adamw8bit"}),
+]
+
+
+@pytest.mark.parametrize("model, settings", FIT_CASES)
+def test_fit_picks_exactly_the_largest_budget_and_grows_with_the_gpu(model, settings):
+    step, previous = memory_plan.FIT_STEP, 0
+    for gib in (8, 12, 14.76, 16, 22.0, 24, 39.49, 48, 79.6):
+        result = memory_plan.fit(model, 32768, offload_available=False, gpu_gib=gib, **settings)
+        tokens = result["tokens"]
+        assert tokens >= previous  # a bigger GPU never fits a shorter sample
+        previous = tokens
+        chosen = {**settings, **result["change"], "gpu_gib": gib}
+        if tokens:
+            assert tokens % step == 0 and memory_plan.estimate(model, seq_len=tokens, **chosen)["fits"]
+            assert result["plan"] == memory_plan.estimate(model, seq_len=tokens, **chosen)
+        if tokens < 32768:  # one step more does not fit
+            assert not memory_plan.estimate(model, seq_len=tokens + step, **chosen)["fits"]
+    assert previous == 32768
+
+
+def test_fit_falls_back_in_the_stated_order():
+    # full SFT of 7B on 16 GiB: nothing fits until the sharded state goes to CPU memory; offload then is not needed
+    result = memory_plan.fit("Qwen/Qwen2.5-7B-Instruct", 16384, mode="full", gpu_gib=16)
+    tried = [line.split(":")[1].strip() for line in result["lines"][:4]]
+    assert tried == [
+        "as configured",
+        "+ --offload-activations (needs transformers >= 5.23",
+        "+ --optim paged_adamw8bit",
+        "+ --cpu-offload",
+    ]
+    assert result["flags"] == ["--cpu-offload"] and result["change"] == {"cpu_offload": True, "optimizer": "adamw"}
+    assert "--offload-activations dropped" in result["lines"][4] and result["tokens"] == 16384
+    # ... paged 8-bit AdamW is enough on 40 GiB: the ladder stops there
+    paged = memory_plan.fit("Qwen/Qwen2.5-3B-Instruct", 16384, mode="full", gpu_gib=32)
+    assert paged["flags"] == ["--offload-activations", "--optim paged_adamw8bit"] and paged["tokens"] == 16384
+    assert not any("--cpu-offload" in line for line in paged["lines"]) and "pageable" in paged["lines"][-1]
+    roomier = memory_plan.fit("Qwen/Qwen2.5-3B-Instruct", 16384, mode="full", gpu_gib=39.49)
+    assert roomier["flags"] == ["--optim paged_adamw8bit"]  # the activations' offload was not needed after all
+    # QLoRA of 7B on a T4 (SDPA): the configured run fits 9216 tokens, its activations on the CPU 13312
+    t4 = memory_plan.fit("Qwen/Qwen2.5-7B-Instruct", 16384, mode="qlora", gpu_gib=14.76, attention="sdpa")
+    assert t4["tokens"] == 13312 and t4["flags"] == ["--offload-activations"] and "9216 tokens fit" in t4["lines"][0]
+    assert "chosen: --offload-activations --micro-batch-tokens 13312" in t4["lines"][-1]
+    without = memory_plan.fit(
+        "Qwen/Qwen2.5-7B-Instruct", 16384, offload_available=False, mode="qlora", gpu_gib=14.76, attention="sdpa"
+    )
+    assert without["tokens"] == 9216 and without["flags"] == [] and "not tried" in without["lines"][0]
+    # checkpointing switched off comes back first; what already fits stays as configured
+    off = memory_plan.fit("Qwen/Qwen2.5-7B-Instruct", 16384, mode="qlora", gradient_checkpointing=False, gpu_gib=79.6)
+    assert off["flags"] == ["--gradient-checkpointing"] and off["tokens"] == 16384
+    fits = memory_plan.fit("Qwen/Qwen2.5-32B-Instruct", 16384, mode="qlora")
+    assert fits["flags"] == [] and fits["change"] == {} and len(fits["lines"]) == 2
+    nothing = memory_plan.fit("Qwen/Qwen2.5-32B-Instruct", 16384, mode="qlora", gpu_gib=14.76, attention="sdpa")
+    assert nothing["tokens"] == 0 and "does not fit a 14.8 GiB GPU" in nothing["lines"][-1]
+
+
+def test_fit_table_cells():
+    rows, table = memory_plan.fit_table()
+    cells = {(row["model"].split("/")[1], row["gpu"]): row for row in rows}
+    assert len(rows) == 16 and table.count("\n") == 17
+    assert cells["Qwen2.5-32B-Instruct", "T4 16 GB"]["tokens"] == 0  # 19.9 GiB of NF4 weights alone
+    assert (
+        cells["Qwen2.5-32B-Instruct", "A100 80 GB"]["tokens"] == 32768
+        and not cells["Qwen2.5-32B-Instruct", "A100 80 GB"]["flags"]
+    )
+    t4 = cells["Qwen2.5-7B-Instruct", "T4 16 GB"]
+    assert (t4["tokens"], t4["flags"], t4["without_offload"], t4["attention"]) == (
+        13312, ["--offload-activations"], 9216, "sdpa"
+    )  # fmt: skip
+    assert "| Qwen2.5-7B | T4 16 GB (14.8, SDPA) | 13312 | `--offload-activations` |" in table
+    for model in memory_plan.TABLE_MODELS:  # per model, more memory never means a shorter sample
+        tokens = [cells[model.split("/")[1], gpu[0]]["tokens"] for gpu in memory_plan.TABLE_GPUS]
+        assert tokens == sorted(tokens)
+    fast = cells["Qwen2.5-1.5B-Instruct", "A100 40 GB"]
+    s = memory_plan.model_shapes("Qwen/Qwen2.5-1.5B")
+    flops = 6 * (28 * memory_plan.linear_params(s) + 151936 * 1536) + 6 * 28 * 1536 * 5634
+    assert fast["tokens_per_s"] == pytest.approx(312e12 * 0.35 / flops)
+
+
+def test_cli_fit_table_and_fit():
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, str(REPO / "memory_plan.py"), "--fit-table"]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith("| model | GPU") and "| Qwen2.5-32B | T4 16 GB (14.8, SDPA) | does not fit" in (
+        result.stdout
+    )
+    flags = ["--model", "Qwen/Qwen2.5-7B-Instruct", "--gpu-memory", "14.76", "--attention", "sdpa"]
+    assert memory_plan.main(memory_plan.parse_args(flags + ["--fit"]))["tokens"] == 13312
+    assert memory_plan.main(memory_plan.parse_args(flags))["gpu_gib"] == 14.76  # was --gpu-gib

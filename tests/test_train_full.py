@@ -95,9 +95,9 @@ def test_single_process_learns_and_writes_a_loadable_model(single, tiny_model_di
     assert (single / "step-000004" / ".metadata").exists() and (single / "step-000004" / "training_state.pt").exists()
     trained = AutoModelForCausalLM.from_pretrained(single / "final")
     start = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    assert trained.dtype == torch.bfloat16  # --save-dtype default
+    assert trained.dtype == torch.float32  # --save-dtype auto: the compute dtype, fp32 on CPU (bf16 on an A100)
     for (name, a), (_, b) in zip(trained.named_parameters(), start.named_parameters()):
-        assert not torch.allclose(a.float(), b.to(torch.bfloat16).float()), f"{name} did not change"
+        assert not torch.allclose(a, b), f"{name} did not change"
     assert (single / "final" / "tokenizer.json").exists() and (single / "final" / "run_config.json").exists()
     assert trained.generation_config.eos_token_id == start.generation_config.eos_token_id  # the model's stop tokens
 
@@ -165,7 +165,7 @@ def test_fsdp_resume_is_exact_under_torchrun_and_in_one_process(two_ranks, tiny_
     one = interrupted_copy(two_ranks, tmp_path / "one", at_step=2)
     train_full.main(args(tiny_model_dir, train_file, one, "--resume", "auto"))
     assert max(abs(a - b) for a, b in zip(metrics(two_ranks), metrics(one))) < LOSS_TOLERANCE
-    assert AutoModelForCausalLM.from_pretrained(one / "final").dtype == torch.bfloat16
+    assert AutoModelForCausalLM.from_pretrained(one / "final").dtype == torch.float32  # the dtype rule on CPU
 
 
 def test_resume_refuses_a_checkpoint_of_other_data(single, tiny_model_dir, train_file, tmp_path):
@@ -188,7 +188,7 @@ def test_tied_lm_head_and_cpu_offload_in_one_fsdp_process(tiny_model_dir, train_
     assert max(abs(a - b) for a, b in zip(metrics(plain), metrics(offload), strict=True)) < LOSS_TOLERANCE
     trained = AutoModelForCausalLM.from_pretrained(offload / "final")
     assert trained.lm_head.weight is trained.get_input_embeddings().weight
-    assert not torch.allclose(trained.lm_head.weight.float(), model.lm_head.weight.to(torch.bfloat16).float())
+    assert not torch.allclose(trained.lm_head.weight, model.lm_head.weight)
 
 
 def test_eight_bit_adamw_trains_and_resumes_exactly(tiny_model_dir, train_file, tmp_path):
@@ -204,6 +204,33 @@ def test_eight_bit_adamw_trains_and_resumes_exactly(tiny_model_dir, train_file, 
         train_full.main(args(tiny_model_dir, train_file, tmp_path / "x", "--optim", "adamw8bit", "--fsdp"))
 
 
+def test_fp16_keeps_fp32_master_weights_and_resumes_with_its_loss_scale(single, tiny_model_dir, train_file, tmp_path):
+    """--precision fp16 (a T4's choice; CPU autocast computes fp16 too): the checkpoint's weights and Adam state are
+    fp32, each step logs its loss scale, the curve follows fp32's, final/ is fp16 (--save-dtype auto); a resumed run,
+    in one process or FSDP-sharded, goes on with the checkpoint's scale and skips the steps that overflow."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    run = tmp_path / "fp16"
+    train_full.main(args(tiny_model_dir, train_file, run, "--precision", "fp16"))
+    saved = FileSystemReader(str(run / "step-000004")).read_metadata().state_dict_metadata
+    assert {meta.properties.dtype for meta in saved.values() if hasattr(meta, "properties")} == {torch.float32}
+    assert any(".exp_avg_sq" in key for key in saved)  # the check covers Adam's moments
+    assert AutoModelForCausalLM.from_pretrained(run / "final").dtype == torch.float16
+    records = utils.read_jsonl(run / "metrics.jsonl")
+    assert [(r["loss_scale"], r["skipped_steps"]) for r in records] == [(2.0**16, 0)] * 4
+    assert "loss_scale" not in utils.read_jsonl(single / "metrics.jsonl")[0]  # bf16 and fp32 need no scale
+    assert metrics(run) == pytest.approx(metrics(single), rel=2e-3) and metrics(run) != metrics(single)
+    for sharding in ([], ["--fsdp"]):  # FSDP2: the inf/nan check on DTensor shards
+        cut = interrupted_copy(run, tmp_path / f"cut{len(sharding)}", at_step=2, logged_after=0)
+        state = torch.load(cut / "step-000002" / "training_state.pt", weights_only=False)
+        state["grad_scaler"]["scale"], state["skipped_steps"] = 2.0**100, 1  # overflows every fp16 backward
+        torch.save(state, cut / "step-000002" / "training_state.pt")
+        train_full.main(args(tiny_model_dir, train_file, cut, "--precision", "fp16", "--resume", *sharding))
+        resumed = utils.read_jsonl(cut / "metrics.jsonl")[2:]
+        assert [(r["loss_scale"], r["skipped_steps"]) for r in resumed] == [(2.0**100, 2), (2.0**99, 3)]
+        assert {r["lr"] for r in resumed} == {records[2]["lr"]}  # the schedule waits for a step that is taken
+
+
 def test_bad_data_fails_before_the_model_loads(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "Q", "response": "A"}\n{"prompt": "Q"}\n')
@@ -214,6 +241,7 @@ def test_bad_data_fails_before_the_model_loads(tmp_path):
 def test_flags_and_their_checks():
     defaults = train_full.parse_args(["--data", "x.jsonl"])
     assert defaults.gradient_checkpointing and defaults.packing and defaults.optim == "adamw" and defaults.gpus == 0
+    assert defaults.precision == "auto" and defaults.save_dtype == "auto"  # the dtype rule: utils.pick_dtype
     assert not train_full.parse_args(["--data", "x.jsonl", "--no-gradient-checkpointing"]).gradient_checkpointing
     with pytest.raises(SystemExit):
         train_full.parse_args([])  # --data is required (except for --demo and --dry-run)
@@ -263,3 +291,29 @@ def test_cli_dry_run_offline():
     assert result.returncode == 0, result.stderr[-3000:]
     assert "32.76B params" in result.stdout and "FSDP-sharded over 8 GPU(s), CPU offload" in result.stdout
     assert "-> fits" in result.stdout and "rank 0 CPU memory" in result.stdout
+
+
+def test_fit_takes_paged_adamw_then_cpu_offload_as_needed(monkeypatch, capsys):
+    """--fit for full SFT on one GPU: checkpoints in CPU memory, then paged 8-bit AdamW, then the whole state in CPU
+    memory (FSDP2 in one process, AdamW), whichever is first to fit; written into the run's settings."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    paged = train_full.parse_args(["--dry-run", "--fit", "--gpu-memory", "32", "--model", "Qwen/Qwen2.5-3B-Instruct"])
+    plan = train_full.main(paged)
+    assert paged.optim == "paged_adamw8bit" and paged.offload_activations and not paged.cpu_offload
+    assert plan["fits"] and plan["pageable"] > 0 and plan["optim"] == "paged_adamw8bit"
+    offload = train_full.parse_args(["--data", "x.jsonl", "--fit", "--gpu-memory", "16", "--optim", "adamw8bit"])
+    offload.model = "Qwen/Qwen2.5-7B-Instruct"
+    memory_plan.fit_run(offload, train_full.plan_settings(offload))
+    assert offload.cpu_offload and offload.optim == "adamw" and offload.micro_batch_tokens == 16384
+    out = capsys.readouterr().out
+    assert "fit: + --optim paged_adamw8bit: nothing fits" in out and "fit: chosen: --cpu-offload --optim adamw" in out
+
+
+def test_cli_dry_run_fit_offline():
+    cmd = [sys.executable, str(REPO / "train_full.py"), "--dry-run", "--fit", "--gpu-memory", "16"]
+    cmd += ["--model", "Qwen/Qwen2.5-7B-Instruct"]
+    env = {**ONE_THREAD_ENV, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "fit: chosen: --cpu-offload: all 16384 tokens fit a 16.0 GiB GPU" in result.stdout
+    assert "FSDP-sharded over 1 GPU(s), CPU offload" in result.stdout and "-> fits a 16.0 GiB GPU" in result.stdout

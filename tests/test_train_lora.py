@@ -59,8 +59,8 @@ def test_qlora_keeps_the_residual_stream_in_bf16_as_the_plan_assumes(tiny_model_
     for this model are what is really held. PEFT's prepare_model_for_kbit_training alone makes all of it fp32."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    def one_step(prepare):
-        model = prepare(utils.load_model(str(tiny_model_dir), torch.device("cpu"), torch.bfloat16, "sdpa", "nf4"))
+    def one_step(prepare, dtype=torch.bfloat16):
+        model = prepare(utils.load_model(str(tiny_model_dir), torch.device("cpu"), dtype, "sdpa", "nf4"))
         utils.enable_checkpointing(model)
         model = get_peft_model(
             model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM")
@@ -73,7 +73,7 @@ def test_qlora_keeps_the_residual_stream_in_bf16_as_the_plan_assumes(tiny_model_
         for layer in lm.model.layers:
             layer.register_forward_pre_hook(record_input, with_kwargs=True)
         batch = sft.collate_packed([sft.make_sample(list(range(5, 70)), list(range(5, 70)))])
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=dtype):
             loss = sft.summed_loss(lm, batch, loss_chunk_tokens=16)
         loss.backward()
         return model, {x.dtype for x in layer_inputs}, loss
@@ -89,6 +89,12 @@ def test_qlora_keeps_the_residual_stream_in_bf16_as_the_plan_assumes(tiny_model_
     held = sum(p.numel() * p.element_size() for p in model.parameters())
     held += sum(p.quant_state.absmax.numel() for p in model.parameters() if hasattr(p, "quant_state"))  # uint8 absmax
     assert held / memory_plan.GiB == pytest.approx(plan["weights"], rel=0.03)
+    # fp16 (a T4) keeps the same layout in fp16: the memory plan holds there too
+    model, hidden, loss = one_step(utils.prepare_qlora, torch.float16)
+    assert hidden == {torch.float16} and loss.dtype == torch.float32 and loss.isfinite()
+    assert {(type(p).__name__, p.dtype, p.requires_grad) for p in model.parameters()} == kinds - {frozen_16} | {
+        ("Parameter", torch.float16, False)
+    }
     # the check has teeth: PEFT's own preparation alone leaves the residual stream and the rest of the weights fp32
     _, hidden, _ = one_step(lambda m: prepare_model_for_kbit_training(m, use_gradient_checkpointing=False))
     assert hidden == {torch.float32}
@@ -138,6 +144,62 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_model_dir, train_file, tmp
         assert abs(a - b) < 1e-6, (metrics(straight), metrics(split))
 
 
+def cut_with_loss_scale(run: Path, to: Path, at_step: int, scale: float, skipped: int) -> Path:
+    """The run as a kill right after step at_step's checkpoint leaves it, with this loss scale and skipped-step count
+    in the checkpoint (as an fp16 run on a GPU reaches: the tiny model never overflows at torch's 2^16)."""
+    shutil.copytree(run, to)
+    for folder in to.iterdir():
+        if folder.name in ("final", "merged") or (folder.name.startswith("step-") and int(folder.name[5:]) > at_step):
+            shutil.rmtree(folder)
+    utils.truncate_metrics(to, at_step)
+    state_file = to / f"step-{at_step:06d}" / "training_state.pt"
+    state = torch.load(state_file, weights_only=False)
+    state["grad_scaler"]["scale"], state["skipped_steps"] = scale, skipped
+    torch.save(state, state_file)
+    return to
+
+
+def test_fp16_path_stores_the_base_in_fp16_and_resumes_with_its_loss_scale(
+    tiny_model_dir, train_file, tmp_path, monkeypatch
+):
+    """--precision fp16 (a T4's choice; CPU autocast computes fp16 too): the frozen base is stored in fp16 while the
+    adapters and Adam's state stay fp32, each step logs its loss scale, the curve follows fp32's, merged/ is fp16; and
+    a resumed run goes on with the checkpoint's scale, skipping (not stepping, not advancing the schedule) while a
+    gradient overflows."""
+    loaded = []
+    load_model = utils.load_model
+
+    def keep(*a, **kw):
+        loaded.append(load_model(*a, **kw))
+        return loaded[-1]
+
+    monkeypatch.setattr(utils, "load_model", keep)
+    fp16, fp32 = tmp_path / "fp16", tmp_path / "fp32"
+    train_lora.main(args(tiny_model_dir, train_file, fp16, "--precision", "fp16", "--save-every", "3", "--merge"))
+    assert {(p.dtype, p.requires_grad) for p in loaded[0].parameters()} == {
+        (torch.float16, False),
+        (torch.float32, True),
+    }
+    adam = torch.load(fp16 / "step-000006" / "training_state.pt", weights_only=False)["optimizer"]["state"]
+    assert {v.dtype for moments in adam.values() for v in moments.values()} == {torch.float32}
+    assert AutoModelForCausalLM.from_pretrained(fp16 / "merged").dtype == torch.float16
+    records = utils.read_jsonl(fp16 / "metrics.jsonl")
+    assert [(r["loss_scale"], r["skipped_steps"]) for r in records] == [(2.0**16, 0)] * 6
+    train_lora.main(args(tiny_model_dir, train_file, fp32))
+    assert "loss_scale" not in utils.read_jsonl(fp32 / "metrics.jsonl")[0]  # bf16 and fp32 need no scale
+    assert metrics(fp16) == pytest.approx(metrics(fp32), rel=2e-3) and metrics(fp16) != metrics(fp32)
+
+    # a scale of 2^100 overflows every fp16 backward: steps 4 to 6 are skipped, each halving it
+    cut = cut_with_loss_scale(fp16, tmp_path / "cut", at_step=3, scale=2.0**100, skipped=1)
+    train_lora.main(args(tiny_model_dir, train_file, cut, "--precision", "fp16", "--save-every", "3", "--resume"))
+    resumed = utils.read_jsonl(cut / "metrics.jsonl")[3:]
+    assert [(r["loss_scale"], r["skipped_steps"]) for r in resumed] == [(2.0**100, 2), (2.0**99, 3), (2.0**98, 4)]
+    assert {r["lr"] for r in resumed} == {records[3]["lr"]}  # the schedule waits for a step that is taken
+    before = load_file(fp16 / "step-000003" / "adapter_model.safetensors")
+    after = load_file(cut / "final" / "adapter_model.safetensors")
+    assert all(torch.equal(before[key], after[key]) for key in before)
+
+
 def test_resume_refuses_a_checkpoint_of_other_data(tiny_model_dir, train_file, tmp_path):
     out = tmp_path / "run"
     train_lora.main(args(tiny_model_dir, train_file, out, "--max-steps", "2", "--save-every", "1"))
@@ -147,12 +209,13 @@ def test_resume_refuses_a_checkpoint_of_other_data(tiny_model_dir, train_file, t
 
 
 def test_merged_model_matches_base_plus_adapter(tiny_model_dir, train_file, tmp_path):
-    """merged/ is bf16 (what vLLM serves): every merged weight is base + scale * B @ A, rounded once to bf16."""
+    """merged/ in bf16 (an A100's dtype, what vLLM serves there): every merged weight is base + scale * B @ A, rounded
+    once to bf16."""
     from peft import PeftModel
 
     out = tmp_path / "m"
     train_lora.main(args(tiny_model_dir, train_file, out, "--max-steps", "3"))
-    train_lora.merge_adapter(str(tiny_model_dir), out / "final", out / "merged")
+    train_lora.merge_adapter(str(tiny_model_dir), out / "final", out / "merged", precision="bf16")
     merged = AutoModelForCausalLM.from_pretrained(out / "merged")
     assert merged.dtype == torch.bfloat16 and not any("lora" in n for n, _ in merged.named_parameters())
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
@@ -185,7 +248,7 @@ def test_merge_runs_after_everything_of_training_is_freed(tiny_model_dir, train_
         alive.append(weakref.ref(optimizer))
         return optimizer
 
-    def merge(base_model, adapter_dir, output_dir):
+    def merge(base_model, adapter_dir, output_dir, precision):
         at_merge["alive"] = [ref() for ref in alive if ref() is not None]
         return str(output_dir)
 
@@ -238,7 +301,8 @@ def test_cli_contract(tiny_model_dir, train_file, tmp_path):
     chatml = (utils.DATA_DIR / "chatml_template.jinja").read_text(encoding="utf-8")
     assert utils.load_tokenizer(str(out / "final")).chat_template == chatml  # the template it was trained with
     merged = AutoModelForCausalLM.from_pretrained(out / "merged")
-    assert merged.dtype == torch.bfloat16 and not any("lora" in n for n, _ in merged.named_parameters())
+    assert merged.dtype == torch.float32  # the dtype rule on CPU (bf16 on an A100, fp16 on a T4)
+    assert not any("lora" in n for n, _ in merged.named_parameters())
     # resuming a finished run does no more steps and keeps the result
     again = subprocess.run(cmd + ["--resume", "auto"], capture_output=True, text=True, cwd=REPO, env=ONE_THREAD_ENV)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -248,6 +312,7 @@ def test_cli_contract(tiny_model_dir, train_file, tmp_path):
 def test_flags_and_their_checks():
     defaults = train_lora.parse_args(["--data", "x.jsonl"])
     assert defaults.gradient_checkpointing and defaults.packing and defaults.quant == "nf4"
+    assert defaults.precision == "auto"  # the dtype rule: utils.pick_dtype
     assert not train_lora.parse_args(["--data", "x.jsonl", "--no-gradient-checkpointing"]).gradient_checkpointing
     assert train_lora.parse_args(["--data", "a", "--data", "b"]).data == ["a", "b"]
     with pytest.raises(SystemExit):
@@ -400,3 +465,49 @@ def test_fsdp_flags_and_the_per_gpu_plan(monkeypatch):
         assert sharded == memory_plan.estimate("Qwen/Qwen2.5-32B-Instruct", n_gpus=gpus, mode="lora", fsdp=True)
     monkeypatch.setenv("WORLD_SIZE", "4")  # under torchrun the plan assumes its world size
     assert dry_run("--quant", "none", "--cpu-offload")["n_gpus"] == 4
+
+
+# ---------------------------------------------------------------- --gpu-memory and --fit (issue 14)
+QLORA_7B_ON_A_T4 = ["--model", "Qwen/Qwen2.5-7B-Instruct", "--gpu-memory", "14.76", "--attn", "sdpa"]
+
+
+def test_fit_chooses_and_applies_what_fits_the_gpu(monkeypatch, capsys):
+    """--fit on a T4-sized GPU (SDPA: no FlashAttention-2 before Ampere): QLoRA of 7B gets the longest budget that fits
+    with its activations in CPU memory, written into the run's settings and said line by line before the plan."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    args = train_lora.parse_args(["--dry-run", "--fit", *QLORA_7B_ON_A_T4])
+    plan = train_lora.main(args)
+    out = capsys.readouterr().out
+    assert args.micro_batch_tokens == args.max_length == 13312 and args.offload_activations
+    assert plan["fits"] and plan["seq_len"] == 13312 and plan["attention"] == "sdpa" and plan["gpu_gib"] == 14.76
+    assert "fit: for a 14.8 GiB GPU (--gpu-memory), sdpa" in out and "attention_mask" in out
+    assert out.index("fit: chosen: --offload-activations --micro-batch-tokens 13312") < out.index("memory plan:")
+    assert train_lora.main(train_lora.parse_args(["--dry-run", *QLORA_7B_ON_A_T4]))["seq_len"] == 16384  # no --fit
+
+
+def test_fit_without_dry_run_applies_or_leaves_the_run_alone(monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    # beside vLLM 0.33 (transformers < 5.23) activations cannot go to the CPU: not tried, the run gets what fits without
+    monkeypatch.setattr(memory_plan, "can_offload_activations", lambda: False)
+    run = train_lora.parse_args(["--data", "x.jsonl", "--fit", *QLORA_7B_ON_A_T4])
+    memory_plan.fit_run(run, train_lora.plan_settings(run))
+    assert run.micro_batch_tokens == run.max_length == 9216 and not run.offload_activations
+    assert "fit: --offload-activations not tried" in capsys.readouterr().out
+    untouched = train_lora.parse_args(["--data", "x.jsonl", "--fit"])  # no GPU here, and none named
+    before = dict(vars(untouched))
+    memory_plan.fit_run(untouched, train_lora.plan_settings(untouched))
+    assert capsys.readouterr().out.strip() == memory_plan.NO_GPU and vars(untouched) == before
+    too_big = train_lora.parse_args(["--data", "x.jsonl", "--fit", "--gpu-memory", "14.76"])  # 32B: 20 GiB of NF4
+    with pytest.raises(SystemExit, match="does not fit a 14.8 GiB GPU"):
+        train_lora.main(too_big)
+
+
+def test_cli_dry_run_fit_offline():
+    cmd = [sys.executable, str(REPO / "train_lora.py"), "--dry-run", "--fit", "--gpu-memory", "16"]
+    cmd += ["--model", "Qwen/Qwen2.5-7B-Instruct"]
+    env = {**ONE_THREAD_ENV, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "fit: for a 16.0 GiB GPU (--gpu-memory)" in result.stdout and "fit: chosen:" in result.stdout
+    assert "-> fits a 16.0 GiB GPU" in result.stdout

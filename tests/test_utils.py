@@ -127,6 +127,15 @@ def test_step_logger_appends_one_record_per_step(tmp_path):
     assert utils.read_jsonl(tmp_path / "metrics.jsonl") == [record]
 
 
+def test_step_logger_shows_fp16s_loss_scale_and_skipped_steps(tmp_path):
+    logger = utils.StepLogger(tmp_path, total_steps=10, start_step=0, wandb_project=None, config={})
+    record = {"step": 3, "loss": 1.5, "lr": 1e-4, "grad_norm": 0.5, "tokens_per_s": 1234.4, "peak_mem_gb": 1.5}
+    line = logger.log(record | {"loss_scale": 32768.0, "skipped_steps": 2})
+    logger.close()
+    assert "| grad 0.500 | scale 32768 (2 skipped) | tok/s 1234 |" in line
+    assert utils.read_jsonl(tmp_path / "metrics.jsonl")[0]["skipped_steps"] == 2
+
+
 # ----------------------------------------------------------------------------- checkpoints and RNG
 
 
@@ -184,13 +193,49 @@ def test_rng_state_round_trip_replays_random_numbers():
 # ----------------------------------------------------------------------------- device and model
 
 
-def test_bf16_only_where_the_gpu_has_it(monkeypatch):
-    """T4/V100 report bf16 as supported when emulation counts (torch's default); training there runs fp32."""
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
-    assert utils.pick_dtype(torch.device("cuda")) == torch.float32
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
-    assert utils.pick_dtype(torch.device("cuda")) == torch.bfloat16
-    assert utils.pick_dtype(torch.device("cpu")) == torch.float32
+def fake_gpu(monkeypatch, major: int, minor: int) -> None:
+    """torch.cuda as a machine with one GPU of this compute capability would answer; bf16 emulation works there, as
+    on a real T4 (torch.cuda.is_bf16_supported() then says True unless emulation is excluded)."""
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(
+        torch.cuda, "get_device_properties", lambda device=None: SimpleNamespace(major=major, minor=minor)
+    )
+    monkeypatch.setattr(torch.cuda, "_check_bf16_tensor_supported", lambda device: True)
+    monkeypatch.setattr(torch.version, "hip", None)
+
+
+@pytest.mark.parametrize(
+    "major, minor, auto, vllm",
+    [(7, 5, torch.float16, "float16"), (7, 0, torch.float16, "float16"), (8, 0, torch.bfloat16, "bfloat16")],
+    ids=["T4 sm75", "V100 sm70", "A100 sm80"],
+)
+def test_the_dtype_rule_on_each_gpu(monkeypatch, major, minor, auto, vllm):
+    """bf16 only where the GPU computes it natively; a T4 or V100, whose bf16 torch calls supported because it counts
+    emulation, gets fp16 (with the trainers' loss scaling); vLLM gets the same choice; --precision overrides."""
+    fake_gpu(monkeypatch, major, minor)
+    cuda = torch.device("cuda")
+    assert torch.cuda.is_bf16_supported()  # emulation counts: the trap the rule avoids
+    assert utils.pick_dtype(cuda) == auto and utils.vllm_dtype() == vllm
+    for precision, dtype in utils.DTYPES.items():
+        assert utils.pick_dtype(cuda, precision) == dtype
+
+
+def test_the_dtype_rule_on_cpu_and_the_choice_function():
+    assert utils.PRECISIONS == ("auto", *utils.DTYPES)
+    cpu = torch.device("cpu")
+    assert utils.pick_dtype(cpu) == torch.float32 and utils.vllm_dtype() == "auto"  # vLLM's CPU backend chooses
+    assert [utils.pick_dtype(cpu, p) for p in ("bf16", "fp16", "fp32")] == [
+        torch.bfloat16,
+        torch.float16,
+        torch.float32,
+    ]
+    assert utils.choose_dtype("cuda", native_bf16=True) == torch.bfloat16
+    assert utils.choose_dtype("cuda", native_bf16=False) == torch.float16
+    assert utils.choose_dtype("cpu", native_bf16=False) == torch.float32
+    assert utils.choose_dtype("cuda", native_bf16=False, precision="bf16") == torch.bfloat16  # the user's choice
 
 
 def test_checkpointing_on_the_transformers_vllm_allows():
