@@ -1,15 +1,20 @@
-"""The whole experiment in miniature, on a CPU: a tiny model learns a synthetic long-CoT task from scratch.
+"""The paper's experiment in miniature, on a CPU: a small pretrained student learns long CoT from a teacher's traces.
 
-    python demo.py                  # ~11 min on one core: held-out accuracy 0% -> 25%, first step right 0% -> 100%
-    python demo.py --grid           # the paper's Table 2 at toy scale (correct vs each perturbation), ~70 min, 2 cores
-    python demo.py --grid --conditions correct,shuffle100,digits100 --output-dir /tmp/grid   # a few cells only
+    python demo.py                                   # the correct set, full SFT and LoRA, one seed (~4 min, 2 cores)
+    python demo.py --grid --seeds 3 --jobs 2         # Tables 1 and 2 in miniature, with intervals (~2 h, 2 cores)
+    python demo.py --grid --conditions correct,shuffle100 --seeds 1 --output-dir /tmp/grid   # a few cells only
 
-Every stage is the repo's own script: synthetic.py writes the data, perturb.py perturbs it, train_full.py trains a tiny
-random Qwen2 (tiny_model.py) from scratch, evaluate.py --backend hf generates greedily and grades held-out
-problems. Full training, not LoRA: a random model has nothing for a low-rank update to adapt, and its frozen random
-embeddings and LM head would have to carry the whole task. A run that learns therefore also checks the plumbing end
-to end: masking, packing, loss normalisation, checkpointing, generation, stopping at <|im_end|> and grading.
-Rerunning the same command resumes: finished conditions are read back, not redone.
+The student (tiny_model.py --pretrain, shipped in data/tiny-student) is the miniature "instruct model": it knows
+every arithmetic fact of synthetic.py's task, can check a fact when asked, and solves problems with a short chain of
+its own, without reflection. The teacher's traces (synthetic.py) are long CoT in the Sky-T1 format on harder
+problems: one operation per step, slips caught with "Wait", checks by the inverse operation, and a verification by
+a second computation that catches an unnoticed slip. perturb.py makes the paper's perturbed sets from them at the
+paper's levels; train_full.py (the paper's Table 2 recipe) and train_lora.py (Table 1) train the student on each,
+briefly and with a small learning rate, as the paper did; evaluate.py --backend hf grades held-out problems.
+Every cell runs at --seeds seeds (seed = data order, adapter init and perturbation draw); demo_report.py turns
+them into accuracies with 95% intervals, changes against the correct set, and what the trained student writes.
+A rerun resumes: finished (cell, seed) runs are read back, not redone. Settings are fixed for every cell and
+recorded with the commit in the results; they were chosen on the correct set alone, before any grid ran.
 """
 
 from __future__ import annotations
@@ -18,86 +23,115 @@ import argparse
 import json
 import multiprocessing
 import os
-import re
+import shutil
+import subprocess
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
+import demo_report
 import evaluate
 import perturb
 import synthetic
 import tiny_model
 import train_full
+import train_lora
 import utils
 
-# (name, label, how the training set is made): "correct" | "wrong" | (perturb.py kind, ratio). The paper's Table 2 rows.
-CONDITIONS = [
-    ("correct", "correct", "correct"),
-    ("wrong", "wrong answers", "wrong"),
-    ("digits50", "digits 50%", ("digits", 0.5)),
-    ("digits100", "digits 100%", ("digits", 1.0)),
-    ("keywords100", "keywords 100%", ("keywords", 1.0)),
-    ("shuffle33", "shuffle 33%", ("shuffle", 0.33)),
-    ("shuffle100", "shuffle 100%", ("shuffle", 1.0)),
-    ("delete33", "delete 33%", ("delete", 0.33)),
-    ("delete100", "delete 100%", ("delete", 1.0)),
-    ("insert33", "insert 33%", ("insert", 0.33)),
-    ("insert100", "insert 100%", ("insert", 1.0)),
-]
-PROMPT_STYLE = "none"  # the bare problem: Sky-T1's system prompt would be most of every sample's tokens on a CPU budget
-# Samples are ~150-400 tokens. A packed micro-batch attends over its whole length with a block-diagonal mask on CPU
-# (no varlen kernel), so its cost grows with the square of the length: two samples per micro-batch is fastest
-# (measured per 4-sample step: 0.128 s at 512 tokens, 0.162 s at 1024). Longer samples are dropped, and counted.
-MICRO_BATCH_TOKENS = 512
+
+@dataclass(frozen=True)
+class Cell:
+    name: str
+    label: str
+    recipe: str  # "full" (train_full.py) or "lora" (train_lora.py)
+    data: str  # "correct", "wrong", or a perturb.py kind
+    ratio: float = 0.0  # perturb.py --ratio
+    steps_scale: float = 1.0  # the training-length control
+    half: str = "content"  # which half of the paper's finding the cell speaks to; "reference" for the correct set
+    paper_cell: str = ""  # its row in the paper's Table 2, if any
+    reference: str = "correct"  # the cell it is compared with
+
+
+def _cells() -> list[Cell]:
+    """The paper's Table 2 with full SFT, Table 1's LoRA on four of its rows, and the training-length control."""
+    cells = [Cell("correct", "correct", "full", "correct", half="reference", paper_cell="correct")]
+    cells.append(Cell("wrong", "wrong answers", "full", "wrong", paper_cell="wrong"))
+    levels = {"digits": (20, 50, 70, 100), "keywords": (20, 50, 100)}
+    levels |= {kind: (33, 67, 100) for kind in ("shuffle", "delete", "insert")}
+    for kind, percents in levels.items():
+        half = "content" if kind in ("digits", "keywords") else "structure"
+        for pct in percents:
+            name = f"{kind}{pct}"
+            cells.append(Cell(name, f"{kind} {pct}%", "full", kind, pct / 100, half=half, paper_cell=name))
+    for name, data, ratio, half in [
+        ("correct", "correct", 0.0, "reference"),
+        ("wrong", "wrong", 0.0, "content"),
+        ("digits100", "digits", 1.0, "content"),
+        ("shuffle100", "shuffle", 1.0, "structure"),
+    ]:
+        label = next(c.label for c in cells if c.name == name)
+        cells.append(Cell(f"lora-{name}", label, "lora", data, ratio, 1.0, half, name, "lora-correct"))
+    for scale, tag in ((0.25, "x0.25"), (4.0, "x4")):
+        cells.append(Cell(f"digits100-{tag}", f"digits 100%, {tag} steps", "full", "digits", 1.0, scale))
+    return cells
+
+
+CELLS = _cells()
+PROMPT_STYLE = "none"  # the bare problem, as the student was pretrained: a system prompt would be most of each sample
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output-dir", help="data, model, runs, tables and plots (default out/demo, or out/grid)")
-    p.add_argument("--grid", action="store_true", help="train on the correct set and on each perturbation (Table 2)")
+    p.add_argument("--output-dir", help="data, runs, evaluations, results.json (default out/demo, or out/grid)")
+    p.add_argument("--grid", action="store_true", help="every cell: Table 2 (full SFT), Table 1 (LoRA), the control")
+    p.add_argument("--conditions", help="comma list of cells (default: all with --grid, else correct,lora-correct)")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per cell: data order, adapter init, perturbation draw")
+    p.add_argument("--jobs", type=int, default=0, help="runs at once, one core each (0: all cores)")
+    p.add_argument("--report-dir", help="where the table and figures go (default: docs with --grid, else output dir)")
+    p.add_argument("--student", default=tiny_model.STUDENT_DIR, help="the pretrained student (tiny_model.py)")
+    # the task: harder than the student's pretraining problems (1-3 operations)
+    p.add_argument("--train-size", type=int, default=3000, help="teacher traces (paper: ~5k math traces, Table 2)")
+    p.add_argument("--test-size", type=int, default=300, help="held-out problems, disjoint from training by hash")
+    p.add_argument("--min-ops", type=int, default=synthetic.MIN_OPS, help="fewest operations per problem")
+    p.add_argument("--max-ops", type=int, default=synthetic.MAX_OPS, help="most operations per problem")
+    # training: short, as in the paper (Table 2: 3 epochs of ~5k samples at lr 1e-5)
+    sft_cfg = tiny_model.DEMO_SFT  # shared with the trainers' --demo
     p.add_argument(
-        "--conditions", default=",".join(name for name, _, _ in CONDITIONS), help="with --grid: comma list of cells"
+        "--steps", type=int, default=sft_cfg["steps"], help="optimizer steps per run (x the control's scale)"
     )
-    # the task: 2-3 operations give thoughts of 4-9 steps and responses of ~110-350 tokens
+    p.add_argument("--samples-per-step", type=int, default=sft_cfg["samples_per_step"], help="global batch (paper: 96)")
     p.add_argument(
-        "--train-size", type=int, default=16000, help="training problems, each seen once (3000 seen 2.7x: 26%% vs 37%%)"
+        "--full-lr", type=float, default=sft_cfg["full_lr"], help="train_full.py peak rate (below pretraining's)"
     )
     p.add_argument(
-        "--test-size", type=int, default=100, help="held-out problems, disjoint from training by construction"
+        "--lora-lr", type=float, default=sft_cfg["lora_lr"], help="train_lora.py peak rate (paper: 10x full SFT's)"
     )
-    p.add_argument("--min-ops", type=int, default=2, help="fewest operations per problem")
-    p.add_argument("--max-ops", type=int, default=3, help="most operations per problem")
-    p.add_argument("--max-value", type=int, default=10, help="largest intermediate value: arithmetic is learned last")
-    # the model: the LM head is most of a tiny model's compute (vocab 4096 runs 1.4x slower)
-    p.add_argument("--vocab-size", type=int, default=1024, help="tokenizer and embedding rows of the tiny model")
-    p.add_argument("--hidden-size", type=int, default=128, help="width of the tiny model")
-    p.add_argument("--layers", type=int, default=2, help="decoder layers of the tiny model")
-    # training: the format is learned in ~300 steps, copying and bracket choice by ~2000, arithmetic last
-    p.add_argument("--steps", type=int, default=4000, help="optimizer steps per training run")
-    p.add_argument("--samples-per-step", type=int, default=4, help="2000 x 4 did no worse than 1000 x 8 (26%% vs 24%%)")
     p.add_argument(
-        "--lr", type=float, default=3e-3, help="from scratch takes a far larger rate than fine-tuning (1e-5)"
+        "--lora-rank", type=int, default=sft_cfg["lora_rank"], help="adapter rank, alpha = 2 x rank (paper: 64 on 5120)"
     )
-    p.add_argument("--max-new-tokens", type=int, default=400, help="generation budget; longest response ~350 tokens")
-    p.add_argument("--seed", type=int, default=0, help="fixes data, initial weights and data order")
-    p.add_argument(
-        "--jobs", type=int, default=0, help="with --grid: cells trained at once, one core each (0: all cores)"
-    )
+    p.add_argument("--max-new-tokens", type=int, default=600, help="generation budget per held-out problem")
     args = p.parse_args(argv)
-    known = {name for name, _, _ in CONDITIONS}
+    known = {c.name for c in CELLS}
+    args.conditions = args.conditions or (",".join(c.name for c in CELLS) if args.grid else "correct,lora-correct")
     unknown = [c for c in args.conditions.split(",") if c not in known]
     if unknown:
-        p.error(f"--conditions: unknown {', '.join(unknown)} (known: {', '.join(known)})")
+        p.error(f"--conditions: unknown {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    if args.seeds < 1:
+        p.error("--seeds must be at least 1")
     return args
 
 
-def check_config(out: Path, args: argparse.Namespace) -> None:
-    """A folder holds one experiment: refuse to mix results made with other settings. The cells may change, so
-    `demo.py --grid --output-dir out/demo` reuses the demo's model, evaluation before training and correct cell."""
+SETTINGS_IGNORED = ("grid", "conditions", "output_dir", "jobs", "seeds", "report_dir")
+
+
+def check_config(out: Path, args: argparse.Namespace) -> dict:
+    """A folder holds one experiment: refuse to mix results made with other settings (cells and seeds may change)."""
     path = out / "demo_config.json"
-    current = {k: v for k, v in vars(args).items() if k not in ("grid", "conditions", "output_dir", "jobs")}
+    current = {k: v for k, v in vars(args).items() if k not in SETTINGS_IGNORED}
     if path.exists():
         saved = json.loads(path.read_text(encoding="utf-8"))
         changed = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in current.items() if saved.get(k) != v]
@@ -106,154 +140,174 @@ def check_config(out: Path, args: argparse.Namespace) -> None:
                 f"{path}: this folder holds a run with other settings ({'; '.join(changed)}); use another --output-dir"
             )
     utils.atomic_write_text(path, json.dumps(current, indent=2) + "\n")
+    return current
 
 
-def make_training_set(args: argparse.Namespace, data: Path, name: str, how) -> Path:
-    path = data / f"train_{name}.jsonl"
-    if path.exists():
-        return path
-    if how in ("correct", "wrong"):
-        shape = (args.min_ops, args.max_ops, args.max_value)
+def teacher_traces(args: argparse.Namespace, data: Path, wrong: bool) -> Path:
+    path = data / ("train_wrong.jsonl" if wrong else "train_correct.jsonl")
+    if not path.exists():
+        shape = (args.min_ops, args.max_ops, synthetic.MAX_VALUE)
         records = synthetic.generate(
-            args.train_size, args.seed, "train", *shape, wrong_answers=how == "wrong", prompt_style=PROMPT_STYLE
+            args.train_size, 0, "train", *shape, wrong_answers=wrong, prompt_style=PROMPT_STYLE
         )
         utils.write_jsonl(path, records)
-    else:
-        kind, ratio = how
-        source = make_training_set(args, data, "correct", "correct")
-        argv = ["--input", str(source), "--output", str(path), "--kind", kind, "--ratio", str(ratio)]
-        perturb.main(perturb.parse_args(argv + ["--seed", str(args.seed)]))
     return path
 
 
-def evaluate_model(args: argparse.Namespace, model_dir: Path, task_file: Path, output_dir: Path) -> float:
+def training_set(args: argparse.Namespace, data: Path, cell: Cell, seed: int) -> Path:
+    """The cell's training file: the teacher's traces, or perturb.py's output for this seed's draw."""
+    if cell.data in ("correct", "wrong"):
+        return teacher_traces(args, data, cell.data == "wrong")
+    path = data / f"train_{cell.data}{round(100 * cell.ratio)}_seed{seed}.jsonl"
+    if not path.exists():
+        argv = ["--input", str(teacher_traces(args, data, False)), "--output", str(path), "--kind", cell.data]
+        argv += ["--min-step-chars", str(synthetic.STEP_MIN_CHARS)]  # every paragraph of the task is one step
+        perturb.main(perturb.parse_args(argv + ["--ratio", str(cell.ratio), "--seed", str(seed)]))
+    return path
+
+
+def evaluate_model(model_dir: Path, task_file: Path, output_dir: Path, max_new_tokens: int) -> dict:
     argv = ["--model", str(model_dir), "--tasks", str(task_file), "--backend", "hf", "--prompt-style", PROMPT_STYLE]
-    argv += ["--max-tokens", str(args.max_new_tokens), "--batch-size", "50", "--workers", "1"]
-    argv += ["--output-dir", str(output_dir)]
-    return evaluate.main(evaluate.parse_args(argv))[task_file.stem]["accuracy"]
+    argv += ["--max-tokens", str(max_new_tokens), "--batch-size", "100", "--workers", "1"]
+    return evaluate.main(evaluate.parse_args(argv + ["--output-dir", str(output_dir)]))[task_file.stem]
 
 
-def first_step_right(samples_file: Path, task_file: Path) -> float:
-    """Share of held-out answers that restate the problem exactly and then start with its first operation, the leftmost
-    innermost bracket: the structure of the solution, apart from whether its arithmetic is right."""
-    problems = {p["id"]: p["problem"].removeprefix("Evaluate ").removesuffix(".") for p in utils.read_jsonl(task_file)}
-    samples = utils.read_jsonl(samples_file)
-    right = 0
-    for sample in samples:
-        expression = problems[sample["id"]]
-        innermost = re.search(r"\((\d+ [-+*] \d+)\)", expression)
-        _, restated, rest = sample["response"].partition(f"evaluate {expression},")
-        first_fact = re.search(r"(\d+ [-+*] \d+) =", rest)
-        right += bool(
-            restated and first_fact and first_fact.group(1) == (innermost.group(1) if innermost else expression)
-        )
-    return right / len(samples)
+def train(args: argparse.Namespace, cell: Cell, train_file: Path, run_dir: Path, seed: int) -> tuple[dict, Path]:
+    """One run of the repo's trainer; returns its summary and the folder evaluate.py loads."""
+    steps = max(1, round(args.steps * cell.steps_scale))
+    argv = ["--data", str(train_file), "--model", args.student, "--output-dir", str(run_dir), "--seed", str(seed)]
+    argv += ["--max-steps", str(steps), "--samples-per-step", str(args.samples_per_step)]
+    # Samples are a few hundred tokens: recomputing activations would only cost time.
+    max_length = tiny_model.DEMO_SFT["max_length"]
+    argv += ["--max-length", str(max_length), "--micro-batch-tokens", str(2 * max_length)]
+    argv += ["--no-gradient-checkpointing", "--save-every", "0", "--keep-checkpoints", "1"]
+    if cell.recipe == "full":
+        argv += ["--lr", str(args.full_lr), "--save-dtype", "fp32"]
+        return train_full.main(train_full.parse_args(argv)), run_dir / "final"
+    rank = args.lora_rank
+    argv += ["--lr", str(args.lora_lr), "--lora-rank", str(rank), "--lora-alpha", str(2 * rank), "--quant", "none"]
+    return train_lora.main(train_lora.parse_args(argv + ["--merge"])), run_dir / "merged"
 
 
-def train(args: argparse.Namespace, model_dir: Path, train_file: Path, run_dir: Path) -> dict:
-    # Samples are a few hundred tokens: recomputing activations would only cost time, and fp32 keeps the weights exact.
-    argv = ["--data", str(train_file), "--model", str(model_dir), "--output-dir", str(run_dir), "--lr", str(args.lr)]
-    argv += ["--max-steps", str(args.steps), "--samples-per-step", str(args.samples_per_step), "--seed", str(args.seed)]
-    argv += ["--max-length", str(MICRO_BATCH_TOKENS), "--micro-batch-tokens", str(MICRO_BATCH_TOKENS)]
-    argv += ["--no-gradient-checkpointing", "--save-every", "0", "--keep-checkpoints", "1", "--save-dtype", "fp32"]
-    return train_full.main(train_full.parse_args(argv))
-
-
-def run_condition(
-    args: argparse.Namespace, out: Path, model_dir: Path, task_file: Path, name: str, label: str, how
-) -> dict:
-    result_file = out / "runs" / name / "result.json"
+def run_cell(args: argparse.Namespace, out: Path, task_file: Path, cell: Cell, seed: int) -> dict:
+    run_dir = out / "runs" / cell.name / f"seed{seed}"
+    result_file = run_dir / "result.json"
     if result_file.exists():
-        print(f"{name}: already done, reading {result_file}")
         return json.loads(result_file.read_text(encoding="utf-8"))
     t0 = time.time()
-    train_file = make_training_set(args, out / "data", name, how)
-    summary = train(args, model_dir, train_file, out / "runs" / name)
+    summary, model_dir = train(args, cell, training_set(args, out / "data", cell, seed), run_dir, seed)
     train_s = time.time() - t0
-    accuracy = evaluate_model(args, out / "runs" / name / "final", task_file, out / "eval" / name)
+    eval_dir = out / "eval" / cell.name / f"seed{seed}"
+    shutil.rmtree(eval_dir, ignore_errors=True)  # answers of an interrupted run's model, trained again just now
+    scores = evaluate_model(model_dir, task_file, eval_dir, args.max_new_tokens)
     result = {
-        "condition": name,
-        "label": label,
+        "cell": cell.name,
+        "seed": seed,
         "steps": summary["steps"],
         "first_loss": summary["first_loss"],
         "last_loss": summary["last_loss"],
-        "accuracy": accuracy,
+        "accuracy": scores["accuracy"],
         "train_s": round(train_s, 1),
         "eval_s": round(time.time() - t0 - train_s, 1),
     }
     utils.atomic_write_text(result_file, json.dumps(result, indent=2) + "\n")
+    print(f"{cell.name} seed {seed}: accuracy {100 * result['accuracy']:.1f}%", flush=True)
     return result
 
 
-def plot_losses(out: Path, names: list[str], path: Path) -> None:
-    fig, ax = utils.pyplot().subplots(figsize=(7, 4))
-    for name in names:
-        metrics = utils.read_jsonl(out / "runs" / name / "metrics.jsonl")
-        ax.plot([m["step"] for m in metrics], [m["loss"] for m in metrics], label=name, linewidth=1)
-    ax.set(xlabel="optimizer step", ylabel="train loss (per target token)", yscale="log", title="Training loss")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    utils.save_figure(fig, path, dpi=120)
+def commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "describe", "--always", "--dirty"], cwd=utils.REPO_DIR, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
-def plot_grid(results: list[dict], before: float, path: Path) -> None:
-    colours = {"correct": "tab:green", "wrong": "tab:blue", "digits": "tab:blue", "keywords": "tab:blue"}
-    fig, ax = utils.pyplot().subplots(figsize=(10, 4))
-    x = list(range(len(results)))
-    bars = ax.bar(
-        [i - 0.2 for i in x],
-        [100 * r["accuracy"] for r in results],
-        width=0.4,
-        label="answer right",
-        color=[colours.get(r["condition"].rstrip("0123456789"), "tab:orange") for r in results],
-    )
-    ax.bar_label(bars, fmt="%.0f", fontsize=7)
-    bars = ax.bar(
-        [i + 0.2 for i in x],
-        [100 * r["first_step_right"] for r in results],
-        width=0.4,
-        color="lightgrey",
-        edgecolor="grey",
-        label="first step right (restates the problem, starts at the right bracket)",
-    )
-    ax.bar_label(bars, fmt="%.0f", fontsize=7)
-    ax.set_xticks(x, [r["label"] for r in results])
-    ax.axhline(100 * before, color="grey", linestyle="--", linewidth=1, label=f"before training ({100 * before:.0f}%)")
-    ax.set(
-        ylabel="held-out problems (%)",
-        ylim=(0, 110),
-        title="Toy Table 2: green = correct, blue = content, orange = structure",
-    )
-    ax.tick_params(axis="x", labelrotation=35, labelsize=8)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    utils.save_figure(fig, path, dpi=120)
-
-
-def grid_table(results: list[dict], before: float, args: argparse.Namespace) -> str:
-    correct = next((r["accuracy"] for r in results if r["condition"] == "correct"), None)
-    lines = [
-        f"Held-out accuracy on {args.test_size} synthetic problems, greedy; before training: {100 * before:.1f}%.",
-        f"Model: random Qwen2, hidden {args.hidden_size}, {args.layers} layers, trained from scratch; "
-        f"{args.steps} steps x "
-        f"{args.samples_per_step} samples, lr {args.lr}, {args.train_size} training problems, seed {args.seed}.",
-        "",
-        "| training set | accuracy (%) | vs correct | first step right (%) | train loss first -> last "
-        "| train + eval time |",
-        "|---|---:|---:|---:|---|---:|",
+def report(out: Path, config: dict, report_dir: Path | None = None) -> list[dict]:
+    """Table, figures and results.json from whatever (cell, seed) runs have finished in out."""
+    report_dir = report_dir or out
+    report_dir.mkdir(parents=True, exist_ok=True)
+    task_file = out / "data" / "synthetic_test.jsonl"
+    problems = utils.read_jsonl(task_file)
+    ids = [p["id"] for p in problems]
+    before = demo_report.correctness(out / "eval" / "before" / "samples.jsonl", ids)
+    runs, results = {}, {}
+    for cell in CELLS:
+        for seed_dir in sorted((out / "eval" / cell.name).glob("seed*")):
+            result_file = out / "runs" / cell.name / seed_dir.name / "result.json"
+            if result_file.exists():
+                runs.setdefault(cell.name, []).append(demo_report.correctness(seed_dir / "samples.jsonl", ids))
+                results.setdefault(cell.name, []).append(json.loads(result_file.read_text(encoding="utf-8")))
+    rows = demo_report.summarise([asdict(c) for c in CELLS], before, runs)
+    for row in rows:
+        mine = results[row["name"]]
+        row["first_loss"] = float(np.mean([r["first_loss"] for r in mine]))
+        row["last_loss"] = float(np.mean([r["last_loss"] for r in mine]))
+        structures = [demo_report.response_structure(out / "eval" / row["name"] / f"seed{r['seed']}" / "samples.jsonl")
+                      for r in mine]  # fmt: skip
+        row["structure"] = {k: float(np.mean([s[k] for s in structures])) for k in structures[0]}
+    majority = demo_report.majority_baseline([p["answer"] for p in problems])
+    train_s = sum(r["train_s"] + r["eval_s"] for rs in results.values() for r in rs)
+    settings = [
+        f"The miniature (demo.py, commit {commit()}): {len(ids)} held-out problems with {config['min_ops']}-"
+        f"{config['max_ops']} operations, greedy decoding, up to {config['max_new_tokens']} new tokens.",
+        f"Student: {config['student']} (tiny_model.py --pretrain). Teacher traces: {config['train_size']} "
+        f"(synthetic.py). Every run: {config['steps']} steps x {config['samples_per_step']} samples; full SFT lr "
+        f"{config['full_lr']}; LoRA rank {config['lora_rank']}, alpha {2 * config['lora_rank']}, lr "
+        f"{config['lora_lr']}, all linear layers. Perturbations: perturb.py defaults (the authors' forms).",
+        f"Intervals: 95% percentile bootstrap over problems and seeds ({demo_report.BOOTSTRAP_DRAWS} draws); "
+        f"'vs correct' is paired, against the correct set of the same recipe. Compute: "
+        f"{utils.format_duration(train_s)} of single-core train + eval time.",
     ]
-    for r in results:
-        delta = f"{100 * (r['accuracy'] - correct):+.1f}" if correct is not None else ""
-        lines.append(
-            f"| {r['label']} | {100 * r['accuracy']:.1f} | {delta} | {100 * r['first_step_right']:.0f} | "
-            f"{r['first_loss']:.3f} -> {r['last_loss']:.3f} | "
-            f"{utils.format_duration(r['train_s'] + r['eval_s'])} |"
-        )
-    return "\n".join(lines) + "\n"
+    text = demo_report.table(rows, before, majority, settings)
+    utils.atomic_write_text(report_dir / "grid_results.md", text)
+    demo_report.plot(rows, before, report_dir / "grid.png")
+    demo_report.plot_losses(
+        {r["name"]: out / "runs" / r["name"] / "seed0" / "metrics.jsonl" for r in rows
+         if (out / "runs" / r["name"] / "seed0" / "metrics.jsonl").exists()},
+        report_dir / "grid_loss_curves.png",
+    )  # fmt: skip
+    summary = {"before": before.mean(), "majority": majority, "rows": rows, "config": config, "commit": commit()}
+    utils.atomic_write_text(out / "results.json", json.dumps(summary, indent=2, default=str) + "\n")
+    print(text)
+    return rows
 
 
-def main(args: argparse.Namespace) -> dict:
+DEMO_HELD_OUT = 200  # held-out problems the trainers' --demo grades before and after SFT
+
+
+def before_after(student: str, trained: Path, output_dir: Path, n: int = DEMO_HELD_OUT) -> dict:
+    """The trainers' --demo ends here: held-out accuracy of the student before and after SFT, against always giving
+    the commonest answer, and one problem with both answers."""
+    task_file = output_dir / "heldout.jsonl"
+    utils.write_jsonl(task_file, synthetic.task_records(n))
+    ids = [p["id"] for p in utils.read_jsonl(task_file)]
+    right, answers = {}, {}
+    for name, model in (("before", Path(student)), ("after", trained)):
+        shutil.rmtree(output_dir / f"eval_{name}", ignore_errors=True)  # a new run's model: nothing to resume
+        evaluate_model(model, task_file, output_dir / f"eval_{name}", 600)
+        samples = output_dir / f"eval_{name}" / "samples.jsonl"
+        right[name] = demo_report.correctness(samples, ids)
+        answers[name] = {s["id"]: s["response"] for s in utils.read_jsonl(samples)}
+    learned = [i for i, b, a in zip(ids, right["before"], right["after"]) if a and not b]
+    shown = learned[0] if learned else ids[0]
+    problem = next(p for p in utils.read_jsonl(task_file) if p["id"] == shown)
+    print(f"\nheld-out problem: {problem['problem']} (answer {problem['answer']})")
+    for name in ("before", "after"):
+        print(f"\n--- the student {name} SFT ---\n{answers[name][shown]}")
+    majority = demo_report.majority_baseline([p["answer"] for p in utils.read_jsonl(task_file)])
+    gain = demo_report.bootstrap(right["after"][None, :], right["before"][None, :])
+    print(
+        f"\nheld-out accuracy, {n} problems: before SFT {100 * right['before'].mean():.1f}% -> after "
+        f"{100 * right['after'].mean():.1f}% (change {demo_report.percent_interval(*gain, signed=True)} points, 95% "
+        f"CI); always answering the commonest answer: {100 * majority:.1f}%"
+    )
+    # lists, not arrays: the trainers print their summary as JSON
+    return {"before": right["before"].tolist(), "after": right["after"].tolist(), "majority": majority}
+
+
+def main(args: argparse.Namespace) -> list[dict]:
     # ---------------------------------------------------------------- setup
     t_start = time.time()
     # The model's matrices are too small to split across threads, and a second OpenMP thread that waits for a busy core
@@ -261,67 +315,35 @@ def main(args: argparse.Namespace) -> dict:
     torch.set_num_threads(1)
     out = Path(args.output_dir or ("out/grid" if args.grid else "out/demo"))
     out.mkdir(parents=True, exist_ok=True)
-    check_config(out, args)
-    names = args.conditions.split(",") if args.grid else ["correct"]
-    chosen = [c for c in CONDITIONS if c[0] in names]
+    config = check_config(out, args)
+    tiny_model.ensure_student(args.student)
 
-    # ---------------------------------------------------------------- data: held-out problems, the correct training set
+    # ---------------------------------------------------------------- data: held-out problems, teacher traces
     task_file = out / "data" / "synthetic_test.jsonl"
     if not task_file.exists():
-        utils.write_jsonl(
-            task_file, synthetic.task_records(args.test_size, args.seed, args.min_ops, args.max_ops, args.max_value)
-        )
-    correct_file = make_training_set(args, out / "data", "correct", "correct")
+        shape = (args.min_ops, args.max_ops, synthetic.MAX_VALUE)
+        utils.write_jsonl(task_file, synthetic.task_records(args.test_size, 0, *shape))
+    teacher_traces(args, out / "data", wrong=False)
 
-    # ---------------------------------------------------------------- model: random weights, a tokenizer of the task
-    model_dir = out / "model"
-    if not (model_dir / "config.json").exists():
-        texts = [m["content"] for r in utils.read_jsonl(correct_file)[:1000] for m in r["messages"]]
-        shape = {"vocab_size": args.vocab_size, "hidden_size": args.hidden_size, "layers": args.layers}
-
-        def write(tmp: Path):
-            tiny_model.make_tiny_model(tmp, **shape, seed=args.seed, tokenizer_vocab=args.vocab_size, extra_texts=texts)
-
-        utils.save_dir_atomically(model_dir, write)
-    before = evaluate_model(args, model_dir, task_file, out / "eval" / "before")
-
-    # ---------------------------------------------------------------- train and evaluate each condition
-    jobs = min(args.jobs or os.cpu_count() or 1, len(chosen))
+    # ---------------------------------------------------------------- the student before SFT, then every run
+    if not (out / "eval" / "before" / "results.json").exists():
+        evaluate_model(Path(args.student), task_file, out / "eval" / "before", args.max_new_tokens)
+    chosen = [c for c in CELLS if c.name in args.conditions.split(",")]
+    todo = sorted(((c, s) for c in chosen for s in range(args.seeds)), key=lambda cs: -cs[0].steps_scale)
+    jobs = min(args.jobs or os.cpu_count() or 1, len(todo))
     if jobs == 1:
-        results = [run_condition(args, out, model_dir, task_file, *condition) for condition in chosen]
-    else:  # the cells are independent, and one thread per run is fastest for a model this small (see setup)
+        for cell, seed in todo:
+            run_cell(args, out, task_file, cell, seed)
+    else:  # the runs are independent, and one thread per run is fastest for a model this small (see setup)
         with ProcessPoolExecutor(
             jobs, mp_context=multiprocessing.get_context("spawn"), initializer=torch.set_num_threads, initargs=(1,)
         ) as pool:
-            results = list(pool.map(run_condition, *zip(*[(args, out, model_dir, task_file, *c) for c in chosen])))
+            list(pool.map(run_cell, *zip(*[(args, out, task_file, c, s) for c, s in todo])))
 
     # ---------------------------------------------------------------- report
-    for r in results:  # read from the saved answers, so cells finished before a rerun are measured the same way
-        r["first_step_right"] = first_step_right(out / "eval" / r["condition"] / "samples.jsonl", task_file)
-    wall = time.time() - t_start
-    plot_losses(out, [r["condition"] for r in results], out / "loss_curve.png")
-    report = {"before_accuracy": before, "results": results, "wall_s": round(wall, 1), "config": vars(args)}
-    utils.atomic_write_text(out / "results.json", json.dumps(report, indent=2) + "\n")
-    if args.grid:
-        table = grid_table(results, before, args)
-        utils.atomic_write_text(out / "grid_results.md", table)
-        plot_grid(results, before, out / "grid.png")
-        print(table)
-        wrote = ", ".join(str(out / name) for name in ("grid_results.md", "grid.png", "results.json"))
-        print(f"wall time {utils.format_duration(wall)}; wrote {wrote}")
-    else:
-        r = results[0]
-        rows = [
-            ["steps", r["steps"]],
-            ["train loss first -> last", f"{r['first_loss']:.3f} -> {r['last_loss']:.3f}"],
-            ["held-out accuracy before", f"{100 * before:.1f}%"],
-            ["held-out accuracy after", f"{100 * r['accuracy']:.1f}%"],
-            ["first step right", f"{100 * r['first_step_right']:.1f}% (restates the problem, starts inside out)"],
-            ["wall time", utils.format_duration(wall)],
-        ]
-        print("\n".join(f"{name:<28}{value}" for name, value in rows))
-        print(f"wrote {out / 'results.json'} and {out / 'loss_curve.png'}")
-    return report
+    rows = report(out, config, Path(args.report_dir or ("docs" if args.grid else out)))
+    print(f"wall time {utils.format_duration(time.time() - t_start)}")
+    return rows
 
 
 if __name__ == "__main__":

@@ -4,11 +4,12 @@
     python synthetic.py --output out/synthetic/test.jsonl --size 200 --split test --task-file
     python synthetic.py --output out/synthetic/wrong.jsonl --size 4000 --wrong-answers  # every final answer wrong
 
-A problem is a fully bracketed expression over single digits, e.g. "Evaluate ((7 - 3) * (2 + 5)) - 9.", whose every
+A problem is a bracketed chain of operations on single digits, e.g. "Evaluate ((7 - 3) * 2) - 5.", whose every
 intermediate value lies in 0..max_value and whose products have single-digit factors: each step is then one fact a
 small transformer can learn, and the answer is exact. The assistant turn has the Sky-T1 shape, with the moves that
 make long CoT long: a step that checks an earlier one by the inverse operation, a slip caught by "Wait" and fixed,
-and a final verification, each step a blank-line paragraph of more than 40 characters, the unit perturb.py acts on.
+and a final verification, each step a blank-line paragraph: the unit perturb.py acts on (demo.py passes
+--min-step-chars STEP_MIN_CHARS, so that no step is merged into its neighbour).
 
 Train and test problems are disjoint by construction: a problem's split is a function of its text's hash.
 Training records follow prepare_data.py's schema; --task-file writes evaluate.py's {"id", "problem", "answer"}.
@@ -20,6 +21,7 @@ import argparse
 import hashlib
 import operator
 import random
+import re
 import sys
 from dataclasses import dataclass
 
@@ -27,7 +29,14 @@ from markup import PROMPT_STYLES, eval_messages, format_response
 from utils import write_jsonl
 
 TEST_SHARE = 5  # one problem text in TEST_SHARE belongs to the test split
+# The miniature's task (demo.py): values 0..20, so ~500 facts cover it; the student is pretrained on problems of 1-3
+# operations, the teacher's traces and the held-out problems have 3-4.
+MAX_VALUE = 20
+MIN_OPS, MAX_OPS = 3, 4
+PRETRAINING_MAX_OPS = 3
+STEP_MIN_CHARS = 12  # every paragraph of a trace is longer ("First, 9 + 5 = 14." has 18 characters)
 OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul}
+ORDINALS = ["First", "Next", "Then", "After that", "Now", "Next", "Then", "After that", "Now", "Then"]
 
 
 @dataclass
@@ -40,6 +49,14 @@ class Node:
     right: "Node | None" = None
 
 
+def render(node: Node, values: dict[int, int], top: bool = True) -> str:
+    """The expression with the operations already done (id(node) -> the value written for it) replaced by values."""
+    if id(node) in values or node.op is None:
+        return str(values.get(id(node), node.value))
+    text = f"{render(node.left, values, False)} {node.op} {render(node.right, values, False)}"
+    return text if top else f"({text})"
+
+
 def infix(node: Node, top: bool = True) -> str:
     """The expression as text, every inner operation bracketed: "(7 - 3) * (2 + 5)"."""
     if node.op is None:
@@ -49,12 +66,13 @@ def infix(node: Node, top: bool = True) -> str:
 
 
 def random_expression(rng: random.Random, n_ops: int, max_value: int) -> Node | None:
-    """A random tree with n_ops operators, or None if a value leaves 0..max_value or a product has a factor over 9."""
+    """A random chain of n_ops operators, each applied to the value so far and a digit ("((6 - 3) - 2) * 6"), or None
+    if a value leaves 0..max_value or a product has a factor over 9. A chain, not any tree: rewriting it after a step
+    copies a span of the problem, which a model of this size learns; rewriting the middle of a tree it does not."""
     if n_ops == 0:
         return Node(rng.randint(1, 9))
-    left_ops = rng.randint(0, n_ops - 1)
-    left, right = random_expression(rng, left_ops, max_value), random_expression(rng, n_ops - 1 - left_ops, max_value)
-    if left is None or right is None:
+    left, right = random_expression(rng, n_ops - 1, max_value), Node(rng.randint(1, 9))
+    if left is None:
         return None
     op = rng.choice("+-*")
     if op == "*" and max(left.value, right.value) > 9:
@@ -84,7 +102,10 @@ def sample_problems(n: int, seed: int, split: str, min_ops: int, max_ops: int, m
         if expression is None or expression.op is None:
             continue
         text = problem_text(expression)
-        if text not in seen and split_of(text) == split:
+        digits = re.findall(r"\d", text)
+        # Distinct digits: the operation after a step is then found by the digit the step just used, the lookup
+        # (an induction head's) a model of this size learns; with repeats it would have to count positions.
+        if len(set(digits)) == len(digits) and text not in seen and split_of(text) == split:
             seen.add(text)
             found.append(expression)
     raise ValueError(f"could not find {n} distinct {split} problems with {min_ops}-{max_ops} operations; ask for fewer")
@@ -105,85 +126,123 @@ def slip(rng: random.Random, value: int, max_value: int) -> int:
     return rng.choice([v for v in (value - 1, value + 1, value - 10, value + 10) if 0 <= v <= max_value and v != value])
 
 
-def solve(
-    expression: Node, rng: random.Random, slip_rate: float, check_rate: float, wrong_answer: bool, max_value: int
-) -> tuple[str, int]:
-    """The Sky-T1 response and the final answer it states (the true value unless wrong_answer).
-
-    Operations are done innermost first, left to right, each rewriting the expression. With probability slip_rate
-    a result is first written wrong and a "Wait" step fixes it; with wrong_answer one slip goes unnoticed and
-    propagates, like a teacher's wrong trace. check_rate: chance that a step is followed by an inverse-operation check.
-    """
+def post_order(expression: Node) -> list[Node]:
+    """The operations in the order a solver does them: innermost first, left to right."""
     order: list[Node] = []
 
-    def post_order(node: Node) -> None:
+    def visit(node: Node) -> None:
         if node.op is not None:
-            post_order(node.left)
-            post_order(node.right)
+            visit(node.left)
+            visit(node.right)
             order.append(node)
 
-    post_order(expression)
-    uncaught = rng.randrange(len(order)) if wrong_answer else -1
-    shown: dict[int, int] = {}  # id(node) -> the value the trace carries for it (differs after an uncaught slip)
+    visit(expression)
+    return order
+
+
+def solve(
+    expression: Node,
+    rng: random.Random,
+    slip_rate: float,
+    check_rate: float,
+    miss_rate: float,
+    wrong_answer: bool,
+    max_value: int,
+) -> tuple[str, int]:
+    """The teacher's Sky-T1 response and the final answer it states (the true value unless wrong_answer).
+
+    Operations are done innermost first, left to right, each rewriting the expression. With probability slip_rate
+    a result is first written wrong and a "Wait" step fixes it at once; check_rate: chance that a step is followed by
+    a check by the inverse operation. The final verification is a second computation from the problem, that can
+    disagree: with probability miss_rate one slip goes unnoticed and propagates, and the verification catches it and
+    repairs the answer. With wrong_answer the unnoticed slip is repeated by the verification, like a teacher's
+    confident wrong trace.
+    """
+    order = post_order(expression)
+    missed = rng.randrange(len(order)) if wrong_answer or rng.random() < miss_rate else -1
+    shown: dict[int, int] = {}  # id(node) -> the value the trace carries for it (differs after an unnoticed slip)
 
     def carried(node: Node) -> int:
         return shown.get(id(node), node.value)
 
-    def rewritten(node: Node, top: bool = True) -> str:
-        if id(node) in shown or node.op is None:
-            return str(carried(node))
-        text = f"{rewritten(node.left, False)} {node.op} {rewritten(node.right, False)}"
-        return text if top else f"({text})"
-
-    def consequence(last: bool) -> str:
-        """What the step's result means: the answer, or the rewritten expression (as the trace carries it)."""
-        if last:
-            return "the value of the whole expression"
-        return f"so the expression becomes {rewritten(expression)}"
-
-    steps = [f"We need to evaluate {infix(expression)}, working from the innermost brackets outwards."]
-    facts = []
-    ordinals = ["First", "Next", "Then", "After that", "Now", "Next", "Then", "After that", "Now", "Then"]
+    steps = [f"We need to evaluate {infix(expression)}, one operation at a time, innermost first."]
+    slipped = None
     for k, node in enumerate(order):
         a, b = carried(node.left), carried(node.right)
         result = OPS[node.op](a, b)
-        if not 0 <= result <= max_value:  # only after an uncaught slip; the caller redraws
+        if not 0 <= result <= max_value:  # only after an unnoticed slip; the caller redraws
             raise ValueError("slip left the value range")
-        last = k == len(order) - 1
-        ordinal = ordinals[k % len(ordinals)]
-        if k == uncaught:
-            result = slip(rng, result, max_value)
+        ordinal = ""
+        if k == missed:
+            wrong = slip(rng, result, max_value)
+            slipped, result = (f"{a} {node.op} {b}", result, wrong), wrong
         elif rng.random() < slip_rate:
             wrong = slip(rng, result, max_value)
-            shown[id(node)] = wrong
-            steps.append(f"{ordinal}, {a} {node.op} {b} = {wrong}, {consequence(last)}.")
+            steps.append(step_sentence(k, node, a, b, wrong))
             ordinal = f"Wait, that is not right: {a} {node.op} {b} is {result}, not {wrong}. Fixing it"
         shown[id(node)] = result
         fact = f"{a} {node.op} {b} = {result}"
-        facts.append(fact)
-        steps.append(f"{ordinal}, {fact}, {consequence(last)}.")
-        if rng.random() < check_rate:
+        steps.append(step_sentence(k, node, a, b, result, ordinal))
+        if k != missed and rng.random() < check_rate:  # a checked slip would not go unnoticed
             steps.append(f"Let me check that step: {inverse_check(node.op, a, b, result)}, so {fact} holds.")
-    answer = carried(expression)
-    steps.append(f"Let me verify the whole computation: {', '.join(facts)}. So the answer is {answer}.")
+    first = carried(expression)
+    # The verification recomputes from the problem; it repeats the slip only in a wrong-answer trace.
+    again = {} if not wrong_answer else shown
+    facts = []
+    for node in post_order(expression):
+        a, b = again.get(id(node.left), node.left.value), again.get(id(node.right), node.right.value)
+        value = again.get(id(node), OPS[node.op](a, b))
+        again = again if wrong_answer else {**again, id(node): value}
+        facts.append(f"{a} {node.op} {b} = {value}")
+    answer = again.get(id(expression), expression.value)
+    verify = f"Let me verify by computing it again from the start: {', '.join(facts)}."
+    if answer == first:
+        steps.append(f"{verify} This also gives {answer}, so the answer is {answer}.")
+    else:
+        operation, true, wrong = slipped
+        steps.append(f"{verify} This gives {answer}, not {first}.")
+        steps.append(
+            f"Wait, the first computation has a slip: {operation} is {true}, not {wrong}. So the answer is {answer}."
+        )
     thought = "\n\n".join(steps)
     # The solution states only the result: the derivation lives in the thought, so perturbing the thought's
     # structure leaves nothing intact for the model to fall back on.
-    solution = f"{infix(expression)} = {answer}.\n\n\\boxed{{{answer}}}"
+    solution = f"The value of the expression is {answer}.\n\n\\boxed{{{answer}}}"
     return format_response(thought, solution, "sky-t1"), answer
+
+
+def step_sentence(k: int, node: Node, a: int, b: int, result: int, ordinal: str = "") -> str:
+    """The k-th operation as the teacher writes it, one fact: "Next, 14 - 5 = 9." The step carries the value on
+    instead of rewriting the expression, as the student's own fact-by-fact computation does, so that long-CoT SFT
+    asks the student for an arrangement of what it can already do."""
+    return f"{ordinal or ORDINALS[k % len(ORDINALS)]}, {a} {node.op} {b} = {result}."
+
+
+def short_solution(expression: Node) -> str:
+    """The student's own answer before long-CoT SFT: a short chain of big steps, each rewrite doing two operations
+    in one go, with no reflection and no verification: "((7 - 3) * (2 + 5)) - 9 = (4 * 7) - 9 = 19.", then the boxed
+    answer. Two operations at once is where a small model slips, as a short chain of thought does on a hard problem."""
+    order = post_order(expression)
+    done: dict[int, int] = {}
+    chain = [infix(expression)]
+    for start in range(0, len(order), 2):
+        done.update((id(node), node.value) for node in order[start : start + 2])
+        chain.append(render(expression, done))
+    return f"{' = '.join(chain)}.\n\n\\boxed{{{expression.value}}}"
 
 
 def generate(
     n: int,
     seed: int = 0,
     split: str = "train",
-    min_ops: int = 2,
-    max_ops: int = 4,
-    max_value: int = 99,
+    min_ops: int = MIN_OPS,
+    max_ops: int = MAX_OPS,
+    max_value: int = MAX_VALUE,
     slip_rate: float = 0.15,
     check_rate: float = 0.3,
     wrong_answers: bool = False,
     prompt_style: str = "sky-t1",
+    miss_rate: float = 0.1,
 ) -> list[dict]:
     """n training records {"id", "messages": [system, user, assistant], "domain", "answer", "source"} of one split.
 
@@ -199,7 +258,7 @@ def generate(
         for attempt in range(100):
             rng = random.Random(f"trace:{seed}:{problem}:{attempt}")
             try:
-                response, stated = solve(expression, rng, slip_rate, check_rate, wrong_answers, max_value)
+                response, stated = solve(expression, rng, slip_rate, check_rate, miss_rate, wrong_answers, max_value)
             except ValueError:
                 continue
             if (stated != expression.value) == wrong_answers:
@@ -221,7 +280,83 @@ def generate(
     return records
 
 
-def task_records(n: int, seed: int = 0, min_ops: int = 2, max_ops: int = 4, max_value: int = 99) -> list[dict]:
+def facts(max_value: int) -> list[tuple[int, str, int]]:
+    """Every operation a problem can contain: operands and result in 0..max_value, products of single digits."""
+    found = []
+    for a in range(max_value + 1):
+        for b in range(max_value + 1):
+            for op, fn in OPS.items():
+                if 0 <= fn(a, b) <= max_value and (op != "*" or max(a, b) <= 9):
+                    found.append((a, op, b))
+    return found
+
+
+def pretraining_records(
+    n_short: int, seed: int = 0, max_ops: int = PRETRAINING_MAX_OPS, max_value: int = MAX_VALUE, turns: int = 1
+) -> list[dict]:
+    """What the student knows before long-CoT SFT, as chats of `turns` unrelated exchanges: every fact ("Evaluate
+    14 - 9." -> "14 - 9 = 5."), checking a stated fact by the inverse operation when asked (true and false claims, in
+    the teacher's words), one step or a fact-by-fact computation when asked, short solutions (short_solution) of
+    n_short train-split problems with 1..max_ops operations, and the teacher's paragraphs to repeat (its markup lines
+    among them, as text a real student has read). It never sees a
+    reflection inside its own solution: reasoning that way unasked is what long-CoT SFT teaches."""
+    rng = random.Random(f"pretraining:{seed}")
+    exchanges: list[tuple[str, str]] = []
+
+    def add(user: str, assistant: str) -> None:
+        exchanges.append((user, assistant))
+
+    for a, op, b in facts(max_value):
+        result = OPS[op](a, b)
+        add(f"Evaluate {a} {op} {b}.", f"{a} {op} {b} = {result}.\n\n\\boxed{{{result}}}")
+        claimed = result if rng.random() < 0.5 else slip(rng, result, max_value)
+        check = inverse_check(op, a, b, claimed)
+        if claimed == result:
+            reply = f"Let me check that step: {check}, so {a} {op} {b} = {result} holds."
+        else:
+            back = check.rsplit(" = ", 1)[0]
+            undone = OPS["+" if op == "-" else "-"](claimed, b) if op != "*" else None
+            reply = (
+                f"Let me check that step: {back} = {undone}, not {a}. "
+                if undone is not None and 0 <= undone <= max_value
+                else "Let me check that step. "
+            ) + f"Wait, that is not right: {a} {op} {b} is {result}, not {claimed}."
+        add(f"Check {a} {op} {b} = {claimed}.", reply)
+    for expression in sample_problems(n_short, seed, "train", 1, max_ops, max_value):
+        add(problem_text(expression), short_solution(expression))
+        # Reasoning step by step when asked, in the teacher's step sentences, and fact by fact (the teacher's
+        # verification): an instruct model writes a plain chain of thought on request. Doing it unasked, with checks,
+        # corrections and a verification, is what long-CoT SFT teaches.
+        order = post_order(expression)
+        steps = [step_sentence(k, node, node.left.value, node.right.value, node.value)
+                 for k, node in enumerate(order)]  # fmt: skip
+        add(f"Compute {infix(expression)} step by step.", "\n\n".join(steps) + f"\n\n\\boxed{{{expression.value}}}")
+        again = [f"{n.left.value} {n.op} {n.right.value} = {n.value}" for n in order]
+        add(f"Compute {infix(expression)} fact by fact.", f"{', '.join(again)}. So it is {expression.value}.")
+    # The teacher's words, each paragraph of its traces on easy problems seen once as text to repeat: as a real
+    # student has read such text, so its embeddings and LM head know the tokens, but it is never asked to reason so.
+    for record in generate(n_short // 4, seed + 1, "train", 1, max_ops, max_value, prompt_style="none"):
+        paragraph = rng.choice(record["messages"][-1]["content"].split("\n\n"))
+        add(f"Repeat after me: {paragraph}", paragraph)
+    rng.shuffle(exchanges)
+    return [
+        {
+            "id": f"pretraining-{seed}-{start // turns}",
+            "messages": [
+                {"role": role, "content": text}
+                for user, assistant in exchanges[start : start + turns]
+                for role, text in (("user", user), ("assistant", assistant))
+            ],
+            "domain": "math",
+            "source": "synthetic-pretraining",
+        }
+        for start in range(0, len(exchanges), turns)
+    ]
+
+
+def task_records(
+    n: int, seed: int = 0, min_ops: int = MIN_OPS, max_ops: int = MAX_OPS, max_value: int = MAX_VALUE
+) -> list[dict]:
     """Held-out problems as an evaluate.py custom task: {"id", "problem", "answer"}."""
     return [
         {"id": f"synthetic-test-{seed}-{i}", "problem": problem_text(e), "answer": str(e.value)}
@@ -246,6 +381,7 @@ def main(cfg) -> int:
             cfg.check_rate,
             cfg.wrong_answers,
             cfg.prompt_style,
+            cfg.miss_rate,
         )
     n = write_jsonl(cfg.output, records)
     print(f"wrote {n} {cfg.split} {'problems' if cfg.task_file else 'records'} to {cfg.output}")
@@ -263,16 +399,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--task-file", action="store_true", help="write evaluate.py's {id, problem, answer} instead of training records"
     )
-    p.add_argument("--min-ops", type=int, default=2, help="fewest operations per problem (more steps = longer chains)")
-    p.add_argument("--max-ops", type=int, default=4, help="most operations per problem")
+    p.add_argument("--min-ops", type=int, default=MIN_OPS, help="fewest operations per problem (more = longer chains)")
+    p.add_argument("--max-ops", type=int, default=MAX_OPS, help="most operations per problem")
     p.add_argument(
-        "--max-value", type=int, default=99, help="largest intermediate value; smaller means fewer facts to learn"
+        "--max-value",
+        type=int,
+        default=MAX_VALUE,
+        help="largest intermediate value; smaller means fewer facts to learn",
     )
     p.add_argument(
         "--slip-rate", type=float, default=0.15, help="chance a step is first written wrong, then fixed after 'Wait'"
     )
     p.add_argument(
         "--check-rate", type=float, default=0.3, help="chance a step is followed by a check by the inverse operation"
+    )
+    p.add_argument(
+        "--miss-rate", type=float, default=0.1, help="chance of a slip noticed only by the final verification"
     )
     p.add_argument(
         "--prompt-style",

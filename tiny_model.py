@@ -1,7 +1,13 @@
-"""A tiny random Qwen2 and its locally trained tokenizer, for the tests, the demos and the benchmarks (no download).
+"""A tiny random Qwen2 and its locally trained tokenizer, for the tests and the benchmarks (no download), and the
+pretrained tiny student of the demos.
 
     python tiny_model.py out/tiny                                           # 2 layers, hidden 64, vocab 4096
     python tiny_model.py out/tiny152k --vocab-size 152064 --hidden-size 256   # Qwen2.5's LM-head cost
+    python tiny_model.py --pretrain data/tiny-student                       # the shipped student (~N min, 2 cores)
+
+The student is the miniature's "instruct model" (demo.py): the same architecture, trained from scratch with
+train_full.py on what synthetic.py's task needs (every fact, checking a fact when asked, short solutions of easy
+problems), so that long-CoT SFT starts, as in the paper, from a model that knows things but does not reflect.
 
 The tokenizer is byte-level BPE with Qwen2's pre-tokenizer and special tokens, and it carries the real Qwen2.5 chat
 template (data/qwen2.5_chat_template.jinja), so masking, stopping and generation run as they do on the real model.
@@ -12,29 +18,40 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Iterable
 
 import torch
 
-from utils import DATA_DIR, read_jsonl
+from utils import DATA_DIR, read_jsonl, save_dir_atomically, write_jsonl
 
 TOKENIZER_CORPUS = [DATA_DIR / "sample" / "openmathinstruct2_sft.jsonl", DATA_DIR / "sky_t1_system_prompt.txt"]
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 # Qwen2's pre-tokenizer split: single digits (so arithmetic is learnable), words, punctuation runs, newlines.
 # What the trainers' --demo runs on: the tiny model (built once) and a bundled sample of real math solutions.
-DEMO_MODEL_DIR = "out/tiny-model"
-DEMO_DATA = str(DATA_DIR / "sample" / "openmathinstruct2_sft.jsonl")
+STUDENT_DIR = str(DATA_DIR / "tiny-student")
+DEMO_DATA = str(DATA_DIR / "sample" / "synthetic_longcot.jsonl")  # the teacher's traces (synthetic.py), bundled
+# The student: its shape and how it was pretrained (its task: synthetic.py).
+STUDENT_SHAPE = {"vocab_size": 512, "hidden_size": 128, "layers": 3}
+STUDENT_PRETRAINING = {"short_problems": 6000, "steps": 1200, "samples_per_step": 32, "lr": 3e-3}
+# Long-CoT SFT of the student, the same in the trainers' --demo and every cell of demo.py's grid. Chosen on the correct
+# set alone, before any grid ran (issue 17): at 300 x 8 full SFT reaches 40%, LoRA 27%, from 13%; at 300 x 4 both
+# learn much less (21%, 8%). Short as in the paper (Table 2: 3 epochs of ~5k traces); LoRA's rate 10x full SFT's, as
+# the paper's 1e-4 vs 1e-5; max_length covers the longest trace (~300 tokens).
+DEMO_SFT = {"steps": 300, "samples_per_step": 8, "full_lr": 1e-3, "lora_lr": 1e-2, "lora_rank": 16, "max_length": 384}
 QWEN2_SPLIT = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""  # noqa: E501
 
 
-def train_tiny_tokenizer(vocab_size: int, extra_texts: Iterable[str] = ()):
-    """Byte-level BPE with Qwen's pre-tokenizer, special tokens and chat template, trained on the bundled text."""
+def train_tiny_tokenizer(vocab_size: int, extra_texts: Iterable[str] = (), bundled_text: bool = True):
+    """Byte-level BPE with Qwen's pre-tokenizer, special tokens and chat template, trained on extra_texts and, unless
+    told not to, the bundled text."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     texts = list(extra_texts)
-    for path in TOKENIZER_CORPUS:
+    for path in TOKENIZER_CORPUS if bundled_text else ():
         if path.suffix == ".jsonl":
             texts += [json.dumps(r, ensure_ascii=False) for r in read_jsonl(path)]
         else:
@@ -71,6 +88,7 @@ def make_tiny_model(
     seed: int = 0,
     tokenizer_vocab: int | None = None,
     extra_texts: Iterable[str] = (),
+    bundled_text: bool = True,
 ) -> Path:
     """Write a random Qwen2-architecture model plus a trained tokenizer that from_pretrained loads offline.
 
@@ -80,7 +98,7 @@ def make_tiny_model(
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     output_dir = Path(output_dir)
-    tokenizer = train_tiny_tokenizer(min(vocab_size, tokenizer_vocab or 4096), extra_texts)
+    tokenizer = train_tiny_tokenizer(min(vocab_size, tokenizer_vocab or 4096), extra_texts, bundled_text)
     heads = max(2, hidden_size // 32)
     config = Qwen2Config(
         vocab_size=vocab_size,
@@ -104,24 +122,62 @@ def make_tiny_model(
     return output_dir
 
 
-def ensure_demo_model(path: str = DEMO_MODEL_DIR) -> str:
-    """The demo model folder, written on first use."""
+def pretrain_student(output_dir: str | os.PathLike, seed: int = 0) -> Path:
+    """Train the tiny student from scratch with train_full.py on synthetic.py's pretraining records; write it to
+    output_dir (config, fp32 weights, tokenizer) with the command and the training summary in MADE_BY.md."""
+    import synthetic  # here, not at the top: both import this module
+    import train_full
+
+    output_dir, cfg = Path(output_dir), STUDENT_PRETRAINING
+    corpus = synthetic.pretraining_records(cfg["short_problems"], seed)
+    # The tokenizer also sees the teacher's words, as a real student's vocabulary covers its teacher's.
+    teacher = synthetic.generate(500, seed, "train", prompt_style="none")
+    texts = [m["content"] for r in corpus + teacher for m in r["messages"]]
+    with tempfile.TemporaryDirectory() as work:
+        work = Path(work)
+        make_tiny_model(work / "init", **STUDENT_SHAPE, seed=seed, tokenizer_vocab=STUDENT_SHAPE["vocab_size"],
+                        extra_texts=texts, bundled_text=False)  # fmt: skip
+        write_jsonl(work / "corpus.jsonl", corpus)
+        argv = ["--data", str(work / "corpus.jsonl"), "--model", str(work / "init"), "--output-dir", str(work / "run")]
+        argv += ["--lr", str(cfg["lr"]), "--max-steps", str(cfg["steps"]), "--seed", str(seed)]
+        argv += ["--samples-per-step", str(cfg["samples_per_step"]), "--max-length", "512"]
+        argv += ["--micro-batch-tokens", "1024", "--no-gradient-checkpointing", "--save-every", "0"]
+        summary = train_full.main(train_full.parse_args(argv + ["--keep-checkpoints", "1", "--save-dtype", "fp32"]))
+        note = (
+            "# The tiny student\n\nMade by `python tiny_model.py --pretrain DIR --seed "
+            f"{seed}` (tiny_model.pretrain_student): shape {STUDENT_SHAPE}, values 0..{synthetic.MAX_VALUE}, "
+            f"pretraining {cfg}.\n{len(corpus)} records (synthetic.pretraining_records); train loss "
+            f"{summary['first_loss']:.3f} -> {summary['last_loss']:.3f} in {summary['steps']} steps.\n"
+        )
+        (work / "run" / "final" / "MADE_BY.md").write_text(note, encoding="utf-8")
+        save_dir_atomically(output_dir, lambda tmp: shutil.copytree(work / "run" / "final", tmp, dirs_exist_ok=True))
+    return output_dir
+
+
+def ensure_student(path: str = STUDENT_DIR) -> str:
+    """The student folder; pretrained here (minutes) if it is missing, e.g. deleted from a clone."""
     if not (Path(path) / "config.json").exists():
-        make_tiny_model(path)
+        print(f"{path}: no student there; pretraining one (tiny_model.py --pretrain, a few minutes)")
+        pretrain_student(path)
     return path
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dir", help="output folder: config, weights and tokenizer, loadable with from_pretrained")
+    p.add_argument("--pretrain", action="store_true", help="the pretrained student (STUDENT_SHAPE), not random weights")
     p.add_argument("--vocab-size", type=int, default=4096, help="embedding rows; 152064: Qwen2.5's LM head cost")
     p.add_argument("--hidden-size", type=int, default=64, help="model width; small keeps CPU tests fast")
     p.add_argument("--layers", type=int, default=2, help="decoder layers")
-    p.add_argument("--seed", type=int, default=0, help="weight init seed")
+    p.add_argument("--seed", type=int, default=0, help="weight init (and, with --pretrain, data and order) seed")
     return p.parse_args(argv)
 
 
 def main(args: argparse.Namespace) -> Path:
+    if args.pretrain:
+        out = pretrain_student(args.dir, args.seed)
+        print(f"wrote the pretrained tiny student to {out}")
+        return out
     out = make_tiny_model(args.dir, args.vocab_size, args.hidden_size, args.layers, args.seed)
     print(f"wrote tiny Qwen2 model to {out}")
     return out

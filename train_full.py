@@ -1,6 +1,6 @@
 """Full-parameter supervised fine-tuning on long chain-of-thought demonstrations (the paper's main recipe).
 
-    python train_full.py --demo                                                   # CPU: tiny model + bundled sample
+    python train_full.py --demo                                                # CPU: the tiny student learns long CoT
     python train_full.py --dry-run --model Qwen/Qwen2.5-32B-Instruct --gpus 8     # memory per GPU, before renting any
     python train_full.py --data cot17k.jsonl --model Qwen/Qwen2.5-7B-Instruct --optim paged_adamw8bit   # one 80 GB GPU
     torchrun --nproc-per-node 8 train_full.py --data cot17k.jsonl --cpu-offload   # the paper: 32B on 8 GPUs
@@ -91,10 +91,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gpu-memory", type=float, help="GiB of the GPU to plan for (default: this machine's, else 79.6)")
     p.add_argument("--fit", action="store_true", help="pick the longest --micro-batch-tokens that fits, then offloads")
     args = p.parse_args(argv)
-    if args.demo:  # small enough for a laptop CPU, same code path as the real run
-        args.model, args.data, args.output_dir = tiny_model.DEMO_MODEL_DIR, [tiny_model.DEMO_DATA], "out/demo-full"
-        args.lr, args.max_steps, args.samples_per_step = 1e-3, args.max_steps or 30, 16
-        args.micro_batch_tokens, args.max_length, args.save_every = 4096, 2048, 10
+    if args.demo:  # the miniature (demo.py) on a laptop CPU, same code path as the real run
+        args.model, args.data, args.output_dir = tiny_model.STUDENT_DIR, [tiny_model.DEMO_DATA], "out/demo-full"
+        sft_cfg = tiny_model.DEMO_SFT
+        args.lr, args.max_steps = sft_cfg["full_lr"], args.max_steps or sft_cfg["steps"]
+        args.samples_per_step, args.max_length = sft_cfg["samples_per_step"], sft_cfg["max_length"]
+        args.micro_batch_tokens, args.save_every = 2 * sft_cfg["max_length"], 100
+        args.save_dtype, args.gradient_checkpointing = "fp32", False
     if not args.data and not args.dry_run:
         p.error("--data is required (or --demo, or --dry-run)")
     return args
@@ -152,7 +155,7 @@ def main(args: argparse.Namespace) -> dict:
     say(f"device {device} x {world} | {sharding} | compute {dtype}, fp32 master weights | attention {attn}")
     torch.manual_seed(args.seed)
     if args.demo:
-        tiny_model.ensure_demo_model(args.model)
+        tiny_model.ensure_student(args.model)
 
     # ---------------------------------------------------------------- data: all validated before the model loads
     data = sft.load_training_data(
@@ -307,6 +310,10 @@ def main(args: argparse.Namespace) -> dict:
     summary.update(last_loss=losses[-1] if losses else None, model=str(out / "final"), world_size=world)
     say("done:", json.dumps(summary))
     distributed.finish()
+    if args.demo and is_main:  # the student's held-out answers before and after; demo.py imports this module
+        import demo
+
+        summary["held_out"] = demo.before_after(args.model, out / "final", out)
     return summary
 
 

@@ -1,6 +1,6 @@
 """LoRA / QLoRA supervised fine-tuning on long chain-of-thought demonstrations (Sky-T1 recipe).
 
-    python train_lora.py --demo                                 # CPU: tiny model + bundled sample, a minute or two
+    python train_lora.py --demo                                 # CPU: the tiny student learns long CoT, ~2 minutes
     python train_lora.py --data cot17k.jsonl                    # QLoRA, Qwen2.5-32B-Instruct, paper settings, 80 GB GPU
     python train_lora.py --data cot17k.jsonl --model Qwen/Qwen2.5-7B-Instruct --quant none --lora-rank 16
     python train_lora.py --data cot17k.jsonl --output-dir out/lora --resume auto --merge
@@ -92,10 +92,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gpu-memory", type=float, help="GiB of the GPU to plan for (default: this machine's, else 79.6)")
     p.add_argument("--fit", action="store_true", help="pick the longest --micro-batch-tokens that fits, then offload")
     args = p.parse_args(argv)
-    if args.demo:  # small enough for a laptop CPU, same code path as the real run (QLoRA included)
-        args.model, args.data, args.output_dir = tiny_model.DEMO_MODEL_DIR, [tiny_model.DEMO_DATA], "out/lora-demo"
-        args.lr, args.lora_rank, args.lora_alpha, args.max_steps = 2e-3, 16, 32, args.max_steps or 30
-        args.samples_per_step, args.micro_batch_tokens, args.max_length, args.save_every = 16, 4096, 2048, 10
+    if args.demo:  # the miniature (demo.py) on a laptop CPU, same code path as the real run (QLoRA included)
+        args.model, args.data, args.output_dir = tiny_model.STUDENT_DIR, [tiny_model.DEMO_DATA], "out/lora-demo"
+        sft_cfg = tiny_model.DEMO_SFT
+        args.lr, args.lora_rank, args.max_steps = (
+            sft_cfg["lora_lr"],
+            sft_cfg["lora_rank"],
+            args.max_steps or sft_cfg["steps"],
+        )
+        args.lora_alpha, args.samples_per_step = 2 * args.lora_rank, sft_cfg["samples_per_step"]
+        args.max_length, args.micro_batch_tokens, args.save_every = (
+            sft_cfg["max_length"],
+            2 * sft_cfg["max_length"],
+            100,
+        )
+        args.merge, args.gradient_checkpointing = True, False
     if not args.data and not args.dry_run:
         p.error("--data is required (or --demo)")
     args.fsdp = args.fsdp or args.cpu_offload
@@ -153,6 +164,10 @@ def main(args: argparse.Namespace) -> dict:
         torch.cuda.empty_cache()
         out = Path(args.output_dir)
         summary["merged"] = merge_adapter(args.model, out / "final", out / "merged", args.precision)
+    if args.demo:  # the student's held-out answers before and after; imported here, as demo.py imports this module
+        import demo
+
+        summary["held_out"] = demo.before_after(args.model, Path(args.output_dir) / "merged", Path(args.output_dir))
     print("done:", json.dumps(summary))
     return summary
 
@@ -171,7 +186,7 @@ def train(args: argparse.Namespace) -> dict | None:
     say(f"device {device} x {world} | FSDP2 {args.fsdp} | compute {dtype} | attention {attn} | quant {args.quant}")
     torch.manual_seed(args.seed)  # the same adapter initialisation on every rank and for any rank count
     if args.demo and is_main:
-        tiny_model.ensure_demo_model(args.model)
+        tiny_model.ensure_student(args.model)
     distributed.barrier()
 
     # ---------------------------------------------------------------- data: all validated before the model loads

@@ -1,22 +1,20 @@
-"""The synthetic task (synthetic.py) and the CPU demo (demo.py): a short run must learn, through the repo's scripts."""
+"""The synthetic task (synthetic.py), the miniature (demo.py, demo_report.py) and the README's first command."""
 
 import ast
 import json
 import re
 import subprocess
 import sys
-from collections import Counter
 
+import numpy as np
 import pytest
-import torch
-from transformers import AutoModelForCausalLM
 
 import demo
+import demo_report
 import markup
 import perturb
-import sft
 import synthetic
-import utils
+import train_lora
 
 REPO = demo.utils.REPO_DIR
 
@@ -24,7 +22,7 @@ REPO = demo.utils.REPO_DIR
 def thought_steps(record: dict) -> list[str]:
     parts = markup.split_thought(record["messages"][-1]["content"])
     assert parts.markup == "sky-t1"
-    return perturb.split_steps(parts.thought, 40)[0]
+    return perturb.split_steps(parts.thought, synthetic.STEP_MIN_CHARS)[0]
 
 
 def evaluate_expression(problem: str) -> int:
@@ -49,14 +47,71 @@ def test_answers_are_right_and_stated_in_boxed(records):
         assert f"\\boxed{{{r['answer']}}}" in r["messages"][-1]["content"]
 
 
-def test_every_arithmetic_fact_in_a_correct_trace_is_true_except_slips_fixed_by_wait(records):
+def test_every_arithmetic_fact_in_a_correct_trace_is_true_except_slips_that_are_caught(records):
+    """A slip is caught at once ("Wait" in the next step) or, if it went unnoticed, by the final verification, which
+    names it; either way the trace ends on the true value."""
+    caught_late = 0
     for r in records:
         steps = thought_steps(r)
         for i, step in enumerate(steps):
+            if step.startswith("Let me verify") or step.startswith("Wait, the first computation"):
+                continue
             for a, op, b, result in re.findall(r"(\d+) ([-+*]) (\d+) = (\d+)", step):
                 true = synthetic.OPS[op](int(a), int(b))
-                if int(result) != true:  # a slip: the next step must catch it and give the true value
-                    assert steps[i + 1].startswith("Wait") and f"is {true}, not {result}" in steps[i + 1]
+                if int(result) == true:
+                    continue
+                if steps[i + 1].startswith("Wait, that is not right"):
+                    assert f"is {true}, not {result}" in steps[i + 1]
+                else:
+                    assert f"Wait, the first computation has a slip: {a} {op} {b} is {true}, not {result}." in steps[-1]
+                    caught_late += 1
+        verification = next(s for s in steps if s.startswith("Let me verify by computing it again"))
+        for a, op, b, result in re.findall(r"(\d+) ([-+*]) (\d+) = (\d+)", verification):
+            assert synthetic.OPS[op](int(a), int(b)) == int(result)
+    assert caught_late > 0  # the default miss rate makes some
+
+
+def test_a_missed_slip_is_caught_by_the_verification_and_repaired():
+    repaired = 0
+    for r in synthetic.generate(50, seed=2, miss_rate=1.0):
+        steps = thought_steps(r)
+        if "This also gives" in steps[-1]:  # the slip was absorbed (e.g. a factor 0 follows): nothing to repair
+            continue
+        assert steps[-1].startswith("Wait, the first computation has a slip")
+        assert steps[-1].endswith(f"So the answer is {r['answer']}.")
+        assert f"This gives {r['answer']}, not " in steps[-2]
+        repaired += 1
+    assert repaired >= 40
+
+
+def test_the_student_writes_short_chains_of_two_operations_a_step():
+    node = synthetic.Node
+    inner = node(28, "*", node(4, "-", node(7), node(3)), node(7, "+", node(2), node(5)))
+    expression = node(19, "-", inner, node(9))
+    assert synthetic.short_solution(expression) == "((7 - 3) * (2 + 5)) - 9 = (4 * 7) - 9 = 19.\n\n\\boxed{19}"
+    for e in synthetic.sample_problems(200, 0, "train", 1, 3, synthetic.MAX_VALUE):
+        text = synthetic.short_solution(e)
+        assert text.endswith(f"\\boxed{{{e.value}}}") and text.count(" = ") == (len(synthetic.post_order(e)) + 1) // 2
+        assert not re.search(r"wait|check|verify", text, re.I)
+
+
+def test_pretraining_covers_every_fact_and_checks_and_stays_off_the_held_out_problems():
+    records = synthetic.pretraining_records(300, seed=0)
+    users = [r["messages"][0]["content"] for r in records]
+    for a, op, b in synthetic.facts(synthetic.MAX_VALUE):
+        assert f"Evaluate {a} {op} {b}." in users
+    assert ("Evaluate 14 - 9.", "14 - 9 = 5.\n\n\\boxed{5}") in [
+        (u, r["messages"][1]["content"]) for u, r in zip(users, records)
+    ]
+    checks = [r["messages"][1]["content"] for r in records if r["messages"][0]["content"].startswith("Check ")]
+    assert any(c.endswith("holds.") for c in checks) and any("Wait, that is not right" in c for c in checks)
+    held_out = {p["problem"] for p in synthetic.task_records(300)}
+    assert not held_out & set(users)
+    # No long CoT before SFT: the markup's lines may be among the paragraphs to repeat, a whole thought never is.
+    assert not any(re.search("<[|]begin_of_thought[|]>.+<[|]end_of_thought[|]>", m["content"], re.S) for r in records
+                   for m in r["messages"])  # fmt: skip
+    asked = [r["messages"][1]["content"] for r in records if r["messages"][0]["content"].endswith("step by step.")]
+    assert asked and not any(re.search(r"wait|check|verify", a, re.I) for a in asked)  # a plain chain when asked
 
 
 def test_wrong_answer_traces_end_on_a_wrong_answer_with_the_true_gold():
@@ -84,7 +139,7 @@ def test_sky_t1_format_and_schema(records):
     texts = [r["messages"][2]["content"] for r in records]
     assert any("Wait, that is not right" in t for t in texts)  # a caught and fixed error
     assert any("Let me check" in t for t in texts)  # a step that checks an earlier one
-    assert all("Let me verify the whole computation" in t for t in texts)  # the final verification
+    assert all("Let me verify by computing it again" in t for t in texts)  # the final verification
     assert len({r["id"] for r in records}) == len(records)
 
 
@@ -92,7 +147,7 @@ def test_steps_are_the_blank_line_paragraphs_perturb_splits_on(records):
     for r in records:
         thought = markup.split_thought(r["messages"][2]["content"]).thought
         paragraphs = thought.split("\n\n")
-        assert all(len(p) > 40 for p in paragraphs)
+        assert all(len(p) > synthetic.STEP_MIN_CHARS for p in paragraphs)
         assert thought_steps(r) == paragraphs  # nothing merged: every paragraph is one step
         assert len(paragraphs) >= 4  # intro, at least two operations, final verification
 
@@ -133,123 +188,61 @@ def test_task_file_cli_writes_what_evaluate_loads(tmp_path):
     assert all(0 <= int(p["answer"]) <= 30 for p in problems)
 
 
-def teacher_forced_accuracy(model_dir, records: list[dict]) -> dict[str, float]:
-    """Share of the assistant tokens of correct held-out traces that the model predicts right (greedy, teacher-forced),
-    apart for digit tokens (the arithmetic: content) and every other token (the trace's words and layout: structure);
-    plus what always predicting the commonest digit would score on the digit tokens."""
-    tokenizer = utils.load_tokenizer(str(model_dir))
-    samples, _ = sft.build_samples(tokenizer, [r["messages"] for r in records], 4096, truncate=False)
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    right, total, digits = Counter(), Counter(), Counter()
-    with torch.no_grad():
-        for sample in samples:
-            predicted = model(torch.tensor([sample.input_ids])).logits[0].argmax(-1).tolist()
-            for guess, target in zip(predicted, sample.targets):
-                if target == sft.IGNORE_INDEX:
-                    continue
-                kind = "digit" if tokenizer.decode([target]).strip().isdigit() else "structure"
-                total[kind] += 1
-                right[kind] += guess == target
-                if kind == "digit":
-                    digits[target] += 1
-    accuracy = {kind: right[kind] / total[kind] for kind in total}
-    accuracy["commonest_digit"] = max(digits.values()) / total["digit"]
-    return accuracy
+def test_lora_demo_lifts_the_student_beyond_its_own_accuracy_and_the_majority_answer(tmp_path):
+    """The README's first command, as a test that can fail (~2-3 min on 2 cores): LoRA SFT of the pretrained student
+    on the bundled teacher traces must raise held-out accuracy on 200 problems above the student's own before SFT and
+    above always answering the commonest answer, each by more than the 95% interval. Broken prompt masking or packing
+    makes it fail (tried once each; see the closing note of issue 17)."""
+    summary = train_lora.main(train_lora.parse_args(["--demo", "--output-dir", str(tmp_path / "lora-demo")]))
+    held_out = summary["held_out"]
+    before, after, majority = np.array(held_out["before"]), np.array(held_out["after"]), held_out["majority"]
+    assert len(after) >= 200
+    _, gain_low, _ = demo_report.bootstrap(after[None, :], before[None, :])
+    _, after_low, _ = demo_report.bootstrap(after[None, :])
+    assert gain_low > 0, f"before {before.mean():.3f}, after {after.mean():.3f}: no gain beyond the interval"
+    assert after_low > majority, f"after {after.mean():.3f} (low {after_low:.3f}) vs majority {majority:.3f}"
+    assert summary["last_loss"] <= 0.5 * summary["first_loss"]
 
 
-def test_a_short_demo_learns_the_structure_of_held_out_traces(tmp_path):
-    """The end-to-end check, through demo.py -> synthetic, train_full, evaluate (2-3 min on 2 cores). A random model
-    trained with broken masking, packing, loss normalisation, saving, generation, stopping or grading does not end up
-    writing well-formed Sky-T1 answers that stop at end of turn, nor predicting held-out traces token by token.
-
-    What a run this short learns reliably is the structure: teacher-forced on 50 correct held-out traces, 98% of the
-    non-digit tokens right (1% before training) and 55-66% of the digit tokens (the commonest digit alone: ~15%),
-    measured at 900 and 1800 steps. Greedy held-out accuracy is not asserted: at this budget it swings between 10% and
-    26% with the seed and the machine (12% here with this seed, the same before and after the layout change), around
-    the 20% of always answering the commonest value, so a floor on it would test noise (docs/findings.md)."""
-    out = tmp_path / "demo"
-    cmd = [sys.executable, str(REPO / "demo.py"), "--output-dir", str(out), "--train-size", "3000"]
-    cmd += ["--test-size", "50", "--steps", "900"]
-    subprocess.run(cmd, check=True, cwd=REPO, timeout=900, capture_output=True)
-    report = json.loads((out / "results.json").read_text())
-    result = report["results"][0]
-    assert report["before_accuracy"] == 0.0
-    assert result["last_loss"] < 0.1 * result["first_loss"]
-    assert (out / "loss_curve.png").stat().st_size > 0
-    held_out = synthetic.generate(50, 0, "test", 2, 3, 10, prompt_style=demo.PROMPT_STYLE)
-    before = teacher_forced_accuracy(out / "model", held_out)
-    after = teacher_forced_accuracy(out / "runs" / "correct" / "final", held_out)
-    assert before["structure"] < 0.1 and before["digit"] < 0.1, before
-    assert after["structure"] >= 0.95, after
-    assert after["digit"] >= 2 * after["commonest_digit"], after
-    shape = re.compile(
-        r"<\|begin_of_thought\|>\n\n.+\n\n<\|end_of_thought\|>\n\n<\|begin_of_solution\|>\n\n.+\\boxed\{\d+\}"
-        r"\n\n<\|end_of_solution\|>",
-        re.S,
-    )
-
-    def read(name: str) -> list[dict]:
-        return [json.loads(line) for line in (out / "eval" / name / "samples.jsonl").read_text().splitlines()]
-
-    def well_formed(samples: list[dict]) -> int:
-        return sum(bool(shape.fullmatch(s["response"].strip())) for s in samples)
-
-    assert well_formed(read("before")) == 0
-    answers = read("correct")
-    assert well_formed(answers) >= 0.9 * len(answers), (
-        f"only {well_formed(answers)} of {len(answers)} answers are well-formed Sky-T1"
-    )
+def test_demo_cli_runs_resumes_and_reports(tmp_path):
+    """demo.py end to end at toy size: data, perturbation, both trainers, evaluation, the report; a rerun reads the
+    finished runs back instead of training again."""
+    out = tmp_path / "grid"
+    cmd = [sys.executable, str(demo.utils.REPO_DIR / "demo.py"), "--output-dir", str(out), "--report-dir", str(out)]
+    cmd += ["--conditions", "correct,shuffle100,lora-correct", "--train-size", "40", "--test-size", "12"]
+    cmd += ["--steps", "3", "--samples-per-step", "2", "--max-new-tokens", "60", "--jobs", "1"]
+    first = subprocess.run(cmd, capture_output=True, text=True, cwd=demo.utils.REPO_DIR, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert [r["name"] for r in results["rows"]] == ["correct", "shuffle100", "lora-correct"]
+    assert (out / "grid_results.md").read_text().count("\n| ") >= 4 and (out / "grid.png").stat().st_size > 10_000
+    assert (out / "data" / "train_shuffle100_seed0.jsonl").exists()
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=demo.utils.REPO_DIR, timeout=600)
+    assert again.returncode == 0 and "step 1/" not in again.stdout + again.stderr  # nothing trained twice
+    changed = subprocess.run(cmd[:-2] + ["--jobs", "1", "--steps", "4"], capture_output=True, text=True, cwd=out)
+    assert changed.returncode != 0 and "other settings (steps 3 -> 4)" in changed.stderr
 
 
-def test_first_step_right_reads_the_restatement_and_the_first_operation(tmp_path):
-    task = tmp_path / "task.jsonl"
-    demo.utils.write_jsonl(
-        task,
-        [
-            {"id": "a", "problem": "Evaluate 5 - (6 - 6).", "answer": "5"},
-            {"id": "b", "problem": "Evaluate (3 + 3) * (1 + 1).", "answer": "12"},
-            {"id": "c", "problem": "Evaluate 4 + 3.", "answer": "7"},
-        ],
-    )
+def test_bootstrap_intervals_cover_the_truth_and_pair_the_problems():
+    rng = np.random.default_rng(0)
+    easy = rng.random(300) < 0.5  # problem difficulty shared by both cells
+    cell = np.stack([easy | (rng.random(300) < 0.3) for _ in range(3)]).astype(float)
+    reference = np.stack([easy.astype(float)] * 3)
+    point, low, high = demo_report.bootstrap(cell)
+    assert low < point < high and high - low < 0.15
+    delta, d_low, d_high = demo_report.bootstrap(cell, reference)
+    assert abs(delta - (cell.mean() - reference.mean())) < 1e-12 and d_low > 0
+    assert d_high - d_low < high - low  # pairing cancels the shared difficulty
+    assert demo_report.majority_baseline(["1", "2", "2", "3"]) == 0.5
+
+
+def test_response_structure_counts_steps_reflections_and_final_answers(tmp_path):
     samples = tmp_path / "samples.jsonl"
-
-    def write(responses: list[str]) -> None:
-        demo.utils.write_jsonl(samples, [{"id": i, "response": r} for i, r in zip("abc", responses)])
-
-    write(
-        [
-            # wrong arithmetic, right structure
-            "We need to evaluate 5 - (6 - 6), working ...\n\nFirst, 6 - 6 = 1, ...",
-            "We need to evaluate (3 + 3) * (1 + 1), working ...\n\nFirst, 3 + 3 = 6, ...",
-            "We need to evaluate 4 + 3, working ...\n\nFirst, 4 + 3 = 7, ...",
-        ]
+    long = synthetic.generate(1, seed=3, prompt_style="none")[0]["messages"][-1]["content"]
+    demo_report.utils.write_jsonl(
+        samples, [{"response": long, "tokens": 300}, {"response": "3 + 4 = 7.\n\n\\boxed{7}", "tokens": 20}]
     )
-    assert demo.first_step_right(samples, task) == 1.0
-    write(
-        [
-            "We need to evaluate 5 - (6 - 6), working ...\n\nFirst, 5 - 6 = 1, ...",  # outer operation first
-            "We need to evaluate (3 + 3) * (1 + 2), working ...\n\nFirst, 3 + 3 = 6, ...",  # problem miscopied
-            "4 + 3 = 7",
-        ]
-    )  # no restatement
-    assert demo.first_step_right(samples, task) == 0.0
-
-
-def test_grid_report_table_and_chart(tmp_path):
-    results = [
-        {
-            "condition": c,
-            "label": label,
-            "accuracy": a,
-            "first_step_right": f,
-            "first_loss": 7.0,
-            "last_loss": 0.1,
-            "train_s": 60.0,
-            "eval_s": 5.0,
-        }
-        for (c, label, _), a, f in zip(demo.CONDITIONS[:3], (0.3, 0.2, 0.1), (1.0, 0.9, 0.5))
-    ]
-    table = demo.grid_table(results, 0.0, demo.parse_args([]))
-    assert "| digits 50% | 10.0 | -20.0 | 50 |" in table
-    demo.plot_grid(results, 0.0, tmp_path / "grid.png")
-    assert (tmp_path / "grid.png").stat().st_size > 10_000
+    s = demo_report.response_structure(samples)
+    steps = len(markup.split_thought(long).thought.split("\n\n"))
+    assert s["tokens"] == 160 and s["steps"] == (steps + 1) / 2 and s["final_answer"] == 1.0  # a short answer: 1 step
+    assert s["reflections"] == len(re.findall(r"\b(?:wait|check|verify)\b", long, re.I)) / 2 > 0

@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM
 import distributed
 import memory_plan
 import sft
+import tiny_model
 import train_full
 import utils
 
@@ -246,7 +247,7 @@ def test_flags_and_their_checks():
     with pytest.raises(SystemExit):
         train_full.parse_args([])  # --data is required (except for --demo and --dry-run)
     demo = train_full.parse_args(["--demo"])
-    assert demo.data and demo.model == "out/tiny-model" and demo.output_dir == "out/demo-full"
+    assert demo.model == tiny_model.STUDENT_DIR and demo.output_dir == "out/demo-full"
     with pytest.raises(SystemExit, match="must be >= --max-length"):
         train_full.main(train_full.parse_args(["--data", "x.jsonl", "--micro-batch-tokens", "100"]))
 

@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM
 import distributed
 import memory_plan
 import sft
+import tiny_model
 import train_lora
 import utils
 
@@ -318,7 +319,7 @@ def test_flags_and_their_checks():
     with pytest.raises(SystemExit):
         train_lora.parse_args([])  # --data is required (except for --demo and --dry-run)
     demo = train_lora.parse_args(["--demo"])
-    assert demo.data and demo.model == "out/tiny-model" and demo.max_steps == 30
+    assert demo.data == [tiny_model.DEMO_DATA] and demo.model == tiny_model.STUDENT_DIR and demo.merge
     with pytest.raises(SystemExit, match="must be >= --max-length"):
         train_lora.main(train_lora.parse_args(["--data", "x.jsonl", "--micro-batch-tokens", "100"]))
 

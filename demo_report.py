@@ -1,0 +1,194 @@
+"""The miniature's statistics and report: intervals over problems and seeds, what the trained student writes, the
+table and the figures (demo.py calls these; they read only evaluate.py's samples.jsonl and the trainers' metrics).
+
+    python demo_report.py out/grid        # redraw docs-style table and plots from a finished or partial grid
+
+Accuracy of a cell is the mean over its seeds of the share of held-out problems answered right. Its 95% interval is
+a percentile bootstrap that resamples problems and seeds together (the two sources of noise: which problems were
+drawn, which data order / adapter init / perturbation draw a seed gave). The change against the correct set is
+bootstrapped paired: the same resampled problems and seeds for both cells, so problem difficulty cancels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+import markup
+import perturb
+import synthetic
+import utils
+
+BOOTSTRAP_DRAWS = 2000
+REFLECTION = re.compile(r"\b(?:wait|check|verify)\b", re.I)  # the teacher's reflection words (synthetic.py)
+# The paper's Table 2 (v1; average of MATH500, AIME24, AMC23, OlympiadBench), full SFT of Qwen2.5-32B-Instruct on
+# ~5k QwQ math traces; "before" is the base model. Source: ../shared/paper/README.md, copied here.
+PAPER_TABLE_2 = {
+    "before": 56.7, "correct": 66.3, "wrong": 63.1,
+    "digits20": 64.5, "digits50": 64.2, "digits70": 62.0, "digits100": 2.7,
+    "keywords20": 62.3, "keywords50": 65.9, "keywords100": 63.0,
+    "shuffle33": 62.3, "shuffle67": 57.2, "shuffle100": 56.1,
+    "delete33": 62.3, "delete67": 53.5, "delete100": 49.5,
+    "insert33": 63.7, "insert67": 52.0, "insert100": 44.5,
+}  # fmt: skip
+
+
+def correctness(samples_file: Path, problem_ids: list[str]) -> np.ndarray:
+    """0/1 per held-out problem, in problem_ids order (a missing answer counts as wrong)."""
+    right = {s["id"]: bool(s["correct"]) for s in utils.read_jsonl(samples_file)}
+    return np.array([right.get(i, False) for i in problem_ids], dtype=float)
+
+
+def bootstrap(
+    cell: np.ndarray, reference: np.ndarray | None = None, draws: int = BOOTSTRAP_DRAWS, seed: int = 0
+) -> tuple[float, float, float]:
+    """Mean and 95% interval of cell (seeds x problems) or, with reference (seeds x problems, same problems), of
+    mean(cell) - mean(reference). Problems are resampled once per draw for both (paired); seeds per cell."""
+    rng = np.random.default_rng(seed)
+    n_problems = cell.shape[1]
+    stats = np.empty(draws)
+    for d in range(draws):
+        problems = rng.integers(0, n_problems, n_problems)
+        value = cell[rng.integers(0, len(cell), len(cell))][:, problems].mean()
+        if reference is not None:
+            value -= reference[rng.integers(0, len(reference), len(reference))][:, problems].mean()
+        stats[d] = value
+    point = cell.mean() - (reference.mean() if reference is not None else 0.0)
+    low, high = np.percentile(stats, [2.5, 97.5])
+    return float(point), float(low), float(high)
+
+
+def majority_baseline(answers: list[str]) -> float:
+    """Accuracy of always answering the commonest held-out answer: the floor any claim of learning must clear."""
+    return max(answers.count(a) for a in set(answers)) / len(answers)
+
+
+def response_structure(samples_file: Path) -> dict:
+    """What the model writes: mean tokens, thought steps (blank-line paragraphs, as perturb.py splits them),
+    reflection words per response, and the share that ends with a boxed final answer."""
+    samples = utils.read_jsonl(samples_file)
+    steps, reflections = [], []
+    for s in samples:
+        thought = markup.split_thought(s["response"]).thought or ""
+        steps.append(len(perturb.split_steps(thought, synthetic.STEP_MIN_CHARS)[0]) if thought.strip() else 0)
+        reflections.append(len(REFLECTION.findall(s["response"])))
+    return {
+        "tokens": float(np.mean([s["tokens"] for s in samples])),
+        "steps": float(np.mean(steps)),
+        "reflections": float(np.mean(reflections)),
+        "final_answer": float(np.mean(["\\boxed{" in s["response"] for s in samples])),
+    }
+
+
+def percent_interval(point: float, low: float, high: float, signed: bool = False) -> str:
+    sign = "+" if signed else ""
+    return f"{100 * point:{sign}.1f} [{100 * low:{sign}.1f}, {100 * high:{sign}.1f}]"
+
+
+def summarise(cells: list[dict], before: np.ndarray, runs: dict[str, list[np.ndarray]]) -> list[dict]:
+    """One row per cell that has finished seeds: accuracy and change vs the correct set of the same recipe (and
+    the same number of steps), with intervals."""
+    rows = []
+    for cell in cells:
+        seeds = runs.get(cell["name"])
+        if not seeds:
+            continue
+        matrix = np.stack(seeds)
+        reference = runs.get(cell["reference"]) if cell["reference"] != cell["name"] else None
+        row = {**cell, "seeds": len(seeds), "accuracy": bootstrap(matrix)}
+        row["vs_correct"] = bootstrap(matrix, np.stack(reference)) if reference else None
+        rows.append(row)
+    return rows
+
+
+def table(rows: list[dict], before: np.ndarray, majority: float, settings: list[str]) -> str:
+    b = bootstrap(before[None, :])
+    lines = [
+        *settings,
+        "",
+        f"Before SFT (the pretrained student, its own short chains): {percent_interval(*b)}%. "
+        f"Always answering the commonest answer: {100 * majority:.1f}%.",
+        "",
+        "| cell | recipe | seeds | accuracy % [95% CI] | vs correct, points [95% CI] | paper (Table 2) | tokens "
+        "| steps | reflection words | final answer % | loss first -> last |",
+        "|---|---|---:|---|---|---|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        delta = percent_interval(*r["vs_correct"], signed=True) if r["vs_correct"] else ""
+        paper = PAPER_TABLE_2.get(r["paper_cell"]) if r["paper_cell"] else None
+        paper_text = f"{paper} ({paper - PAPER_TABLE_2['correct']:+.1f})" if paper is not None else ""
+        s = r["structure"]
+        lines.append(
+            f"| {r['label']} | {r['recipe']} | {r['seeds']} | {percent_interval(*r['accuracy'])} | {delta} | "
+            f"{paper_text} | {s['tokens']:.0f} | {s['steps']:.1f} | {s['reflections']:.1f} | "
+            f"{100 * s['final_answer']:.0f} | {r['first_loss']:.3f} -> {r['last_loss']:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], before: np.ndarray, path: Path) -> None:
+    """Accuracy per cell with 95% error bars, content and structure halves side by side, the paper's Table 2
+    average beside ours where the paper has the cell, and the student before SFT as a dashed line."""
+    halves = {
+        "content": [r for r in rows if r["half"] == "content"],
+        "structure": [r for r in rows if r["half"] == "structure"],
+    }
+    fig, axes = utils.pyplot().subplots(
+        1, 2, figsize=(13, 4.5), sharey=True, gridspec_kw={"width_ratios": [max(1, len(v)) for v in halves.values()]}
+    )
+    colours = {"full": "tab:blue", "lora": "tab:orange"}
+    for ax, (half, members) in zip(axes, halves.items()):
+        x = np.arange(len(members))
+        acc = np.array([r["accuracy"] for r in members]).reshape(-1, 3) * 100
+        ax.bar(
+            x - 0.2,
+            acc[:, 0],
+            0.4,
+            yerr=[acc[:, 0] - acc[:, 1], acc[:, 2] - acc[:, 0]],
+            capsize=3,
+            color=[colours[r["recipe"]] for r in members],
+        )
+        paper = [PAPER_TABLE_2.get(r["paper_cell"] or "", np.nan) for r in members]
+        ax.bar(x + 0.2, paper, 0.4, color="lightgrey", edgecolor="grey")
+        ax.axhline(100 * before.mean(), color="grey", linestyle="--", linewidth=1)
+        ax.set_xticks(x, [f"{r['label']}\n({r['recipe']})" for r in members], rotation=60, fontsize=7)
+        ax.set_title(f"{half} perturbations and references")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("held-out accuracy (%)")
+    handles = [utils.pyplot().Rectangle((0, 0), 1, 1, color=c) for c in (*colours.values(), "lightgrey")]
+    axes[1].legend(
+        handles + [axes[0].lines[0]],
+        ["miniature, full SFT (95% CI)", "miniature, LoRA (95% CI)", "paper Table 2 (full SFT, 32B)", "before SFT"],
+        fontsize=7,
+        loc="upper right",
+    )
+    fig.tight_layout()
+    utils.save_figure(fig, path, dpi=120)
+
+
+def plot_losses(metrics_files: dict[str, Path], path: Path) -> None:
+    fig, ax = utils.pyplot().subplots(figsize=(8, 4.5))
+    for name, metrics_file in metrics_files.items():
+        metrics = utils.read_jsonl(metrics_file)
+        ax.plot([m["step"] for m in metrics], [m["loss"] for m in metrics], label=name, linewidth=1)
+    ax.set(xlabel="optimizer step", ylabel="train loss (per target token)", yscale="log", title="Training loss, seed 0")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, ncol=3)
+    fig.tight_layout()
+    utils.save_figure(fig, path, dpi=120)
+
+
+def main(args: argparse.Namespace) -> None:
+    import demo
+
+    demo.report(Path(args.dir), json.loads((Path(args.dir) / "demo_config.json").read_text(encoding="utf-8")))
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dir", help="a demo.py --output-dir")
+    main(p.parse_args())
