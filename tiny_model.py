@@ -3,11 +3,12 @@ pretrained tiny student of the demos.
 
     python tiny_model.py out/tiny                                           # 2 layers, hidden 64, vocab 4096
     python tiny_model.py out/tiny152k --vocab-size 152064 --hidden-size 256   # Qwen2.5's LM-head cost
-    python tiny_model.py --pretrain data/tiny-student                       # the shipped student (~N min, 2 cores)
+    python tiny_model.py --pretrain data/tiny-student                       # the shipped student (~10 min, 2 cores)
 
 The student is the miniature's "instruct model" (demo.py): the same architecture, trained from scratch with
 train_full.py on what synthetic.py's task needs (every fact, checking a fact when asked, short solutions of easy
-problems), so that long-CoT SFT starts, as in the paper, from a model that knows things but does not reflect.
+problems, a plain step-by-step computation when asked), so that long-CoT SFT starts, as in the paper, from a model that
+knows things and reasons when asked, but not at length on its own.
 
 The tokenizer is byte-level BPE with Qwen2's pre-tokenizer and special tokens, and it carries the real Qwen2.5 chat
 template (data/qwen2.5_chat_template.jinja), so masking, stopping and generation run as they do on the real model.
@@ -30,7 +31,7 @@ from utils import DATA_DIR, read_jsonl, save_dir_atomically, write_jsonl
 TOKENIZER_CORPUS = [DATA_DIR / "sample" / "openmathinstruct2_sft.jsonl", DATA_DIR / "sky_t1_system_prompt.txt"]
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 # Qwen2's pre-tokenizer split: single digits (so arithmetic is learnable), words, punctuation runs, newlines.
-# What the trainers' --demo runs on: the tiny model (built once) and a bundled sample of real math solutions.
+# What the trainers' --demo runs on: the shipped student and the teacher's traces of its task.
 STUDENT_DIR = str(DATA_DIR / "tiny-student")
 DEMO_DATA = str(DATA_DIR / "sample" / "synthetic_longcot.jsonl")  # the teacher's traces (synthetic.py), bundled
 # The student: its shape and how it was pretrained (its task: synthetic.py).
@@ -157,7 +158,7 @@ def pretrain_student(output_dir: str | os.PathLike, seed: int = 0) -> Path:
 def ensure_student(path: str = STUDENT_DIR) -> str:
     """The student folder; pretrained here (minutes) if it is missing, e.g. deleted from a clone."""
     if not (Path(path) / "config.json").exists():
-        print(f"{path}: no student there; pretraining one (tiny_model.py --pretrain, a few minutes)")
+        print(f"{path}: no student there; pretraining one (tiny_model.py --pretrain, ~10 minutes on 2 cores)")
         pretrain_student(path)
     return path
 

@@ -85,7 +85,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--keep-checkpoints", type=int, default=2, help="older step-NNNNNN/ are deleted (32B: ~390 GB)")
     p.add_argument("--resume", nargs="?", const="auto", help="'auto' (newest in --output-dir) or a checkpoint folder")
     p.add_argument("--wandb", metavar="PROJECT", help="also log to this Weights & Biases project")
-    p.add_argument("--demo", action="store_true", help="tiny random model + bundled sample on CPU (no download)")
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help="the miniature on CPU: the pretrained tiny student, the bundled teacher traces (no download)",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the memory plan per GPU and exit (no download)")
     p.add_argument("--gpus", type=int, default=0, help="GPUs the --dry-run plan assumes (0: WORLD_SIZE, else 1)")
     p.add_argument("--gpu-memory", type=float, help="GiB of the GPU to plan for (default: this machine's, else 79.6)")

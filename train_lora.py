@@ -86,7 +86,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", nargs="?", const="auto", help="'auto' (newest in --output-dir) or a checkpoint folder")
     p.add_argument("--merge", action="store_true", help="also write merged/ for vLLM, in --precision's dtype")
     p.add_argument("--wandb", metavar="PROJECT", help="also log to this Weights & Biases project")
-    p.add_argument("--demo", action="store_true", help="tiny random model + bundled sample on CPU (no download)")
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help="the miniature on CPU: the pretrained tiny student, the bundled teacher traces (no download)",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the GPU memory plan and exit (no download)")
     p.add_argument("--gpus", type=int, default=0, help="GPUs the --dry-run plan assumes (0: WORLD_SIZE, else 1)")
     p.add_argument("--gpu-memory", type=float, help="GiB of the GPU to plan for (default: this machine's, else 79.6)")
@@ -95,17 +99,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.demo:  # the miniature (demo.py) on a laptop CPU, same code path as the real run (QLoRA included)
         args.model, args.data, args.output_dir = tiny_model.STUDENT_DIR, [tiny_model.DEMO_DATA], "out/lora-demo"
         sft_cfg = tiny_model.DEMO_SFT
-        args.lr, args.lora_rank, args.max_steps = (
-            sft_cfg["lora_lr"],
-            sft_cfg["lora_rank"],
-            args.max_steps or sft_cfg["steps"],
-        )
-        args.lora_alpha, args.samples_per_step = 2 * args.lora_rank, sft_cfg["samples_per_step"]
-        args.max_length, args.micro_batch_tokens, args.save_every = (
-            sft_cfg["max_length"],
-            2 * sft_cfg["max_length"],
-            100,
-        )
+        args.lr, args.lora_rank, args.lora_alpha = sft_cfg["lora_lr"], sft_cfg["lora_rank"], 2 * sft_cfg["lora_rank"]
+        args.max_steps, args.samples_per_step = args.max_steps or sft_cfg["steps"], sft_cfg["samples_per_step"]
+        args.max_length, args.micro_batch_tokens = sft_cfg["max_length"], 2 * sft_cfg["max_length"]
+        args.save_every = 100
         args.merge, args.gradient_checkpointing = True, False
     if not args.data and not args.dry_run:
         p.error("--data is required (or --demo)")
