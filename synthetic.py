@@ -67,8 +67,8 @@ def infix(node: Node, top: bool = True) -> str:
 
 def random_expression(rng: random.Random, n_ops: int, max_value: int) -> Node | None:
     """A random chain of n_ops operators, each applied to the value so far and a digit ("((6 - 3) - 2) * 6"), or None
-    if a value leaves 0..max_value or a product has a factor over 9. A chain, not any tree: rewriting it after a step
-    copies a span of the problem, which a model of this size learns; rewriting the middle of a tree it does not."""
+    if a value leaves 0..max_value or a product has a factor over 9. A chain, not any tree: its operations come in
+    the order of the text, so a step's operation follows the digit the previous step used (see sample_problems)."""
     if n_ops == 0:
         return Node(rng.randint(1, 9))
     left, right = random_expression(rng, n_ops - 1, max_value), Node(rng.randint(1, 9))
@@ -151,7 +151,7 @@ def solve(
 ) -> tuple[str, int]:
     """The teacher's Sky-T1 response and the final answer it states (the true value unless wrong_answer).
 
-    Operations are done innermost first, left to right, each rewriting the expression. With probability slip_rate
+    Operations are done innermost first, left to right, one fact per step. With probability slip_rate
     a result is first written wrong and a "Wait" step fixes it at once; check_rate: chance that a step is followed by
     a check by the inverse operation. The final verification is a second computation from the problem, that can
     disagree: with probability miss_rate one slip goes unnoticed and propagates, and the verification catches it and
