@@ -255,7 +255,8 @@ def report(out: Path, config: dict, report_dir: Path | None = None) -> list[dict
         f"Student: {config['student']} (tiny_model.py --pretrain). Teacher traces: {config['train_size']} "
         f"(synthetic.py). Every run: {config['steps']} steps x {config['samples_per_step']} samples; full SFT lr "
         f"{config['full_lr']}; LoRA rank {config['lora_rank']}, alpha {2 * config['lora_rank']}, lr "
-        f"{config['lora_lr']}, all linear layers. Perturbations: perturb.py defaults (the authors' forms).",
+        f"{config['lora_lr']}, all linear layers. Perturbations: perturb.py defaults (the authors' forms), with "
+        f"--min-step-chars {synthetic.STEP_MIN_CHARS}: every paragraph of a trace is one step.",
         f"Intervals: 95% percentile bootstrap over problems and seeds ({demo_report.BOOTSTRAP_DRAWS} draws); "
         f"'vs correct' is paired, against the correct set of the same recipe. Compute: "
         f"{utils.format_duration(train_s)} of single-core train + eval time.",
