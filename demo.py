@@ -179,7 +179,7 @@ def train(args: argparse.Namespace, cell: Cell, train_file: Path, run_dir: Path,
     argv += ["--max-steps", str(steps), "--samples-per-step", str(args.samples_per_step)]
     # Samples are a few hundred tokens: recomputing activations would only cost time.
     max_length = tiny_model.DEMO_SFT["max_length"]
-    argv += ["--max-length", str(max_length), "--micro-batch-tokens", str(2 * max_length)]
+    argv += ["--max-length", str(max_length), "--micro-batch-tokens", str(max_length)]
     argv += ["--no-gradient-checkpointing", "--save-every", "0", "--keep-checkpoints", "1"]
     if cell.recipe == "full":
         argv += ["--lr", str(args.full_lr), "--save-dtype", "fp32"]

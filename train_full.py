@@ -96,11 +96,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fit", action="store_true", help="pick the longest --micro-batch-tokens that fits, then offloads")
     args = p.parse_args(argv)
     if args.demo:  # the miniature (demo.py) on a laptop CPU, same code path as the real run
-        args.model, args.data, args.output_dir = tiny_model.STUDENT_DIR, [tiny_model.DEMO_DATA], "out/demo-full"
+        args.model, args.data = tiny_model.STUDENT_DIR, [tiny_model.DEMO_DATA]
+        if args.output_dir == p.get_default("output_dir"):  # a folder given on the command line is kept
+            args.output_dir = "out/demo-full"
         sft_cfg = tiny_model.DEMO_SFT
         args.lr, args.max_steps = sft_cfg["full_lr"], args.max_steps or sft_cfg["steps"]
         args.samples_per_step, args.max_length = sft_cfg["samples_per_step"], sft_cfg["max_length"]
-        args.micro_batch_tokens, args.save_every = 2 * sft_cfg["max_length"], 100
+        args.micro_batch_tokens, args.save_every = sft_cfg["max_length"], 100
         args.save_dtype, args.gradient_checkpointing = "fp32", False
     if not args.data and not args.dry_run:
         p.error("--data is required (or --demo, or --dry-run)")

@@ -97,11 +97,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fit", action="store_true", help="pick the longest --micro-batch-tokens that fits, then offload")
     args = p.parse_args(argv)
     if args.demo:  # the miniature (demo.py) on a laptop CPU, same code path as the real run (QLoRA included)
-        args.model, args.data, args.output_dir = tiny_model.STUDENT_DIR, [tiny_model.DEMO_DATA], "out/lora-demo"
+        args.model, args.data = tiny_model.STUDENT_DIR, [tiny_model.DEMO_DATA]
+        if args.output_dir == p.get_default("output_dir"):  # a folder given on the command line is kept
+            args.output_dir = "out/lora-demo"
         sft_cfg = tiny_model.DEMO_SFT
         args.lr, args.lora_rank, args.lora_alpha = sft_cfg["lora_lr"], sft_cfg["lora_rank"], 2 * sft_cfg["lora_rank"]
         args.max_steps, args.samples_per_step = args.max_steps or sft_cfg["steps"], sft_cfg["samples_per_step"]
-        args.max_length, args.micro_batch_tokens = sft_cfg["max_length"], 2 * sft_cfg["max_length"]
+        args.max_length, args.micro_batch_tokens = sft_cfg["max_length"], sft_cfg["max_length"]
         args.save_every = 100
         args.merge, args.gradient_checkpointing = True, False
     if not args.data and not args.dry_run:
