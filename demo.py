@@ -282,8 +282,9 @@ def before_after(student: str, trained: Path, output_dir: Path, n: int = DEMO_HE
     """The trainers' --demo ends here: held-out accuracy of the student before and after SFT, against always giving
     the commonest answer, and one problem with both answers."""
     task_file = output_dir / "heldout.jsonl"
-    utils.write_jsonl(task_file, synthetic.task_records(n))
-    ids = [p["id"] for p in utils.read_jsonl(task_file)]
+    problems = synthetic.task_records(n)
+    utils.write_jsonl(task_file, problems)
+    ids = [p["id"] for p in problems]
     right, answers = {}, {}
     for name, model in (("before", Path(student)), ("after", trained)):
         shutil.rmtree(output_dir / f"eval_{name}", ignore_errors=True)  # a new run's model: nothing to resume
@@ -293,11 +294,11 @@ def before_after(student: str, trained: Path, output_dir: Path, n: int = DEMO_HE
         answers[name] = {s["id"]: s["response"] for s in utils.read_jsonl(samples)}
     learned = [i for i, b, a in zip(ids, right["before"], right["after"]) if a and not b]
     shown = learned[0] if learned else ids[0]
-    problem = next(p for p in utils.read_jsonl(task_file) if p["id"] == shown)
+    problem = next(p for p in problems if p["id"] == shown)
     print(f"\nheld-out problem: {problem['problem']} (answer {problem['answer']})")
     for name in ("before", "after"):
         print(f"\n--- the student {name} SFT ---\n{answers[name][shown]}")
-    majority = demo_report.majority_baseline([p["answer"] for p in utils.read_jsonl(task_file)])
+    majority = demo_report.majority_baseline([p["answer"] for p in problems])
     gain = demo_report.bootstrap(right["after"][None, :], right["before"][None, :])
     print(
         f"\nheld-out accuracy, {n} problems: before SFT {100 * right['before'].mean():.1f}% -> after "
