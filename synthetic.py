@@ -59,10 +59,7 @@ def render(node: Node, values: dict[int, int], top: bool = True) -> str:
 
 def infix(node: Node, top: bool = True) -> str:
     """The expression as text, every inner operation bracketed: "(7 - 3) * (2 + 5)"."""
-    if node.op is None:
-        return str(node.value)
-    text = f"{infix(node.left, False)} {node.op} {infix(node.right, False)}"
-    return text if top else f"({text})"
+    return render(node, {}, top)
 
 
 def random_expression(rng: random.Random, n_ops: int, max_value: int) -> Node | None:
