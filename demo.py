@@ -1,7 +1,7 @@
 """The paper's experiment in miniature, on a CPU: a small pretrained student learns long CoT from a teacher's traces.
 
     python demo.py                                   # the correct set, full SFT and LoRA, one seed (~5 min, 2 cores)
-    python demo.py --grid --seeds 3 --jobs 2         # Tables 1 and 2 in miniature, with intervals (~2.5 h, 2 cores)
+    python demo.py --grid --seeds 3 --jobs 2         # Tables 1 and 2 in miniature, with intervals (~85 min, 2 cores)
     python demo.py --grid --conditions correct,shuffle100 --seeds 1 --output-dir /tmp/grid   # a few cells only
 
 The student (tiny_model.py --pretrain, shipped in data/tiny-student) is the miniature "instruct model": it knows
@@ -75,7 +75,7 @@ def _cells() -> list[Cell]:
     ]:
         label = next(c.label for c in cells if c.name == name)
         cells.append(Cell(f"lora-{name}", label, "lora", data, ratio, 1.0, half, name, "lora-correct"))
-    for scale, tag in ((0.25, "x0.25"), (4.0, "x4")):
+    for scale, tag in ((0.25, "x0.25"), (2.0, "x2")):
         cells.append(Cell(f"digits100-{tag}", f"digits 100%, {tag} steps", "full", "digits", 1.0, scale))
     return cells
 
@@ -101,7 +101,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # training: short, as in the paper (Table 2: 3 epochs of ~5k samples at lr 1e-5)
     sft_cfg = tiny_model.DEMO_SFT  # shared with the trainers' --demo
     p.add_argument(
-        "--steps", type=int, default=sft_cfg["steps"], help="optimizer steps per run (x the control's scale)"
+        "--full-steps", type=int, default=sft_cfg["full_steps"], help="train_full.py optimizer steps per run"
+    )
+    p.add_argument(
+        "--lora-steps", type=int, default=sft_cfg["lora_steps"], help="train_lora.py optimizer steps per run"
     )
     p.add_argument("--samples-per-step", type=int, default=sft_cfg["samples_per_step"], help="global batch (paper: 96)")
     p.add_argument(
@@ -172,9 +175,13 @@ def evaluate_model(model_dir: Path, task_file: Path, output_dir: Path, max_new_t
     return evaluate.main(evaluate.parse_args(argv + ["--output-dir", str(output_dir)]))[task_file.stem]
 
 
+def run_steps(args: argparse.Namespace, cell: Cell) -> int:
+    return max(1, round((args.full_steps if cell.recipe == "full" else args.lora_steps) * cell.steps_scale))
+
+
 def train(args: argparse.Namespace, cell: Cell, train_file: Path, run_dir: Path, seed: int) -> tuple[dict, Path]:
     """One run of the repo's trainer; returns its summary and the folder evaluate.py loads."""
-    steps = max(1, round(args.steps * cell.steps_scale))
+    steps = run_steps(args, cell)
     argv = ["--data", str(train_file), "--model", args.student, "--output-dir", str(run_dir), "--seed", str(seed)]
     argv += ["--max-steps", str(steps), "--samples-per-step", str(args.samples_per_step)]
     # Samples are a few hundred tokens: recomputing activations would only cost time.
@@ -253,9 +260,10 @@ def report(out: Path, config: dict, report_dir: Path | None = None) -> list[dict
         f"The miniature (demo.py, commit {commit()}): {len(ids)} held-out problems with {config['min_ops']}-"
         f"{config['max_ops']} operations, greedy decoding, up to {config['max_new_tokens']} new tokens.",
         f"Student: {config['student']} (tiny_model.py --pretrain). Teacher traces: {config['train_size']} "
-        f"(synthetic.py). Every run: {config['steps']} steps x {config['samples_per_step']} samples; full SFT lr "
-        f"{config['full_lr']}; LoRA rank {config['lora_rank']}, alpha {2 * config['lora_rank']}, lr "
-        f"{config['lora_lr']}, all linear layers. Perturbations: perturb.py defaults (the authors' forms), with "
+        f"(synthetic.py). Full SFT: {config['full_steps']} steps x {config['samples_per_step']} samples at lr "
+        f"{config['full_lr']}; LoRA: {config['lora_steps']} steps, rank {config['lora_rank']}, alpha "
+        f"{2 * config['lora_rank']}, lr {config['lora_lr']}, all linear layers. "
+        f"Perturbations: perturb.py defaults (the authors' forms), with "
         f"--min-step-chars {synthetic.STEP_MIN_CHARS}: every paragraph of a trace is one step.",
         f"Intervals: 95% percentile bootstrap over problems and seeds ({demo_report.BOOTSTRAP_DRAWS} draws); "
         f"'vs correct' is paired, against the correct set of the same recipe. Compute: "
@@ -331,7 +339,9 @@ def main(args: argparse.Namespace) -> list[dict]:
     if not (out / "eval" / "before" / "results.json").exists():
         evaluate_model(Path(args.student), task_file, out / "eval" / "before", args.max_new_tokens)
     chosen = [c for c in CELLS if c.name in args.conditions.split(",")]
-    todo = sorted(((c, s) for c in chosen for s in range(args.seeds)), key=lambda cs: -cs[0].steps_scale)
+    todo = sorted(
+        ((c, s) for c in chosen for s in range(args.seeds)), key=lambda cs: -run_steps(args, cs[0])
+    )  # longest first
     jobs = min(args.jobs or os.cpu_count() or 1, len(todo))
     if jobs == 1:
         for cell, seed in todo:

@@ -100,7 +100,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if args.output_dir == p.get_default("output_dir"):  # a folder given on the command line is kept
             args.output_dir = "out/demo-full"
         sft_cfg = tiny_model.DEMO_SFT
-        args.lr, args.max_steps = sft_cfg["full_lr"], args.max_steps or sft_cfg["steps"]
+        args.lr, args.max_steps = sft_cfg["full_lr"], args.max_steps or sft_cfg["full_steps"]
         args.samples_per_step, args.max_length = sft_cfg["samples_per_step"], sft_cfg["max_length"]
         args.micro_batch_tokens, args.save_every = sft_cfg["max_length"], 100
         args.save_dtype, args.gradient_checkpointing = "fp32", False

@@ -210,7 +210,18 @@ def test_demo_cli_runs_resumes_and_reports(tmp_path):
     out = tmp_path / "grid"
     cmd = [sys.executable, str(demo.utils.REPO_DIR / "demo.py"), "--output-dir", str(out), "--report-dir", str(out)]
     cmd += ["--conditions", "correct,shuffle100,lora-correct", "--train-size", "40", "--test-size", "12"]
-    cmd += ["--steps", "3", "--samples-per-step", "2", "--max-new-tokens", "60", "--jobs", "1"]
+    cmd += [
+        "--full-steps",
+        "3",
+        "--lora-steps",
+        "3",
+        "--samples-per-step",
+        "2",
+        "--max-new-tokens",
+        "60",
+        "--jobs",
+        "1",
+    ]
     first = subprocess.run(cmd, capture_output=True, text=True, cwd=demo.utils.REPO_DIR, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
@@ -219,8 +230,8 @@ def test_demo_cli_runs_resumes_and_reports(tmp_path):
     assert (out / "data" / "train_shuffle100_seed0.jsonl").exists()
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=demo.utils.REPO_DIR, timeout=600)
     assert again.returncode == 0 and "step 1/" not in again.stdout + again.stderr  # nothing trained twice
-    changed = subprocess.run(cmd[:-2] + ["--jobs", "1", "--steps", "4"], capture_output=True, text=True, cwd=out)
-    assert changed.returncode != 0 and "other settings (steps 3 -> 4)" in changed.stderr
+    changed = subprocess.run(cmd[:-2] + ["--jobs", "1", "--full-steps", "4"], capture_output=True, text=True, cwd=out)
+    assert changed.returncode != 0 and "other settings (full_steps 3 -> 4)" in changed.stderr
 
 
 def test_bootstrap_intervals_cover_the_truth_and_pair_the_problems():
