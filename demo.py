@@ -101,10 +101,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # training: short, as in the paper (Table 2: 3 epochs of ~5k samples at lr 1e-5)
     sft_cfg = tiny_model.DEMO_SFT  # shared with the trainers' --demo
     p.add_argument(
-        "--full-steps", type=int, default=sft_cfg["full_steps"], help="train_full.py optimizer steps per run"
+        "--full-steps", type=int, default=sft_cfg["full_steps"], help="train_full.py steps per run (paper: 3 epochs)"
     )
     p.add_argument(
-        "--lora-steps", type=int, default=sft_cfg["lora_steps"], help="train_lora.py optimizer steps per run"
+        "--lora-steps", type=int, default=sft_cfg["lora_steps"], help="train_lora.py steps per run (paper: as full SFT)"
     )
     p.add_argument("--samples-per-step", type=int, default=sft_cfg["samples_per_step"], help="global batch (paper: 96)")
     p.add_argument(
@@ -262,9 +262,9 @@ def report(out: Path, config: dict, report_dir: Path | None = None) -> list[dict
         f"Student: {config['student']} (tiny_model.py --pretrain). Teacher traces: {config['train_size']} "
         f"(synthetic.py). Full SFT: {config['full_steps']} steps x {config['samples_per_step']} samples at lr "
         f"{config['full_lr']}; LoRA: {config['lora_steps']} steps, rank {config['lora_rank']}, alpha "
-        f"{2 * config['lora_rank']}, lr {config['lora_lr']}, all linear layers. "
-        f"Perturbations: perturb.py defaults (the authors' forms), with "
-        f"--min-step-chars {synthetic.STEP_MIN_CHARS}: every paragraph of a trace is one step.",
+        f"{2 * config['lora_rank']}, lr {config['lora_lr']}, all linear layers. Perturbations: perturb.py defaults "
+        f"(the authors' forms), with --min-step-chars {synthetic.STEP_MIN_CHARS}: every paragraph of a trace is one "
+        "step.",
         f"Intervals: 95% percentile bootstrap over problems and seeds ({demo_report.BOOTSTRAP_DRAWS} draws); "
         f"'vs correct' is paired, against the correct set of the same recipe. Compute: "
         f"{utils.format_duration(train_s)} of single-core train + eval time.",
@@ -339,9 +339,8 @@ def main(args: argparse.Namespace) -> list[dict]:
     if not (out / "eval" / "before" / "results.json").exists():
         evaluate_model(Path(args.student), task_file, out / "eval" / "before", args.max_new_tokens)
     chosen = [c for c in CELLS if c.name in args.conditions.split(",")]
-    todo = sorted(
-        ((c, s) for c in chosen for s in range(args.seeds)), key=lambda cs: -run_steps(args, cs[0])
-    )  # longest first
+    todo = [(c, s) for c in chosen for s in range(args.seeds)]
+    todo.sort(key=lambda cs: -run_steps(args, cs[0]))  # longest first, so that the workers finish together
     jobs = min(args.jobs or os.cpu_count() or 1, len(todo))
     if jobs == 1:
         for cell, seed in todo:
