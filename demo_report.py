@@ -25,6 +25,7 @@ import utils
 
 BOOTSTRAP_DRAWS = 2000
 REFLECTION = re.compile(r"\b(?:wait|check|verify)\b", re.I)  # the teacher's reflection words (synthetic.py)
+FACT = re.compile(r"(?<!\d)(-?\d+) ([-+*]) (\d+) = (-?\d+)")  # "14 - 5 = 9", as synthetic.py writes a fact
 # The paper's Table 2 (v1; average of MATH500, AIME24, AMC23, OlympiadBench), full SFT of Qwen2.5-32B-Instruct on
 # ~5k QwQ math traces; "before" is the base model. Source: ../shared/paper/README.md, copied here.
 PAPER_TABLE_2 = {
@@ -69,17 +70,20 @@ def majority_baseline(answers: list[str]) -> float:
 
 def response_structure(samples_file: Path) -> dict:
     """What the model writes: mean tokens, thought steps (blank-line paragraphs, as perturb.py splits them),
-    reflection words per response, and the share that ends with a boxed final answer."""
+    reflection words per response, the share of its arithmetic facts that are true (nan if it writes none: is its
+    arithmetic what a content perturbation damaged?), and the share that ends with a boxed final answer."""
     samples = utils.read_jsonl(samples_file)
-    steps, reflections = [], []
+    steps, reflections, facts = [], [], []
     for s in samples:
         thought = markup.split_thought(s["response"]).thought or ""
         steps.append(len(perturb.split_steps(thought, synthetic.STEP_MIN_CHARS)[0]) if thought.strip() else 0)
         reflections.append(len(REFLECTION.findall(s["response"])))
+        facts += [synthetic.OPS[op](int(a), int(b)) == int(c) for a, op, b, c in FACT.findall(s["response"])]
     return {
         "tokens": float(np.mean([s["tokens"] for s in samples])),
         "steps": float(np.mean(steps)),
         "reflections": float(np.mean(reflections)),
+        "facts_right": float(np.mean(facts)) if facts else float("nan"),
         "final_answer": float(np.mean(["\\boxed{" in s["response"] for s in samples])),
     }
 
@@ -114,17 +118,18 @@ def table(rows: list[dict], before: np.ndarray, majority: float, settings: list[
         f"Always answering the commonest answer: {100 * majority:.1f}%.",
         "",
         "| cell | recipe | seeds | accuracy % [95% CI] | vs correct, points [95% CI] | paper (Table 2) | tokens "
-        "| steps | reflection words | final answer % | loss first -> last |",
-        "|---|---|---:|---|---|---|---:|---:|---:|---:|---|",
+        "| steps | reflection words | facts right % | final answer % | loss first -> last |",
+        "|---|---|---:|---|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         delta = percent_interval(*r["vs_correct"], signed=True) if r["vs_correct"] else ""
         paper = PAPER_TABLE_2.get(r["paper_cell"]) if r["paper_cell"] else None
         paper_text = f"{paper} ({paper - PAPER_TABLE_2['correct']:+.1f})" if paper is not None else ""
         s = r["structure"]
+        facts = "-" if np.isnan(s["facts_right"]) else f"{100 * s['facts_right']:.0f}"
         lines.append(
             f"| {r['label']} | {r['recipe']} | {r['seeds']} | {percent_interval(*r['accuracy'])} | {delta} | "
-            f"{paper_text} | {s['tokens']:.0f} | {s['steps']:.1f} | {s['reflections']:.1f} | "
+            f"{paper_text} | {s['tokens']:.0f} | {s['steps']:.1f} | {s['reflections']:.1f} | {facts} | "
             f"{100 * s['final_answer']:.0f} | {r['first_loss']:.3f} -> {r['last_loss']:.3f} |"
         )
     return "\n".join(lines) + "\n"

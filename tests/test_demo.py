@@ -248,3 +248,9 @@ def test_response_structure_counts_steps_reflections_and_final_answers(tmp_path)
     steps = len(markup.split_thought(long).thought.split("\n\n"))
     assert s["tokens"] == 160 and s["steps"] == (steps + 1) / 2 and s["final_answer"] == 1.0  # a short answer: 1 step
     assert s["reflections"] == len(re.findall(r"\b(?:wait|check|verify)\b", long, re.I)) / 2 > 0
+    demo_report.utils.write_jsonl(
+        samples, [{"response": "First, 3 + 4 = 7. Next, 7 - 9 = -2, -2 * 3 = 6.", "tokens": 9}]
+    )
+    assert demo_report.response_structure(samples)["facts_right"] == 2 / 3  # 3 + 4 and 7 - 9 true, -2 * 3 false
+    demo_report.utils.write_jsonl(samples, [{"response": "\\boxed{7}", "tokens": 3}])
+    assert np.isnan(demo_report.response_structure(samples)["facts_right"])  # no fact written: nothing to score
