@@ -256,10 +256,12 @@ def report(out: Path, config: dict, report_dir: Path | None = None) -> list[dict
         row["structure"] = {k: float(np.mean([s[k] for s in structures])) for k in structures[0]}
     majority = demo_report.majority_baseline([p["answer"] for p in problems])
     train_s = sum(r["train_s"] + r["eval_s"] for rs in results.values() for r in rs)
+    student = Path(config["student"]).resolve()
+    student = student.relative_to(utils.REPO_DIR) if student.is_relative_to(utils.REPO_DIR) else student
     settings = [
         f"The miniature (demo.py, commit {commit()}): {len(ids)} held-out problems with {config['min_ops']}-"
         f"{config['max_ops']} operations, greedy decoding, up to {config['max_new_tokens']} new tokens.",
-        f"Student: {config['student']} (tiny_model.py --pretrain). Teacher traces: {config['train_size']} "
+        f"Student: {student} (tiny_model.py --pretrain). Teacher traces: {config['train_size']} "
         f"(synthetic.py). Full SFT: {config['full_steps']} steps x {config['samples_per_step']} samples at lr "
         f"{config['full_lr']}; LoRA: {config['lora_steps']} steps, rank {config['lora_rank']}, alpha "
         f"{2 * config['lora_rank']}, lr {config['lora_lr']}, all linear layers. Perturbations: perturb.py defaults "
