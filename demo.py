@@ -1,7 +1,7 @@
 """The paper's experiment in miniature, on a CPU: a small pretrained student learns long CoT from a teacher's traces.
 
     python demo.py                                   # the correct set, full SFT and LoRA, one seed (~5 min, 2 cores)
-    python demo.py --grid --seeds 3 --jobs 2         # Tables 1 and 2 in miniature, with intervals (~85 min, 2 cores)
+    python demo.py --grid --seeds 3 --jobs 2         # Tables 1 and 2 in miniature, with intervals (~95 min, 2 cores)
     python demo.py --grid --conditions correct,shuffle100 --seeds 1 --output-dir /tmp/grid   # a few cells only
 
 The student (tiny_model.py --pretrain, shipped in data/tiny-student) is the miniature "instruct model": it knows

@@ -136,12 +136,10 @@ def table(rows: list[dict], before: np.ndarray, majority: float, settings: list[
 
 
 def plot(rows: list[dict], before: np.ndarray, path: Path) -> None:
-    """Accuracy per cell with 95% error bars, content and structure halves side by side, the paper's Table 2
-    average beside ours where the paper has the cell, and the student before SFT as a dashed line."""
-    halves = {
-        "content": [r for r in rows if r["half"] == "content"],
-        "structure": [r for r in rows if r["half"] == "structure"],
-    }
+    """Accuracy per cell with 95% error bars, content and structure halves side by side, each after the correct
+    set it is compared with, the paper's Table 2 average beside ours where the paper has the cell, and the student
+    before SFT as a dashed line."""
+    halves = {half: [r for r in rows if r["half"] in ("reference", half)] for half in ("content", "structure")}
     fig, axes = utils.pyplot().subplots(
         1, 2, figsize=(13, 4.5), sharey=True, gridspec_kw={"width_ratios": [max(1, len(v)) for v in halves.values()]}
     )
@@ -163,6 +161,7 @@ def plot(rows: list[dict], before: np.ndarray, path: Path) -> None:
         ax.set_xticks(x, [f"{r['label']}\n({r['recipe']})" for r in members], rotation=60, fontsize=7)
         ax.set_title(f"{half} perturbations and references")
         ax.grid(axis="y", alpha=0.3)
+        ax.set_ylim(0, 100)  # room above the bars for the legend
     axes[0].set_ylabel("held-out accuracy (%)")
     handles = [utils.pyplot().Rectangle((0, 0), 1, 1, color=c) for c in (*colours.values(), "lightgrey")]
     axes[1].legend(
