@@ -238,7 +238,7 @@ def test_bootstrap_intervals_cover_the_truth_and_pair_the_problems():
     assert demo_report.majority_baseline(["1", "2", "2", "3"]) == 0.5
 
 
-def test_response_structure_counts_steps_reflections_and_final_answers(tmp_path):
+def test_response_structure_counts_steps_reflections_true_facts_and_final_answers(tmp_path):
     samples = tmp_path / "samples.jsonl"
     long = synthetic.generate(1, seed=3, prompt_style="none")[0]["messages"][-1]["content"]
     demo_report.utils.write_jsonl(
