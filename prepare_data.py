@@ -145,6 +145,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     add("--style", choices=markup.STYLES, default="sky-t1", help="reasoning markup the student learns (paper: sky-t1)")
     add("--tokenizer", default="Qwen/Qwen2.5-32B-Instruct", help="the student's: lengths count its chat template too")
+    add(
+        "--chat-template-kwargs",
+        type=utils.chat_template_kwargs,
+        default={},
+        metavar="JSON",
+        help="variables for --tokenizer's chat template when counting, as the trainers get them, e.g. "
+        "'{\"enable_thinking\": false}' (Qwen3)",
+    )
     add("--max-length", type=int, default=16384, help="drop records longer than the training context (tokens)")
     add("--verify", action="store_true", help="rejection sampling: keep a trace only if its answer is correct")
     add(
@@ -329,9 +337,11 @@ def verify_all(examples: list[Example], workers: int) -> list[bool | str]:
 
 
 def count_tokens(tokenizer, conversations: list[list[dict]]) -> list[int]:
-    """Tokens of each whole chat-templated record, exactly as the trainers tokenize it (sft.py)."""
+    """Tokens of each whole chat-templated record, exactly as the trainers tokenize it (sft.py): summed over its
+    training sequences where the template splits a multi-turn record."""
     tokenized = sft.tokenize_conversations(tokenizer, conversations)
-    return [len(ids) for ids, _ in tqdm(tokenized, total=len(conversations), desc="tokenize", leave=False)]
+    counted = tqdm(tokenized, total=len(conversations), desc="tokenize", leave=False)
+    return [sum(len(ids) for ids, _ in record.sequences) for record in counted]
 
 
 def duplicates(examples: list[Example], mode: str, threshold: float) -> list[str | None]:
@@ -422,7 +432,8 @@ def main(cfg: argparse.Namespace) -> dict:
     found: dict[str, Counter] = defaultdict(Counter)  # the schema each record was read in, per source
     dry = would_drop if cfg.as_published else None
     timings, contaminated_by = {}, Counter()
-    tokenizer = utils.load_tokenizer(cfg.tokenizer)  # before the long stages: a wrong name fails at once
+    # before the long stages: a wrong name fails at once
+    tokenizer = utils.load_tokenizer(cfg.tokenizer, template_kwargs=cfg.chat_template_kwargs)
     if not getattr(tokenizer, "is_fast", False):
         raise SystemExit(f"--tokenizer {cfg.tokenizer}: needs a fast (Rust) tokenizer, to count 100M characters fast")
 

@@ -1,9 +1,10 @@
 """The details of supervised fine-tuning that decide results, in the order data flows through them.
 
-    records -> messages (to_messages) -> chat-template pieces: prompt, reply, end of turn (chat_pieces)
-    -> token labels (tokenize_conversations) -> shift inside each sample (make_sample) -> drop or cut long samples
-    -> each step's samples (step_sample_ids) -> first-fit packing (pack_step) -> one packed row (collate_packed)
-    -> summed chunked cross-entropy (summed_loss), divided by the step's target tokens in the trainer.
+    records -> messages (to_messages) -> chat-template pieces: prompt, reply, end of turn, in one sequence or one per
+    reply whose history the template rewrites (chat_pieces) -> token labels (tokenize_conversations) -> shift inside
+    each sample (make_sample) -> drop or cut long samples -> each step's samples (step_sample_ids) -> first-fit
+    packing (pack_step) -> one packed row (collate_packed) -> summed chunked cross-entropy (summed_loss), divided by
+    the step's target tokens in the trainer.
 
 Both trainers call these functions, and nothing else decides which tokens are learned or how they are weighted.
 Every rule here is tested token by token in tests/test_sft.py.
@@ -16,7 +17,7 @@ import json
 import math
 import random
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -107,9 +108,9 @@ def load_conversations(paths: Iterable[str], skip_bad: bool = False) -> tuple[li
 
 # ----------------------------------------------------------------------------- messages -> tokens and labels
 
-# Stands in for reply k while the template renders, so that nothing a template does to a reply (R1-Distill drops
+# Stands in for a reply while the template renders, so that nothing a template does to a reply (R1-Distill drops
 # everything up to </think>, Llama 3 and Gemma trim it) can hide where the reply goes.
-_REPLY = "⟦reply {}⟧"
+_REPLY = "⟦reply⟧"
 _PROBE_PAD = " \n"
 
 
@@ -122,9 +123,17 @@ class TemplateTraits:
 _traits: dict[tuple, TemplateTraits] = {}
 
 
+def _template_kwargs(tokenizer) -> dict:
+    """--chat-template-kwargs, which utils.load_tokenizer hands the tokenizer with its template: the template's own
+    switches (Qwen3's enable_thinking), passed to every rendering."""
+    return getattr(tokenizer, "chat_template_kwargs", None) or {}
+
+
 def _render(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str:
     try:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        return tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt, **_template_kwargs(tokenizer)
+        )
     except Exception as e:  # template code raises whatever it likes: jinja's raise_exception, TypeError, KeyError...
         raise ValueError(f"rendering failed ({type(e).__name__}: {' '.join(str(e).split())})") from None
 
@@ -132,8 +141,9 @@ def _render(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str
 def template_traits(tokenizer) -> TemplateTraits:
     """What a template does to system turns and replies, found once per template by rendering two probes."""
     key = (str(tokenizer.chat_template), tokenizer.bos_token, tokenizer.eos_token)
+    key += (json.dumps(_template_kwargs(tokenizer), sort_keys=True, default=str),)
     if key not in _traits:
-        reply = _PROBE_PAD + _REPLY.format(0) + _PROBE_PAD
+        reply = _PROBE_PAD + _REPLY + _PROBE_PAD
         exchange = [{"role": "user", "content": "⟦user⟧"}, {"role": "assistant", "content": reply}]
         try:
             system_role = "⟦system⟧" in _render(
@@ -142,10 +152,10 @@ def template_traits(tokenizer) -> TemplateTraits:
         except ValueError:
             system_role = False
         text = _render(tokenizer, exchange, False)
-        at = text.find(_REPLY.format(0))
+        at = text.find(_REPLY)
         if at < 0:
             raise ValueError("the template does not render an assistant reply as written")
-        trims = (not text[:at].endswith(_PROBE_PAD), not text[at:].startswith(_REPLY.format(0) + _PROBE_PAD))
+        trims = (not text[:at].endswith(_PROBE_PAD), not text[at:].startswith(_REPLY + _PROBE_PAD))
         _traits[key] = TemplateTraits(system_role, trims)
     return _traits[key]
 
@@ -172,47 +182,83 @@ def generation_prompt(tokenizer, messages: list[dict]) -> str:
     return _render(tokenizer, fit_to_template(tokenizer, messages), True)
 
 
-def chat_pieces(tokenizer, messages: list[dict]) -> list[tuple[str, str]]:
-    """The conversation as the chat template lays it out, in pieces that are tokenized one by one:
+def _squash(text: str) -> str:
+    return "".join(text.split())
+
+
+def turn_pieces(tokenizer, messages: list[dict], i: int) -> tuple[str, str, str]:
+    """(prompt, reply, end) of the assistant reply messages[i], laid out as the model meets it at inference: the
+    prompt is the generation prompt of messages[:i], the earlier replies in it as the template shows them in history.
+
+    The reply is what the template renders for it as the conversation's last message (Qwen3 re-lays its <think>
+    block, Llama 3 trims it), unless that rendering loses part of it (R1-Distill keeps only what follows </think>):
+    then it is the record's text as written, found where a stand-in for it lands; a generation prompt that opens the
+    reply itself (R1's "<think>\n") is taken off a reply that starts with it. The end is what the template writes
+    after the reply. Raises ValueError for a reply the template cannot lay out.
+    """
+    traits = template_traits(tokenizer)
+    prompt = _render(tokenizer, messages[:i], True)
+    turn = _render(tokenizer, [*messages[:i], dict(messages[i], content=_REPLY)], False)
+    at = turn.find(_REPLY)
+    if at < 0:
+        raise ValueError(f"message {i}: the template does not render this assistant reply")
+    end = turn[at + len(_REPLY) :]
+    content = messages[i]["content"]
+    rendered = _render(tokenizer, messages[: i + 1], False)
+    if rendered.startswith(prompt) and rendered.endswith(end) and len(rendered) >= len(prompt) + len(end):
+        as_rendered = rendered[len(prompt) : len(rendered) - len(end)]
+        if _squash(content) in _squash(as_rendered):
+            return prompt, as_rendered, end
+    content = content.lstrip() if traits.trims[0] else content
+    content = content.rstrip() if traits.trims[1] else content
+    if (turn[:at] + content).startswith(prompt):  # the reply follows the generation prompt, or opens with its tail
+        return prompt, (turn[:at] + content)[len(prompt) :], end
+    if prompt.startswith(turn[:at]):  # the prompt opens the reply (R1's "<think>\n"), this reply does not
+        return prompt, content, end
+    raise ValueError(
+        f"message {i}: the generation prompt (ending {prompt[-30:]!r}) is not how the template begins the "
+        f"reply (ending {turn[:at][-30:]!r})"
+    )
+
+
+def chat_pieces(tokenizer, messages: list[dict]) -> tuple[list[list[tuple[str, str]]], bool]:
+    """The conversation as the chat template lays it out: training sequences, each in pieces tokenized one by one,
 
         ("prompt", text)  what the model reads before a reply: the generation prompt, never learned
         ("reply", text)   the reply as the model writes it after that prompt: learned
         ("end", text)     what the template writes after the reply: its first special token (<|im_end|>, <|eot_id|>,
                           <end_of_turn>, </s>) is learned, so the model learns to stop; the rest is not
 
-    Replies are never rendered inside the conversation, so a template that drops earlier thoughts from history
-    (DeepSeek-R1-Distill) still trains each reply with its whole thought, and tokenizing reply and prompt apart
-    means no reply token ever merges with the template text before it (as LLaMA-Factory does). A generation prompt
-    that opens the reply itself (R1's "<think>\\n") is taken off the reply that starts with it. Messages after the
-    last reply are not trained and are dropped. Raises ValueError for a template that cannot lay it out.
+    and whether only the final reply is trained (below). Each reply is trained exactly as the model meets it at
+    inference (turn_pieces): after the conversation up to it, as the template renders that conversation. A template
+    that shows earlier replies in history as they were trained (ChatML, Llama 3) keeps a multi-turn record one
+    sequence; one that rewrites them (Qwen3 and R1-Distill drop the thought of earlier replies) makes it one sequence
+    per reply whose history differs: [Q1 T1 A1] [Q1 A1 Q2 T2 A2], each with its own masked prompt and the whole
+    thought of its reply, as the Qwen team advises for Qwen3 (github.com/QwenLM/Qwen3/discussions/1398). A thought
+    is never trained without the context it was written in, and the prompts repeated are the short visible turns.
+    If an earlier reply cannot be laid out at all, only the final reply is trained, the earlier ones read in its
+    prompt (masked), and the flag says so (counted in the data report). Replies are tokenized apart from the prompt,
+    so no reply token merges with the template text before it (as LLaMA-Factory does). Messages after the last
+    reply are not trained and are dropped. Raises ValueError for a template that cannot lay out the final reply.
     """
-    traits = template_traits(tokenizer)
     messages = fit_to_template(tokenizer, messages)
-    stand_in = [dict(m, content=_REPLY.format(i)) if m["role"] == "assistant" else m for i, m in enumerate(messages)]
-    pieces, done = [], ""
-    for i, message in enumerate(messages):
-        if message["role"] != "assistant":
-            continue
-        prompt, turn = _render(tokenizer, stand_in[:i], True), _render(tokenizer, stand_in[: i + 1], False)
-        if not (prompt.startswith(done) and turn.startswith(done)):
-            raise ValueError(f"message {i}: the template renders the conversation before this reply differently")
-        at = turn.find(_REPLY.format(i), len(done))
-        if at < 0:
-            raise ValueError(f"message {i}: the template does not render this assistant reply")
-        content = message["content"].lstrip() if traits.trims[0] else message["content"]
-        content = content.rstrip() if traits.trims[1] else content
-        if (turn[:at] + content).startswith(prompt):  # the reply follows the generation prompt, or opens with its tail
-            reply = (turn[:at] + content)[len(prompt) :]
-        elif prompt.startswith(turn[:at]):  # the prompt opens the reply (R1's "<think>\n"), this reply does not
-            reply = content
+    replies = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    turns, final_only = [], False
+    for i in replies:
+        try:
+            turns.append(turn_pieces(tokenizer, messages, i))
+        except ValueError:
+            if i == replies[-1]:
+                raise
+            final_only = True
+    sequences, done = [], None
+    for prompt, reply, end in turns[-1:] if final_only else turns:
+        if done is not None and prompt.startswith(done):  # the history shows the earlier replies as they were trained
+            sequences[-1] += [("prompt", prompt[len(done) :]), ("reply", reply), ("end", end)]
         else:
-            raise ValueError(
-                f"message {i}: the generation prompt (ending {prompt[-30:]!r}) is not how the template begins the "
-                f"reply (ending {turn[:at][-30:]!r})"
-            )
-        pieces += [("prompt", prompt[len(done) :]), ("reply", reply), ("end", turn[at + len(_REPLY.format(i)) :])]
-        done = turn
-    return pieces
+            sequences.append([("prompt", prompt), ("reply", reply), ("end", end)])
+        done = prompt + reply + end
+    return sequences, final_only
 
 
 def special_token_ids(tokenizer) -> set[int]:
@@ -236,14 +282,19 @@ def _labelled(pieces: list[tuple[str, str]], piece_ids: list[list[int]], special
     return ids, labels
 
 
+class Tokenized(NamedTuple):
+    sequences: list[tuple[list[int], list[int]]]  # (input_ids, labels) of each training sequence of a record
+    final_only: bool  # only the final reply is trained: the earlier ones could not be laid out (chat_pieces)
+
+
 def tokenize_conversations(
     tokenizer,
     conversations: list[list[dict]],
     batch_size: int = 256,
     on_error: Callable[[DataError], None] | None = None,
     template_name: str = "of the tokenizer",
-):
-    """Yield (input_ids, labels) per conversation; labels are IGNORE_INDEX except on reply tokens and the special
+) -> Iterable[Tokenized]:
+    """Yield each conversation's Tokenized sequences; labels are IGNORE_INDEX except on reply tokens and the special
     token that ends each reply (chat_pieces). Pieces are tokenized in batches: the fast tokenizer spreads a batch
     over the cores. A conversation the template cannot lay out raises DataError "file:line: chat template NAME:
     problem", or with on_error is handed to it and skipped.
@@ -255,16 +306,17 @@ def tokenize_conversations(
         for n, conversation in enumerate(batch, start + 1):
             source = getattr(conversation, "source", "") or f"conversation {n}"
             try:
-                laid_out.append((source, chat_pieces(tokenizer, conversation)))
+                laid_out.append((source, *chat_pieces(tokenizer, conversation)))
             except ValueError as e:
-                laid_out.append((source, e))
-        texts = [text for _, pieces in laid_out if isinstance(pieces, list) for _, text in pieces]
+                laid_out.append((source, e, False))
+        texts = [text for _, seqs, _ in laid_out if isinstance(seqs, list) for seq in seqs for _, text in seq]
         tokenized = iter(tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else [])
-        for source, pieces in laid_out:
+        for source, sequences, final_only in laid_out:
             try:
-                if isinstance(pieces, ValueError):
-                    raise pieces
-                yield _labelled(pieces, [next(tokenized) for _ in pieces], special)
+                if isinstance(sequences, ValueError):
+                    raise sequences
+                piece_ids = [[next(tokenized) for _ in seq] for seq in sequences]
+                yield Tokenized([_labelled(seq, ids, special) for seq, ids in zip(sequences, piece_ids)], final_only)
             except ValueError as e:
                 error = DataError(f"{source}: chat template {template_name}: {e}")
                 if on_error is None:
@@ -298,24 +350,29 @@ def build_samples(
     on_error: Callable[[DataError], None] | None = None,
     template_name: str = "of the tokenizer",
 ) -> tuple[list[Sample], dict]:
-    """Tokenize, then drop (default) or truncate samples over max_length. Never silent: returns counts."""
+    """Tokenize, then drop (default) or truncate samples over max_length. Never silent: returns counts (of records:
+    total, split into several sequences, trained on the final reply only; of sequences: the rest)."""
     from tqdm import tqdm
 
     stats = {"total": len(conversations), "too_long_dropped": 0, "truncated": 0, "no_target_after_truncation": 0}
+    stats.update(split_by_turn=0, final_reply_only=0)
     samples = []
     tokenized = tokenize_conversations(tokenizer, conversations, on_error=on_error, template_name=template_name)
-    for ids, labels in tqdm(tokenized, total=len(conversations), desc="tokenize", leave=False):
-        if len(ids) > max_length:
-            if not truncate:
-                stats["too_long_dropped"] += 1
+    for sequences, final_only in tqdm(tokenized, total=len(conversations), desc="tokenize", leave=False):
+        stats["split_by_turn"] += len(sequences) > 1
+        stats["final_reply_only"] += final_only
+        for ids, labels in sequences:
+            if len(ids) > max_length:
+                if not truncate:
+                    stats["too_long_dropped"] += 1
+                    continue
+                ids, labels = ids[:max_length], labels[:max_length]
+                stats["truncated"] += 1
+            sample = make_sample(ids, labels)
+            if sample.n_targets == 0:
+                stats["no_target_after_truncation"] += 1
                 continue
-            ids, labels = ids[:max_length], labels[:max_length]
-            stats["truncated"] += 1
-        sample = make_sample(ids, labels)
-        if sample.n_targets == 0:
-            stats["no_target_after_truncation"] += 1
-            continue
-        samples.append(sample)
+            samples.append(sample)
     stats["kept"] = len(samples)
     return samples, stats
 
@@ -331,17 +388,24 @@ class TrainingData:
 
 
 def load_training_data(
-    paths: list[str], model: str, max_length: int, truncate: bool, skip_bad: bool, chat_template: str = "model"
+    paths: list[str],
+    model: str,
+    max_length: int,
+    truncate: bool,
+    skip_bad: bool,
+    chat_template: str = "model",
+    chat_template_kwargs: dict | None = None,
 ) -> TrainingData:
     """Everything both trainers do before the model loads: validate every record, lay each out with the chat template
-    (the model's own, "chatml" or a Jinja file: utils.load_tokenizer), tokenize, drop or cut long samples.
+    (the model's own, "chatml" or a Jinja file, rendered with chat_template_kwargs: utils.load_tokenizer), tokenize,
+    drop or cut long samples.
 
     Bad data exits with its one-line `file:line: problem`; with skip_bad it is counted instead.
     """
     template_errors = []
     try:
         conversations, n_bad = load_conversations(paths, skip_bad)
-        tokenizer = load_tokenizer(model, chat_template)
+        tokenizer = load_tokenizer(model, chat_template, chat_template_kwargs)
         template_name = f"of {model}" if chat_template == "model" else chat_template
         on_error = template_errors.append if skip_bad else None
         samples, stats = build_samples(tokenizer, conversations, max_length, truncate, on_error, template_name)
@@ -365,6 +429,15 @@ def load_training_data(
         f"dropped, {stats['truncated']} truncated, {stats['no_target_after_truncation']} without targets dropped -> "
         f"{len(samples)} samples, {sum(lengths):,} tokens ({sum(n_targets):,} in the loss), longest {max(lengths)}"
     )
+    if stats["split_by_turn"]:
+        report += (
+            f" ({stats['split_by_turn']} multi-turn records split into one sample per reply whose history differs)"
+        )
+    if stats["final_reply_only"]:
+        report += (
+            f" ({stats['final_reply_only']} records trained on their final reply only: the chat template cannot lay "
+            "out their earlier replies)"
+        )
     if not template_traits(tokenizer).system_role and any(c[0]["role"] == "system" for c in conversations):
         report += " (the chat template has no system role: system turns open the first user turn)"
     fingerprint = hashlib.sha256(json.dumps([lengths, n_targets]).encode()).hexdigest()[:16]

@@ -46,6 +46,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--truncate", action="store_true", help="cut over-long samples instead of dropping them")
     p.add_argument("--skip-bad", action="store_true", help="count and skip malformed records instead of stopping")
     p.add_argument("--chat-template", default="model", help="model (its own), chatml or a Jinja file; evaluate.py too")
+    p.add_argument(
+        "--chat-template-kwargs",
+        type=utils.chat_template_kwargs,
+        default={},
+        metavar="JSON",
+        help="variables for the template, e.g. '{\"enable_thinking\": false}' (Qwen3); evaluate.py takes the same",
+    )
     # model
     p.add_argument("--model", default="Qwen/Qwen2.5-32B-Instruct", help="base chat model, hub name or folder (paper)")
     p.add_argument("--attn", choices=utils.ATTENTION, default="auto", help="auto: FlashAttention-2 on GPU, else SDPA")
@@ -165,7 +172,13 @@ def main(args: argparse.Namespace) -> dict:
 
     # ---------------------------------------------------------------- data: all validated before the model loads
     data = sft.load_training_data(
-        args.data, args.model, args.max_length, args.truncate, args.skip_bad, args.chat_template
+        args.data,
+        args.model,
+        args.max_length,
+        args.truncate,
+        args.skip_bad,
+        args.chat_template,
+        args.chat_template_kwargs,
     )
     samples, lengths, tokenizer = data.samples, data.lengths, data.tokenizer
     steps_per_epoch = math.ceil(len(samples) / args.samples_per_step)

@@ -5,6 +5,7 @@ OpenAI-compatible client. The decisions that shape training results live in sft.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -264,11 +265,37 @@ def pick_attention(requested: str, device: torch.device) -> str:
 
 
 CHAT_TEMPLATES = ("model", "chatml")  # --chat-template: these names, or the path of a Jinja file
+# apply_chat_template's own arguments, which the scripts set: --chat-template-kwargs cannot pass them to the template
+_RENDER_ARGUMENTS = ("conversation", "messages", "tools", "documents", "chat_template", "add_generation_prompt")
+_RENDER_ARGUMENTS += (
+    "continue_final_message",
+    "tokenize",
+    "return_dict",
+    "return_tensors",
+    "return_assistant_tokens_mask",
+)
 
 
-def load_tokenizer(name_or_dir: str, chat_template: str = "model"):
+def chat_template_kwargs(text: str) -> dict:
+    """--chat-template-kwargs: a JSON object of variables for the chat template (argparse type: a bad value is one
+    error line)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not JSON ({e.msg} at column {e.colno}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"enable_thinking\": false}}': {text!r}")
+    reserved = sorted(set(value) & set(_RENDER_ARGUMENTS))
+    if reserved:
+        raise argparse.ArgumentTypeError(f"{', '.join(reserved)}: set by the scripts themselves, not a template switch")
+    return value
+
+
+def load_tokenizer(name_or_dir: str, chat_template: str = "model", template_kwargs: dict | None = None):
     """The model's tokenizer with the chat template to train and evaluate with: the model's own ("model"), plain
-    ChatML ("chatml", for a base model whose tokenizer has <|im_start|> and <|im_end|>), or a Jinja file's."""
+    ChatML ("chatml", for a base model whose tokenizer has <|im_start|> and <|im_end|>), or a Jinja file's; and the
+    variables every rendering passes that template (--chat-template-kwargs, e.g. Qwen3's enable_thinking), kept
+    with it as `chat_template_kwargs` (sft.py renders with them)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(name_or_dir)
@@ -281,6 +308,7 @@ def load_tokenizer(name_or_dir: str, chat_template: str = "model"):
         raise SystemExit(f"{name_or_dir}: the tokenizer has no chat template; use a chat model or --chat-template")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.chat_template_kwargs = dict(template_kwargs or {})
     return tokenizer
 
 

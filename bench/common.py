@@ -284,7 +284,7 @@ def chars_per_token(tokenizer) -> float:
 
 def record_tokens(tokenizer, record: dict) -> int:
     """Tokens of the chat-templated record, as train_lora.py counts them."""
-    return len(next(sft.tokenize_conversations(tokenizer, [sft.to_messages(record)]))[0])
+    return sum(len(ids) for ids, _ in next(sft.tokenize_conversations(tokenizer, [sft.to_messages(record)])).sequences)
 
 
 def record_of_tokens(tokenizer, target_tokens: int, seed: int = 0) -> dict:

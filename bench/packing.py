@@ -69,7 +69,7 @@ def real_lengths(path: Path, model_dir: str | None) -> list[int] | None:
         sft.to_messages({"system": markup.SKY_T1_SYSTEM_PROMPT, "prompt": r["problem"], "response": r["response"]})
         for r in utils.read_jsonl(path)
     ]
-    return [len(ids) for ids, _ in sft.tokenize_conversations(tokenizer, conversations)]
+    return [len(ids) for record in sft.tokenize_conversations(tokenizer, conversations) for ids, _ in record.sequences]
 
 
 def pack_sequential(sample_ids: list[int], lengths: list[int], budget: int) -> list[list[int]]:

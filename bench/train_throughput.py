@@ -90,7 +90,8 @@ def make_data(tokenizer, args: argparse.Namespace) -> Path:
 def sample_lengths(model_dir: Path, data: Path) -> list[int]:
     """Token count of each training sample, as train_lora.py tokenizes them."""
     conversations = sft.load_conversations([str(data)])[0]
-    return [len(ids) for ids, _ in sft.tokenize_conversations(utils.load_tokenizer(str(model_dir)), conversations)]
+    tokenized = sft.tokenize_conversations(utils.load_tokenizer(str(model_dir)), conversations)
+    return [len(ids) for record in tokenized for ids, _ in record.sequences]
 
 
 def one_run(

@@ -30,8 +30,20 @@ def model(tiny_model_dir):
     return AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa", dtype=torch.float32).eval()
 
 
+def sequences_of(tokenizer, messages, final_only=False):
+    """The record's training sequences, (input_ids, labels) each."""
+    tokenized = next(sft.tokenize_conversations(tokenizer, [messages]))
+    assert tokenized.final_only == final_only
+    return tokenized.sequences
+
+
+def one_sequence(tokenizer, messages):
+    [sequence] = sequences_of(tokenizer, messages)
+    return sequence
+
+
 def decoded_targets(tokenizer, messages):
-    ids, labels = next(sft.tokenize_conversations(tokenizer, [messages]))
+    ids, labels = one_sequence(tokenizer, messages)
     return ids, labels, [(tokenizer.decode([i]), label != IGNORE) for i, label in zip(ids, labels)]
 
 
@@ -206,6 +218,7 @@ PUBLISHED = {
 }
 REPLY = "12 * 3 is 36.\n\nCheck: 36 / 3 = 12.\n\n\\boxed{36}"
 THOUGHT_REPLY = "<think>\nFirst, 12 * 3 = 36.\nWait, check: 36 / 3 = 12.\n</think>\n\n\\boxed{36}"  # R1's layout
+THOUGHT_REPLY_2 = "<think>\nThen 12 * 4 = 48.\nHmm, 48 / 4 = 12.\n</think>\n\n\\boxed{48}"
 
 
 def published_tokenizer(tiny_model_dir, name):
@@ -219,8 +232,8 @@ def published_tokenizer(tiny_model_dir, name):
     return tokenizer
 
 
-def learned_and_read(tokenizer, messages):
-    ids, labels = next(sft.tokenize_conversations(tokenizer, [messages]))
+def learned_and_read(tokenizer, messages, sequence=None):
+    ids, labels = sequence or one_sequence(tokenizer, messages)
     learned = tokenizer.decode([i for i, label in zip(ids, labels) if label != IGNORE])
     return learned, tokenizer.decode([i for i, label in zip(ids, labels) if label == IGNORE]), ids, labels
 
@@ -243,8 +256,12 @@ def test_published_templates_learn_exactly_each_reply_and_its_end_of_turn(tiny_m
     # two turns: both replies and both ends learned, the user turn between them not
     two = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
     two += [{"role": "user", "content": "add 2 and 2"}, {"role": "assistant", "content": "4"}]
-    learned, read, _, _ = learned_and_read(tokenizer, two)
-    assert learned == f"hello{end}4{end}" and "add 2 and 2" in read
+    sequences = sequences_of(tokenizer, two)
+    # R1's history leaves out the "<think>\n" its generation prompt wrote before the first reply: a sequence per reply
+    assert len(sequences) == (2 if name == "deepseek-r1-distill-qwen" else 1)
+    learned_read = [learned_and_read(tokenizer, two, sequence)[:2] for sequence in sequences]
+    assert "".join(learned for learned, _ in learned_read) == f"hello{end}4{end}"
+    assert "add 2 and 2" in learned_read[-1][1]
 
 
 def test_r1_distill_trains_the_whole_thought_its_template_drops_from_history(tiny_model_dir):
@@ -259,9 +276,101 @@ def test_r1_distill_trains_the_whole_thought_its_template_drops_from_history(tin
     # R1's raw outputs have no opening <think> (the prompt wrote it): they continue the prompt as they are
     raw = [messages[0], {"role": "assistant", "content": THOUGHT_REPLY.removeprefix("<think>\n")}]
     assert learned_and_read(tokenizer, raw)[0] == learned
-    # in a second turn the first reply's thought is trained too, not stripped as the template would for inference
-    again = [*messages, {"role": "user", "content": "And 12*4?"}, {"role": "assistant", "content": THOUGHT_REPLY}]
-    assert learned_and_read(tokenizer, again)[0] == 2 * learned
+    # two turns: each reply trained with its whole thought, after the history as the template shows it at inference
+    # (the first reply's thought dropped), so the record is two sequences
+    again = [*messages, {"role": "user", "content": "And 12*4?"}, {"role": "assistant", "content": THOUGHT_REPLY_2}]
+    first, second = sequences_of(tokenizer, again)
+    assert learned_and_read(tokenizer, again, first)[:2] == (learned, read)
+    learned_2, read_2, ids, labels = learned_and_read(tokenizer, again, second)
+    assert learned_2 == THOUGHT_REPLY_2.removeprefix("<think>\n") + end
+    prompt = sft.generation_prompt(tokenizer, again[:3])
+    assert prompt.endswith(
+        "<｜Assistant｜>\n\n\\boxed{36}<｜end▁of▁sentence｜><｜User｜>And 12*4?<｜Assistant｜><think>\n"
+    )
+    assert read_2 == prompt and "Wait, check" not in read_2  # the earlier thought is neither read nor learned here
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    assert ids[: len(prompt_ids)] == prompt_ids and set(labels[: len(prompt_ids)]) == {IGNORE}
+    assert labels[len(prompt_ids) :] == ids[len(prompt_ids) :]
+
+
+def qwen3_tokenizer(tiny_model_dir, **template_kwargs):
+    """Qwen3's published template on the tiny tokenizer, which has Qwen's <|im_start|> and <|im_end|> already; Qwen3's
+    <think> and </think> are added tokens that are not special, as in its tokenizer."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.add_tokens(["<think>", "</think>"])
+    tokenizer.chat_template = (TEMPLATES / "qwen3.jinja").read_text(encoding="utf-8")
+    tokenizer.chat_template_kwargs = template_kwargs
+    return tokenizer
+
+
+def test_qwen3_trains_each_thinking_turn_after_the_history_it_sees_at_inference(tiny_model_dir):
+    tokenizer = qwen3_tokenizer(tiny_model_dir)
+    two = [CONVERSATION[1], {"role": "assistant", "content": THOUGHT_REPLY}]
+    two += [{"role": "user", "content": "And 12*4?"}, {"role": "assistant", "content": THOUGHT_REPLY_2}]
+    assert "Wait, check" not in tokenizer.apply_chat_template(two, tokenize=False)  # history drops thought 1
+    first, second = sequences_of(tokenizer, two)
+    for n, (sequence, reply) in enumerate([(first, THOUGHT_REPLY), (second, THOUGHT_REPLY_2)], 1):
+        learned, read, ids, labels = learned_and_read(tokenizer, two, sequence)
+        prompt = sft.generation_prompt(tokenizer, two[: 2 * n - 1])  # what the model reads before reply n
+        assert prompt.endswith("<|im_start|>assistant\n") and read == prompt + "\n"
+        assert learned == reply + "<|im_end|>"  # the whole thought, as the template lays out the last reply
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        assert ids[: len(prompt_ids)] == prompt_ids and set(labels[: len(prompt_ids)]) == {IGNORE}  # no prompt token
+        assert labels[len(prompt_ids) : -1] == ids[len(prompt_ids) : -1] and labels[-1] == IGNORE  # then all of it
+        assert tokenizer.decode(ids[len(prompt_ids)]) == "<think>" and tokenizer.decode(ids[-2]) == "<|im_end|>"
+    # reply 2 reads reply 1 as the template shows history: its answer without its thought
+    assert "\\boxed{36}<|im_end|>" in tokenizer.decode(second[0]) and "Wait, check" not in tokenizer.decode(second[0])
+    # a thought written without the line breaks is trained as the template lays it out
+    tight = [CONVERSATION[1], {"role": "assistant", "content": "<think>12 * 3 = 36.</think>\\boxed{36}"}]
+    assert learned_and_read(tokenizer, tight)[0] == "<think>\n12 * 3 = 36.\n</think>\n\n\\boxed{36}<|im_end|>"
+    # a reply without a thought gets the empty one the template writes for it
+    plain = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    assert learned_and_read(tokenizer, plain)[0] == "<think>\n\n</think>\n\nhello<|im_end|>"
+
+
+def test_the_data_report_counts_records_split_by_turn(tiny_model_dir, tmp_path):
+    data = tmp_path / "train.jsonl"
+    two = [CONVERSATION[1], {"role": "assistant", "content": THOUGHT_REPLY}]
+    two += [{"role": "user", "content": "And 12*4?"}, {"role": "assistant", "content": THOUGHT_REPLY_2}]
+    utils.write_jsonl(data, [{"messages": two}, {"prompt": "Q", "response": "A"}])
+    template = str(TEMPLATES / "qwen3.jinja")
+    loaded = sft.load_training_data([str(data)], str(tiny_model_dir), 512, False, False, chat_template=template)
+    assert len(loaded.samples) == 3 and "-> 3 samples" in loaded.report
+    assert "(1 multi-turn records split into one sample per reply whose history differs)" in loaded.report
+
+
+def test_chat_template_kwargs_reach_the_template(tiny_model_dir):
+    """'{"enable_thinking": false}': Qwen3's generation prompt closes an empty thought, and a reply follows it."""
+    thinking, quiet = qwen3_tokenizer(tiny_model_dir), qwen3_tokenizer(tiny_model_dir, enable_thinking=False)
+    plain = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    assert sft.generation_prompt(quiet, plain[:1]).endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    assert sft.generation_prompt(thinking, plain[:1]).endswith("<|im_start|>assistant\n")
+    learned, read, _, _ = learned_and_read(quiet, plain)
+    assert learned == "hello<|im_end|>" and read.endswith("<think>\n\n</think>\n\n\n")
+
+
+def test_earlier_replies_the_template_cannot_lay_out_leave_the_final_reply_alone(tiny_model_dir, tmp_path):
+    """A template that begins an earlier reply otherwise than its generation prompt: only the final reply is trained,
+    the earlier ones read (masked) in its prompt, and the data report counts the record."""
+    odd = tmp_path / "odd.jinja"  # ChatML, but the first reply opens with another role name than the prompt writes
+    odd.write_text(
+        "{% for m in messages %}<|im_start|>{{ 'first' if loop.index0 == 1 else m['role'] }}\n{{ m['content'] }}"
+        "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    tokenizer = utils.load_tokenizer(str(tiny_model_dir), str(odd))
+    two = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    two += [{"role": "user", "content": "add 2 and 2"}, {"role": "assistant", "content": "4"}]
+    with pytest.raises(ValueError, match="message 1: the generation prompt .* is not how the template begins"):
+        sft.turn_pieces(tokenizer, two, 1)
+    [sequence] = sequences_of(tokenizer, two, final_only=True)
+    learned, read, _, _ = learned_and_read(tokenizer, two, sequence)
+    assert learned == "4<|im_end|>" and "<|im_start|>first\nhello<|im_end|>" in read
+    with pytest.raises(ValueError, match="message 1: the generation prompt"):  # no later reply to fall back on
+        sft.chat_pieces(tokenizer, two[:2])
+    data = tmp_path / "train.jsonl"
+    utils.write_jsonl(data, [{"messages": two}, {"prompt": "Q", "response": "A"}])
+    loaded = sft.load_training_data([str(data)], str(tiny_model_dir), 256, False, True, chat_template=str(odd))
+    assert "1 records trained on their final reply only" in loaded.report and len(loaded.samples) == 1
 
 
 def test_templates_that_trim_or_refuse_system_turns(tiny_model_dir):
@@ -321,7 +430,7 @@ def test_over_long_samples_are_dropped_or_truncated_and_counted(tokenizer):
     short = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
     long = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "word " * 200}]
     prompt_only = [{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "y"}]
-    n_short = len(next(sft.tokenize_conversations(tokenizer, [short]))[0])
+    n_short = len(one_sequence(tokenizer, short)[0])
     samples, stats = sft.build_samples(tokenizer, [short, long], max_length=n_short + 20, truncate=False)
     assert (len(samples), stats["too_long_dropped"], stats["truncated"]) == (1, 1, 0)
     samples, stats = sft.build_samples(tokenizer, [short, long, prompt_only], max_length=n_short + 20, truncate=True)
