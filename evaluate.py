@@ -44,7 +44,7 @@ from utils import DataError
 BUILTIN_TASKS = ("aime24", "amc23", "math500", "olympiadbench", "livecodebench")
 # Settings that change what a sample is: a rerun into the same folder must match them.
 # --n may differ (samples are indexed).
-GENERATION_KEYS = ("model", "adapter", "responses", "backend", "prompt_style", "chat_template")
+GENERATION_KEYS = ("model", "adapter", "responses", "backend", "prompt_style", "chat_template", "chat_template_kwargs")
 GENERATION_KEYS += ("temperature", "top_p", "max_tokens", "seed")
 VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # max_lora_rank values vLLM accepts
 
@@ -77,6 +77,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--chat-template", default="model", help="model|chatml|Jinja file: the template the model was trained with"
+    )
+    p.add_argument(
+        "--chat-template-kwargs",
+        type=utils.chat_template_kwargs,
+        default={},
+        metavar="JSON",
+        help="variables for the template, as in training, e.g. '{\"enable_thinking\": false}' (Qwen3); openai: sent "
+        "as the request's chat_template_kwargs (vllm serve applies them)",
     )
     p.add_argument("--output-dir", help="default out/eval/<model or responses name>; rerun into it to resume")
     p.add_argument("--limit", type=int, help="only the first N problems of each task, for quick checks")
@@ -262,7 +270,7 @@ def per_sample_sampler(seeds: list[int], temperature: float, top_p: float, devic
 def hf_backend(cfg, jobs: list[dict]):
     from transformers import GenerationConfig
 
-    tokenizer = utils.load_tokenizer(tokenizer_source(cfg), cfg.chat_template)
+    tokenizer = utils.load_tokenizer(tokenizer_source(cfg), cfg.chat_template, cfg.chat_template_kwargs)
     tokenizer.padding_side = "left"  # generation appends on the right, so prompts must end flush
     device = utils.pick_device()
     model = utils.load_model(cfg.model, device, utils.pick_dtype(device), utils.pick_attention("auto", device))
@@ -297,7 +305,7 @@ def vllm_backend(cfg, jobs: list[dict]):
     from transformers import AutoConfig
     from vllm import LLM, SamplingParams
 
-    tokenizer = utils.load_tokenizer(tokenizer_source(cfg), cfg.chat_template)
+    tokenizer = utils.load_tokenizer(tokenizer_source(cfg), cfg.chat_template, cfg.chat_template_kwargs)
 
     def encode(chunk: list[dict]) -> tuple[list[str], list[list[int]]]:
         prompts = [prompt_text(tokenizer, job["messages"]) for job in chunk]
@@ -337,6 +345,8 @@ def vllm_backend(cfg, jobs: list[dict]):
 def openai_backend(cfg, jobs: list[dict]):
     connection = {"api_key": cfg.api_key, "timeout": cfg.request_timeout, "retries": cfg.max_retries}
     sampling = sampling_params(cfg) | {"max_tokens": cfg.max_tokens}
+    if cfg.chat_template_kwargs:  # an extra body field vLLM's and SGLang's servers pass to their chat template
+        sampling["chat_template_kwargs"] = cfg.chat_template_kwargs
 
     def one(job):
         messages = job["messages"]

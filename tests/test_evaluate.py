@@ -402,6 +402,7 @@ def test_openai_backend_with_retry(tmp_path, monkeypatch):
     out = tmp_path / "out"
     args = ["--model", "served-model", "--backend", "openai", "--base-url", f"http://127.0.0.1:{server.server_port}/v1"]
     args += ["--tasks", f"{math_task},{code_task}", "--n", "2", "--temperature", "0.6", "--concurrency", "3"]
+    args += ["--chat-template-kwargs", '{"enable_thinking": false}']
     try:
         results = run([*args, "--output-dir", str(out), "--workers", "2"])
     finally:
@@ -413,6 +414,7 @@ def test_openai_backend_with_retry(tmp_path, monkeypatch):
     assert (body["model"], body["temperature"], body["top_p"], body["max_tokens"]) == ("served-model", 0.6, 1.0, 32768)
     # sent explicitly, so vllm serve does not apply the checkpoint's generation_config (Qwen: top_k 20, penalty 1.05)
     assert (body["top_k"], body["repetition_penalty"]) == (-1, 1.0)
+    assert body["chat_template_kwargs"] == {"enable_thinking": False}  # vllm serve renders its template with them
     assert len({r["body"]["seed"] for r in FakeChatServer.requests[1:]}) == 6  # one seed per sample
     users = [r["body"]["messages"][-1]["content"] for r in FakeChatServer.requests]
     assert sum(u.startswith(STDIN_INSTRUCTION) for u in users[1:]) == 2  # the code task, prompted by markup
@@ -478,6 +480,28 @@ def test_chat_template_and_prompt_style_are_used_and_recorded(tiny_model_dir, tm
     config = json.loads((out / "config.json").read_text())
     (out / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "chat_template"}))
     run([*args, "--chat-template", "chatml"])
+
+
+def test_chat_template_kwargs_reach_the_prompt_and_guard_the_folder(tiny_model_dir, tmp_path, capsys):
+    template = tmp_path / "switch.jinja"
+    template.write_text(
+        "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+        "[assistant{{ ' no-think' if enable_thinking is defined and enable_thinking is false else '' }}] "
+    )
+    task = write_jsonl(tmp_path / "one.jsonl", [{"id": 1, "problem": "What is 1 + 1?", "answer": "2"}])
+    out = tmp_path / "out"
+    args = f"--model {tiny_model_dir} --backend hf --tasks {task} --max-tokens 2 --chat-template {template}".split()
+    args += [*f"--workers 1 --output-dir {out}".split(), "--chat-template-kwargs", '{"enable_thinking": false}']
+    results = run(args)
+    assert read_jsonl(out / "samples.jsonl")[0]["prompt"].endswith("\n[assistant no-think] ")
+    assert results["one"]["settings"]["chat_template_kwargs"] == {"enable_thinking": False}
+    with pytest.raises(SystemExit, match=r"chat_template_kwargs \{'enable_thinking': False\} -> \{\}"):
+        run(args[:-2])  # samples made with other template switches are not mixed in
+    for bad, problem in [("{bad", "not JSON"), ("[1]", "expected a JSON object"), ('{"tokenize": 1}', "tokenize: set")]:
+        with pytest.raises(SystemExit):
+            evaluate.parse_args(["--model", "m", "--tasks", "aime24", "--chat-template-kwargs", bad])
+        error = capsys.readouterr().err.splitlines()[-1]
+        assert "error: argument --chat-template-kwargs: " + problem in error
 
 
 def test_custom_task_responses_match_its_stem_or_its_path(tmp_path, monkeypatch):
