@@ -221,7 +221,7 @@ def main(args: argparse.Namespace) -> dict:
     if resume_dir:
         state = utils.load_training_state(resume_dir, data.fingerprint)
         model_state, optimizer_state = dcp_state.get_state_dict(model, optimizer)
-        dcp.load({"model": model_state, "optim": optimizer_state}, checkpoint_id=str(resume_dir))  # reshards to world
+        utils.load_distributed_checkpoint({"model": model_state, "optim": optimizer_state}, resume_dir)  # reshards
         dcp_state.set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state)
         scheduler.load_state_dict(state["scheduler"])
         skipped_steps = distributed.restore_grad_scaler(scaler, state)

@@ -9,6 +9,7 @@ import argparse
 import json
 import math
 import os
+import pickle
 import random
 import re
 import shutil
@@ -458,14 +459,98 @@ def resolve_resume(resume: str | None, output_dir: Path) -> Path | None:
     return path
 
 
+def _refuse_unsafe(path: Path, error: Exception, remedy: str) -> SystemExit:
+    """The one line a checkpoint file that holds more than tensors and plain values stops a resumed run with."""
+    why = re.search(r"WeightsUnpickler error: ([^.\n]*)", str(error))
+    reason = why.group(1) if why else " ".join(str(error).split())[:200]
+    return SystemExit(
+        f"--resume: {path} holds more than tensors and plain values, and unpickling it could run code ({reason}); "
+        f"not loaded. {remedy}"
+    )
+
+
 def load_training_state(checkpoint: Path, fingerprint: str) -> dict:
-    """A checkpoint's step, scheduler, RNG and (LoRA) optimizer state; refuses one made on other data."""
-    state = torch.load(checkpoint / "training_state.pt", weights_only=False)
+    """A checkpoint's step, scheduler, RNG and (LoRA) optimizer state; refuses one made on other data.
+
+    The trainers save tensors and plain values only (the state dicts of optimizer, scheduler and grad scaler, the RNG
+    states: tensors and tuples of ints), so it is read with weights_only=True: a file from elsewhere that holds
+    anything else stops the run with one line, never runs code (torch.load's own default since torch 2.6).
+    """
+    path = checkpoint / "training_state.pt"
+    try:
+        state = torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as e:
+        convert = f"python -c \"import torch; p = '{path}'; torch.save(torch.load(p, weights_only=False), p)\""
+        raise _refuse_unsafe(
+            path, e, f"Only if you trust where it came from, convert it once with: {convert}"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as e:  # cut short, or not a torch.save file
+        raise SystemExit(
+            f"--resume: {path}: not a readable training state ({' '.join(str(e).split())[:200]})"
+        ) from None
+    if not isinstance(state, dict) or "data_fingerprint" not in state:
+        raise SystemExit(f"--resume: {path}: not a training state of these trainers")
     if state["data_fingerprint"] != fingerprint:
         raise SystemExit(
             f"--resume: {checkpoint} was trained on different data (fingerprint mismatch); use a new --output-dir"
         )
     return state
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Unpickles torch.distributed.checkpoint's .metadata file (plain dataclasses naming each tensor's shards), and
+    refuses any other global, which is what a pickle runs code with (the restriction Python's pickle docs advise)."""
+
+    ALLOWED = {("torch", "Size"), ("torch.serialization", "_get_layout"), ("pathlib", "PosixPath")}
+    ALLOWED |= {("pathlib", "WindowsPath"), ("pathlib._local", "PosixPath"), ("pathlib._local", "WindowsPath")}
+    ALLOWED |= {("torch.distributed.checkpoint.filesystem", "_StorageInfo")}
+    ALLOWED |= {
+        ("torch.distributed.checkpoint.metadata", name)
+        for name in ("Metadata", "MetadataIndex", "StorageMeta", "TensorProperties", "TensorStorageMetadata")
+        + ("BytesStorageMetadata", "ChunkStorageMetadata", "_MEM_FORMAT_ENCODING")
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED or (
+            module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
+        ):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"WeightsUnpickler error: Unsupported global: GLOBAL {module}.{name}")
+
+
+def load_distributed_checkpoint(state: dict, folder: Path) -> None:
+    """torch.distributed.checkpoint.load of a sharded checkpoint (train_full.py), resharded to this run's ranks, with
+    nothing unpickled but its metadata's own classes, tensors and plain values: DCP itself unpickles its .metadata
+    file and the non-tensor entries (optimizer settings) with plain pickle, so both are checked first."""
+    import torch.distributed.checkpoint as dcp
+
+    refused = []
+
+    class CheckedPlanner(dcp.DefaultLoadPlanner):
+        def load_bytes(self, read_item, value):
+            try:
+                torch.load(value, weights_only=True)
+            except pickle.UnpicklingError as e:
+                refused.append(_refuse_unsafe(folder, e, "Resume from a checkpoint you made, or start afresh."))
+                raise
+            value.seek(0)
+            super().load_bytes(read_item, value)
+
+    metadata = folder / ".metadata"
+    try:
+        with open(metadata, "rb") as f:
+            _MetadataUnpickler(f).load()
+    except pickle.UnpicklingError as e:
+        raise _refuse_unsafe(metadata, e, "Resume from a checkpoint you made, or start afresh.") from None
+    except (OSError, EOFError) as e:
+        raise SystemExit(f"--resume: {metadata}: not a readable checkpoint ({e})") from None
+    try:
+        no_dist = not torch.distributed.is_initialized()  # one process: what DCP assumes anyway, without its warning
+        dcp.load(state, checkpoint_id=str(folder), planner=CheckedPlanner(), no_dist=no_dist)
+    except dcp.CheckpointException:  # DCP gathers every rank's failure; ours is the one line this rank met
+        if refused:
+            raise refused[0] from None
+        raise
 
 
 def truncate_metrics(output_dir: Path, step: int) -> None:

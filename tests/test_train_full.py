@@ -2,6 +2,7 @@
 memory, two FSDP ranks (gloo, CPU) compute the one-process run and resume exactly, and --dry-run plans offline."""
 
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -175,6 +176,21 @@ def test_resume_refuses_a_checkpoint_of_other_data(single, tiny_model_dir, train
         train_full.main(args(tiny_model_dir, train_file, run, "--resume", "auto", "--max-length", "90", "--truncate"))
 
 
+def test_resume_never_unpickles_code_from_a_sharded_checkpoint(single, tiny_model_dir, train_file, tmp_path):
+    """DCP's .metadata is a plain pickle: one whose unpickling would create a file stops the run with one line."""
+
+    class TouchesAFile:
+        def __reduce__(self):
+            return Path.touch, (tmp_path / "pwned",)
+
+    run = interrupted_copy(single, tmp_path / "run", at_step=2)
+    (run / "step-000002" / ".metadata").write_bytes(pickle.dumps(TouchesAFile()))
+    with pytest.raises(SystemExit) as stop:
+        train_full.main(args(tiny_model_dir, train_file, run, "--resume", "auto"))
+    assert str(stop.value).startswith(f"--resume: {run / 'step-000002' / '.metadata'} holds more than tensors")
+    assert "\n" not in str(stop.value) and not (tmp_path / "pwned").exists()
+
+
 def test_tied_lm_head_and_cpu_offload_in_one_fsdp_process(tiny_model_dir, train_file, tmp_path):
     """Qwen2.5 up to 3B ties the LM head to the embeddings; meta-device construction must not untie them."""
     tied_dir = tmp_path / "tied"
@@ -223,7 +239,7 @@ def test_fp16_keeps_fp32_master_weights_and_resumes_with_its_loss_scale(single, 
     assert metrics(run) == pytest.approx(metrics(single), rel=2e-3) and metrics(run) != metrics(single)
     for sharding in ([], ["--fsdp"]):  # FSDP2: the inf/nan check on DTensor shards
         cut = interrupted_copy(run, tmp_path / f"cut{len(sharding)}", at_step=2, logged_after=0)
-        state = torch.load(cut / "step-000002" / "training_state.pt", weights_only=False)
+        state = torch.load(cut / "step-000002" / "training_state.pt", weights_only=True)
         state["grad_scaler"]["scale"], state["skipped_steps"] = 2.0**100, 1  # overflows every fp16 backward
         torch.save(state, cut / "step-000002" / "training_state.pt")
         train_full.main(args(tiny_model_dir, train_file, cut, "--precision", "fp16", "--resume", *sharding))

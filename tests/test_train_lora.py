@@ -154,7 +154,7 @@ def cut_with_loss_scale(run: Path, to: Path, at_step: int, scale: float, skipped
             shutil.rmtree(folder)
     utils.truncate_metrics(to, at_step)
     state_file = to / f"step-{at_step:06d}" / "training_state.pt"
-    state = torch.load(state_file, weights_only=False)
+    state = torch.load(state_file, weights_only=True)
     state["grad_scaler"]["scale"], state["skipped_steps"] = scale, skipped
     torch.save(state, state_file)
     return to
@@ -181,7 +181,7 @@ def test_fp16_path_stores_the_base_in_fp16_and_resumes_with_its_loss_scale(
         (torch.float16, False),
         (torch.float32, True),
     }
-    adam = torch.load(fp16 / "step-000006" / "training_state.pt", weights_only=False)["optimizer"]["state"]
+    adam = torch.load(fp16 / "step-000006" / "training_state.pt", weights_only=True)["optimizer"]["state"]
     assert {v.dtype for moments in adam.values() for v in moments.values()} == {torch.float32}
     assert AutoModelForCausalLM.from_pretrained(fp16 / "merged").dtype == torch.float16
     records = utils.read_jsonl(fp16 / "metrics.jsonl")
@@ -207,6 +207,24 @@ def test_resume_refuses_a_checkpoint_of_other_data(tiny_model_dir, train_file, t
     other = ["--resume", "--max-length", "40", "--micro-batch-tokens", "40", "--truncate", "--max-steps", "3"]
     with pytest.raises(SystemExit, match="different data"):
         train_lora.main(args(tiny_model_dir, train_file, out, *other))
+
+
+def test_resume_never_unpickles_code_from_a_checkpoint(tiny_model_dir, train_file, tmp_path):
+    """A training_state.pt from elsewhere whose unpickling would create a file: the run stops with one line naming it,
+    and the file never appears (the state is read with weights_only=True)."""
+
+    class TouchesAFile:
+        def __reduce__(self):
+            return Path.touch, (tmp_path / "pwned",)
+
+    out = tmp_path / "run"
+    train_lora.main(args(tiny_model_dir, train_file, out, "--max-steps", "1", "--save-every", "1"))
+    state_file = out / "step-000001" / "training_state.pt"
+    torch.save({**torch.load(state_file, weights_only=True), "note": TouchesAFile()}, state_file)
+    with pytest.raises(SystemExit) as stop:
+        train_lora.main(args(tiny_model_dir, train_file, out, "--max-steps", "2", "--resume"))
+    assert str(stop.value).startswith(f"--resume: {state_file} holds more than tensors and plain values")
+    assert "\n" not in str(stop.value) and not (tmp_path / "pwned").exists()
 
 
 def test_merged_model_matches_base_plus_adapter(tiny_model_dir, train_file, tmp_path):
@@ -414,7 +432,7 @@ def test_two_ranks_compute_the_one_process_run(straight, two_ranks, tiny_model_d
     for config in configs:  # PEFT writes a set: its order is Python's string hashing, which varies per process
         config["target_modules"] = sorted(config["target_modules"])
     assert configs[0] == configs[1]
-    assert torch.load(two_ranks / "step-000002" / "training_state.pt", weights_only=False)["world_size"] == 2
+    assert torch.load(two_ranks / "step-000002" / "training_state.pt", weights_only=True)["world_size"] == 2
 
 
 def test_a_two_rank_checkpoint_resumes_in_one_process(straight, two_ranks, tiny_model_dir, train_file, tmp_path):

@@ -2,6 +2,8 @@
 checkpoint folders and RNG state, and the OpenAI-compatible client against a local fake server."""
 
 import json
+import pathlib
+import pickle
 import random
 import re
 import threading
@@ -180,6 +182,57 @@ def test_training_state_refuses_other_data_and_metrics_truncate(tmp_path):
     utils.write_jsonl(tmp_path / "metrics.jsonl", [{"step": s, "loss": 1.0 / s} for s in range(1, 6)])
     utils.truncate_metrics(tmp_path, 2)
     assert [r["step"] for r in utils.read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2]
+
+
+class TouchesAFile:
+    """Unpickling this runs code: it creates the file (what a checkpoint from a stranger could do instead)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return pathlib.Path.touch, (self.marker,)
+
+
+def test_training_state_holds_plain_values_and_nothing_else_is_unpickled(tmp_path):
+    scheduler = torch.optim.lr_scheduler.LambdaLR(torch.optim.AdamW([torch.zeros(2, requires_grad=True)]), lambda s: 1)
+    state = {"step": 3, "scheduler": scheduler.state_dict(), "rng": utils.rng_state(), "data_fingerprint": "abc"}
+    torch.save(state, tmp_path / "training_state.pt")
+    assert (
+        utils.load_training_state(tmp_path, "abc")["rng"]["python"] == state["rng"]["python"]
+    )  # weights_only reads it
+    marker = tmp_path / "pwned"
+    torch.save({**state, "extra": TouchesAFile(marker)}, tmp_path / "training_state.pt")
+    with pytest.raises(SystemExit) as stop:
+        utils.load_training_state(tmp_path, "abc")
+    message = str(stop.value)
+    assert not marker.exists() and "\n" not in message
+    assert message.startswith(f"--resume: {tmp_path / 'training_state.pt'} holds more than tensors and plain values")
+    assert "Unsupported global" in message and "weights_only=False" in message  # how to convert a trusted one
+    (tmp_path / "training_state.pt").write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(SystemExit, match=r"training_state.pt: not a readable training state \(") as stop:
+        utils.load_training_state(tmp_path, "abc")
+    assert "\n" not in str(stop.value)
+
+
+def test_distributed_checkpoints_unpickle_only_their_metadata_tensors_and_plain_values(tmp_path):
+    import torch.distributed.checkpoint as dcp
+
+    def saved(name, settings):
+        dcp.save({"w": torch.ones(3), "optim": settings}, checkpoint_id=str(tmp_path / name))
+        return tmp_path / name
+
+    state = {"w": torch.zeros(3), "optim": {"lr": 0.0, "betas": (0.0, 0.0)}}
+    utils.load_distributed_checkpoint(state, saved("plain", {"lr": 0.1, "betas": (0.9, 0.95)}))
+    assert torch.equal(state["w"], torch.ones(3)) and state["optim"] == {"lr": 0.1, "betas": (0.9, 0.95)}
+    marker, state = tmp_path / "pwned", {"w": torch.zeros(3), "optim": {"lr": 0.0}}
+    with pytest.raises(SystemExit, match=r"^--resume: .*settings holds more than tensors .*Unsupported global"):
+        utils.load_distributed_checkpoint(state, saved("settings", {"lr": TouchesAFile(marker)}))
+    metadata = saved("metadata", {"lr": 0.1}) / ".metadata"
+    metadata.write_bytes(pickle.dumps(TouchesAFile(marker)))
+    with pytest.raises(SystemExit, match=rf"^--resume: {re.escape(str(metadata))} holds more .*pathlib"):
+        utils.load_distributed_checkpoint(state, metadata.parent)
+    assert not marker.exists()
 
 
 def test_rng_state_round_trip_replays_random_numbers():
