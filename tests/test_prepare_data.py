@@ -294,6 +294,23 @@ def test_too_long_drops_exactly_the_records_over_max_length(tmp_path, tiny_model
     assert [r["id"] for r in kept] == [r["id"] for r in records if r["n_tokens"] <= limit]
 
 
+def test_token_counts_render_the_template_with_chat_template_kwargs(tmp_path, tiny_model_dir):
+    """--chat-template-kwargs reaches the template as the trainers' does: here a switch that, like Qwen3's
+    enable_thinking, writes an empty thought into the generation prompt."""
+    tokenizer = utils.load_tokenizer(str(tiny_model_dir), "chatml")
+    tokenizer.chat_template = tokenizer.chat_template.replace(
+        "'<|im_start|>assistant\\n' }}", "'<|im_start|>assistant\\n' }}{% if quiet %}<think>\n\n</think>\n\n{% endif %}"
+    )
+    assert "{% if quiet %}" in tokenizer.chat_template
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
+    _, plain = run(tmp_path, tmp_path / "tokenizer", "--skip-bad", "--dedup", "none", name="plain.jsonl")
+    _, quiet = run(
+        tmp_path, tmp_path / "tokenizer", "--skip-bad", "--dedup", "none", "--chat-template-kwargs", '{"quiet": true}'
+    )
+    extra = len(tokenizer("<think>\n\n</think>\n\n", add_special_tokens=False)["input_ids"])
+    assert [r["n_tokens"] for r in quiet] == [r["n_tokens"] + extra for r in plain] and extra > 0
+
+
 # ----------------------------------------------------------------------------- style
 
 
