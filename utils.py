@@ -283,9 +283,13 @@ def chat_template_kwargs(text: str) -> dict:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
-        raise argparse.ArgumentTypeError(f"not JSON ({e.msg} at column {e.colno}): {text!r}") from None
+        raise argparse.ArgumentTypeError(f"not JSON ({e.msg} at column {e.colno}): {text[:80]!r}") from None
+    except (ValueError, RecursionError) as e:  # an integer of over 4300 digits, arrays nested thousands deep
+        raise argparse.ArgumentTypeError(f"not usable JSON ({type(e).__name__}): {text[:80]!r}") from None
     if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"enable_thinking\": false}}': {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected a JSON object such as '{{\"enable_thinking\": false}}': {text[:80]!r}"
+        )
     reserved = sorted(set(value) & set(_RENDER_ARGUMENTS))
     if reserved:
         raise argparse.ArgumentTypeError(f"{', '.join(reserved)}: set by the scripts themselves, not a template switch")

@@ -1,6 +1,7 @@
 """The plumbing in utils.py: JSON/JSONL I/O and its errors, atomic writes, tables, the LR schedule, the step logger,
 checkpoint folders and RNG state, and the OpenAI-compatible client against a local fake server."""
 
+import argparse
 import json
 import pathlib
 import pickle
@@ -11,6 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import utils
 
@@ -233,6 +236,28 @@ def test_distributed_checkpoints_unpickle_only_their_metadata_tensors_and_plain_
     with pytest.raises(SystemExit, match=rf"^--resume: {re.escape(str(metadata))} holds more .*pathlib"):
         utils.load_distributed_checkpoint(state, metadata.parent)
     assert not marker.exists()
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda children: st.lists(children) | st.dictionaries(st.text(), children),
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.one_of(st.text(), JSON_VALUES.map(json.dumps)))
+def test_chat_template_kwargs_is_an_object_or_one_argparse_error(text):
+    try:
+        assert isinstance(utils.chat_template_kwargs(text), dict)
+    except argparse.ArgumentTypeError as e:
+        assert "\n" not in str(e)
+
+
+def test_chat_template_kwargs_refuses_deep_or_huge_json():
+    for text in ("[" * 100_000, "9" * 5000, '{"a": ' + "[" * 100_000):
+        with pytest.raises(argparse.ArgumentTypeError, match="not (usable )?JSON"):
+            utils.chat_template_kwargs(text)
+    assert utils.chat_template_kwargs('{"enable_thinking": false}') == {"enable_thinking": False}
 
 
 def test_rng_state_round_trip_replays_random_numbers():
