@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForCausalLM
 
+import memory_activations
 import memory_plan
+import memory_tables
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -278,7 +280,7 @@ def test_fit_falls_back_in_the_stated_order():
 
 
 def test_fit_table_cells():
-    rows, table = memory_plan.fit_table()
+    rows, table = memory_tables.fit_table()
     cells = {(row["model"].split("/")[1], row["gpu"]): row for row in rows}
     assert len(rows) == 16 and table.count("\n") == 17
     assert cells["Qwen2.5-32B-Instruct", "T4 16 GB"]["tokens"] == 0  # 19.9 GiB of NF4 weights alone
@@ -291,8 +293,8 @@ def test_fit_table_cells():
         13312, ["--offload-activations"], 9216, "sdpa"
     )  # fmt: skip
     assert "| Qwen2.5-7B | T4 16 GB (14.8, SDPA) | 13312 | `--offload-activations` |" in table
-    for model in memory_plan.TABLE_MODELS:  # per model, more memory never means a shorter sample
-        tokens = [cells[model.split("/")[1], gpu[0]]["tokens"] for gpu in memory_plan.TABLE_GPUS]
+    for model in memory_tables.TABLE_MODELS:  # per model, more memory never means a shorter sample
+        tokens = [cells[model.split("/")[1], gpu[0]]["tokens"] for gpu in memory_tables.TABLE_GPUS]
         assert tokens == sorted(tokens)
     fast = cells["Qwen2.5-1.5B-Instruct", "A100 40 GB"]
     s = memory_plan.model_shapes("Qwen/Qwen2.5-1.5B")
@@ -302,7 +304,7 @@ def test_fit_table_cells():
 
 def test_cli_fit_table_and_fit():
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, str(REPO / "memory_plan.py"), "--fit-table"]
+    cmd = [sys.executable, str(REPO / "memory_tables.py"), "--fit-table"]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.startswith("| model | GPU") and "| Qwen2.5-32B | T4 16 GB (14.8, SDPA) | does not fit" in (
@@ -311,3 +313,72 @@ def test_cli_fit_table_and_fit():
     flags = ["--model", "Qwen/Qwen2.5-7B-Instruct", "--gpu-memory", "14.76", "--attention", "sdpa"]
     assert memory_plan.main(memory_plan.parse_args(flags + ["--fit"]))["tokens"] == 13312
     assert memory_plan.main(memory_plan.parse_args(flags))["gpu_gib"] == 14.76  # was --gpu-gib
+
+
+# ---------------------------------------------------------------- issue 30: sequence parallelism
+
+
+def test_sequence_parallel_splits_the_row_and_adds_the_all_to_all():
+    """SP N: everything that grows with the tokens is the rank's T/N; the head-sharded q, k, v and output copies are
+    added; states are as without SP; FlashAttention-2 needs no T x T mask, SDPA keeps the whole row's on every rank."""
+    kw = {"mode": "lora", "fsdp": True, "n_gpus": 8, "seq_len": 131072}
+    one = memory_plan.estimate("Qwen/Qwen2.5-32B-Instruct", **kw)
+    eight = memory_plan.estimate("Qwen/Qwen2.5-32B-Instruct", sequence_parallel=8, **kw)
+    for key in ("weights", "gradients", "optimizer", "working_copies"):
+        assert eight[key] == one[key]
+    assert eight["activation_checkpoints"] == one["activation_checkpoints"] / 8 == 64 * 16384 * 5120 * 2 / 2**30
+    h, i, q, kv = 5120, 27648, 5120, 1024  # 8 kv heads of 128: whole heads for 8 ranks, no repeat
+    layer = (22 * h + 8 * kv + 8 * i) * 16384
+    all_to_all = 2 * 131072 * (2 * q + 2 * kv) / 8
+    assert eight["all_to_all"] == all_to_all / 2**30
+    assert eight["activation_peak"] == pytest.approx(1.5 * (layer + all_to_all) / 2**30)
+    assert not one["fits"] and eight["fits"] and eight["attention_mask"] == 0
+    s = memory_plan.model_shapes("Qwen/Qwen2.5-7B")  # 4 kv heads over SP 4: one each; SP 14 would repeat them
+    assert memory_activations.head_sharded_kv_heads(4, 4) == 4 and memory_activations.head_sharded_kv_heads(4, 14) == 28
+    odd = memory_activations.activations(s, 1001, sequence_parallel=4)
+    assert odd["tokens_per_rank"] == 251  # the row padded to a multiple of N
+    sdpa = memory_plan.estimate("Qwen/Qwen2.5-32B-Instruct", sequence_parallel=8, attention="sdpa", **kw)
+    assert sdpa["attention_mask"] == 131072**2 / 2**30 == one["attention_mask"] + 16  # the full row's, on every rank
+    with pytest.raises(ValueError, match="possible 1, 2, 4, 8"):
+        memory_plan.estimate("Qwen/Qwen2.5-32B-Instruct", sequence_parallel=3, **kw)
+    with pytest.raises(ValueError, match="28 query heads: possible 1, 2, 4"):
+        memory_plan.estimate("Qwen/Qwen2.5-7B-Instruct", sequence_parallel=8, **kw)
+    _, text = memory_plan.report("Qwen/Qwen2.5-32B-Instruct", sequence_parallel=8, **kw)
+    assert "sequence-parallel 8 (16384 tokens per GPU)" in text and "Ulysses all-to-all copies" in text
+    assert "a guess that no tracker sees" in text
+    _, text = memory_plan.report("Qwen/Qwen2.5-32B-Instruct", **kw)
+    assert "would fit with --sequence-parallel 4:" in text and "--sequence-parallel 8" not in text  # the smallest
+
+
+def test_fit_raises_sequence_parallel_then_lowers_it():
+    kw = {"mode": "lora", "fsdp": True, "n_gpus": 8}
+    result = memory_plan.fit("Qwen/Qwen2.5-32B-Instruct", 131072, **kw)
+    assert result["lines"][:4] == [
+        "fit: as configured: 54784 tokens fit",
+        "fit: + --sequence-parallel 2: 106496 tokens fit",
+        "fit: + --sequence-parallel 4: 131072 tokens fit",
+        "fit: chosen: --sequence-parallel 4: all 131072 tokens fit a 79.6 GiB GPU (est. 50.2 GiB)",
+    ]
+    assert result["change"] == {"sequence_parallel": 4} and result["tokens"] == 131072
+    # 1M tokens: SP 8 alone reaches 425984, the rest needs the activations and the state in CPU memory
+    far = memory_plan.fit("Qwen/Qwen2.5-32B-Instruct", 2**20, **kw)
+    assert "fit: + --sequence-parallel 8: 425984 tokens fit" in far["lines"] and far["tokens"] == 2**20
+    assert far["flags"] == ["--offload-activations", "--cpu-offload", "--sequence-parallel 8"]
+    # 440k: SP 8 gets there only with the offload, and with the offload SP 4 is enough (more data-parallel replicas)
+    mid = memory_plan.fit("Qwen/Qwen2.5-32B-Instruct", 450560, **kw)
+    assert mid["lines"][-2] == "fit: --sequence-parallel 8 lowered to 4: enough with the rest", mid["lines"]
+    assert mid["flags"] == ["--offload-activations", "--sequence-parallel 4"] and mid["tokens"] == 450560
+    one_gpu = memory_plan.fit("Qwen/Qwen2.5-32B-Instruct", 131072, mode="lora", fsdp=True)
+    assert not any("sequence-parallel" in line for line in one_gpu["lines"])  # nothing to split over
+
+
+def test_long_context_table_is_the_readmes():
+    rows, table = memory_tables.long_context_table()
+    assert table in (REPO / "README.md").read_text()  # python memory_tables.py --long-context regenerates it
+    cells = {(row["model"].split("/")[1], row["run"], row["gpus"]): row for row in rows}
+    assert len(rows) == 18
+    for (model, _, gpus), row in cells.items():
+        assert row["spn"] >= row["sp1"] > 0  # splitting the row never shortens it
+        assert row["sequence_parallel"] == (4 if model.startswith("Qwen2.5-7B") and gpus == 8 else gpus)
+    thirty_two = cells["Qwen2.5-32B-Instruct", "bf16 LoRA", 8]
+    assert thirty_two["spn"] > 131072 > thirty_two["sp1"]  # the issue's 32B at 128k on 8 GPUs
