@@ -53,12 +53,15 @@ def activations(
       residual_bytes: 2 for bf16/fp16, 4 for an fp32 residual stream). Recomputing one layer in backward holds its
       saved tensors, 22h + 8kv + 8i bytes per token (norms in fp32, q/k/v before and after rotary, attention output,
       the four SwiGLU tensors; the fused attention kernels keep no T x T scores; measured for a QLoRA layer under bf16
-      autocast on CPU: within 2%), x 1.5 for the gradients alive beside them. fp16 costs the same bytes as bf16.
+      autocast on CPU: within 2%), x 1.25 for the gradients alive beside them with FlashAttention-2 (PyTorch's
+      MemTracker on fake tensors of 7B and 32B shapes finds 1.26-1.28: bench/planner_vs_tracker.py) and x 1.5 with
+      SDPA or eager, whose CPU kernels the tracker cannot stand for a GPU's. fp16 costs the same bytes as bf16.
     Sequence parallelism (DeepSpeed-Ulysses): every token-proportional tensor above is the rank's t tokens. Around
       attention an all-to-all turns the sequence shards [t, q] / [t, kv] into head shards [T, q/N] / [T, kv'/N] (kv'
-      = head_sharded_kv_heads(): kv heads repeated up to whole heads per rank), the attention kernel keeps q, k, v
-      and its output in that layout for backward, and a second all-to-all turns the output back: 2 x T x (2q + 2kv')
-      / N bytes per layer ("all_to_all", inside the layer's recomputation, x 1.5 with their gradients).
+      = head_sharded_kv_heads(): kv heads repeated up to whole heads per rank) and a second one turns the output
+      back. The attention kernel keeps q, k, v in the head layout instead of the sequence layout (the same bytes,
+      more where kv heads are repeated), and the output in both: t x (2q + 4(kv' - kv)) bytes more per layer
+      ("all_to_all", inside the layer's recomputation, with their gradients as above; MemTracker agrees).
     The chunked loss runs on each rank's shard and peaks at 10 bytes x chunk x V (bf16 logits, fp32 logits and
       log-softmax, its gradient); it runs before the layers' backward, so the larger of the two peaks counts.
     Attention: FlashAttention-2 (and flex attention) read the packed samples' boundaries from position_ids (with SP:
@@ -87,11 +90,12 @@ def activations(
     all_to_all = 0
     if N > 1:
         kv_sharded = head_sharded_kv_heads(s["kv_heads"], N) * s["head_dim"]
-        all_to_all = 2 * (t * N) * (2 * q + 2 * kv_sharded) // N
+        all_to_all = t * (2 * q + 4 * (kv_sharded - kv))
     mask = {"sdpa": T * T, "eager": 4 * T * T}.get(attention, 0)
     scores = {"sdpa": 4 * T * T, "eager": 8 * s["heads"] // N * T * T}.get(attention, 0)
+    with_grads = 1.5 if masked else 1.25  # the saved tensors and the gradients beside them (see the docstring)
     if gradient_checkpointing:
-        checkpoints, layer_peak = n_layers * t * h * residual_bytes, 1.5 * (per_layer + all_to_all) + scores
+        checkpoints, layer_peak = n_layers * t * h * residual_bytes, with_grads * (per_layer + all_to_all) + scores
     else:
         checkpoints, layer_peak = n_layers * (per_layer + all_to_all + scores), 0.5 * (per_layer + all_to_all)
     return {

@@ -115,17 +115,24 @@ def estimate(
 
     mode="full" (train_full.py): fp32 master weights 4P, fp32 gradients 4P, optimizer 8P (AdamW: two fp32 moments) or
       2P (bitsandbytes 8-bit; paged = may spill to CPU). Sharded over n_gpus with FSDP when n_gpus > 1 or
-      cpu_offload; cpu_offload moves all three to CPU memory. FSDP working copies: the root unit (embeddings, final
-      norm, LM head) stays gathered in bf16 through forward and backward (2 x root), plus one decoder layer gathered
-      and one prefetched in bf16, its bf16 gradient and fp32 reduce-scatter buffer (10 x layer). One GPU without
-      FSDP: bf16 copies made by autocast for one layer and the LM head at a time (its cache is off).
+      cpu_offload; cpu_offload moves all three to CPU memory. FSDP working copies: see "Sharded" below. One GPU
+      without FSDP: bf16 copies made by autocast for one layer and the LM head at a time (its cache is off).
     mode="lora" / "qlora" (train_lora.py; without fsdp, n_gpus > 1 means data-parallel replicas): frozen base in bf16
       (2P); qlora: decoder linears in NF4 with double quantisation (4.127 bits), the rest (embeddings, norms, biases,
       LM head) in bf16, as utils.prepare_qlora leaves it, plus one layer dequantised to bf16 at a time. Adapters 16A
       (fp32 weights, gradients and AdamW moments) or 10A (8-bit moments). lora with fsdp (or cpu_offload, which
-      implies it): base and adapter states sharded over n_gpus (in CPU memory with cpu_offload); working copies: the
-      root unit gathered in bf16 (2 x root), one decoder layer gathered and one prefetched in bf16 (4 x layer, no
-      gradient: the base is frozen), and one layer's adapters gathered, their gradient and reduce buffer (10 x A / L).
+      implies it): base and adapter states sharded over n_gpus (in CPU memory with cpu_offload).
+    Sharded (FSDP2), as PyTorch's MemTracker follows a step (bench/planner_vs_tracker.py): the peak is the largest of
+      four moments ("peak_phase"): the decoder layers' backward (checkpoints, one layer's recomputation, one decoder
+      layer gathered and one prefetched in bf16, and for full SFT their bf16 gradient and fp32 reduce-scatter buffer,
+      10 x layer, plus the LM head's bf16 gradient, 2Vh, unsharded until backward ends, and bf16 copies of the
+      decoder layers' local fp32 shards, cast for the all-gathers and kept through the step, 2 x L x layer / n_gpus
+      (not with cpu_offload: on the CPU); for LoRA 4 x layer and one
+      layer's adapters gathered, their gradient and reduce buffer, 10 x A / L); the loss (checkpoints, the chunked
+      loss, the root unit: embeddings, final norm and LM head gathered in bf16, 2 x root); the root's all-gather at
+      the start of forward (its buffer and the gathered copy, 4 x root); and for full SFT the root's gradient
+      reduce-scatter at the end of backward (6 x root + 2 x root / n_gpus). The plan's components are those of the
+      moment that peaks.
     Activations (checkpoints, the peak of one layer's recomputation or of the chunked loss, SDPA's T x T mask): per
       rank, memory_activations.activations(), with the residual stream in bf16 but fp32 on the single-GPU full path,
       whose fp32 master weights keep it fp32 under autocast; checkpoints on CPU with offload_activations.
@@ -185,11 +192,27 @@ def estimate(
         s, T, sequence_parallel, attention, gradient_checkpointing, act_bytes, loss_chunk_tokens
     )
     checkpoints = act["checkpoints"]
+    kept = 0.0 if offload_activations and gradient_checkpointing else checkpoints
+    # the moments a step can peak at: (name, working copies, checkpoints kept, activation peak, mask)
+    phases = [("step", working, kept, max(act["layer_peak"], act["loss_peak"]), act["attention_mask"])]
+    if sharded:  # FSDP2, as PyTorch's MemTracker follows it (bench/planner_vs_tracker.py)
+        # full SFT: the LM head's bf16 gradient, unsharded until backward ends, and bf16 copies of the decoder layers'
+        # local fp32 shards, which FSDP2 casts for its all-gathers and MemTracker sees kept through the step (in CPU
+        # memory with cpu_offload, where the shards are)
+        held = 2 * V * h + (0 if on_cpu else 2 * n_layers * layer / n_gpus) if mode == "full" else 0
+        layer_work = 10 * layer if mode == "full" else 4 * layer + 10 * adapters / n_layers
+        phases = [
+            ("the decoder layers' backward", layer_work + held, kept, act["layer_peak"], act["attention_mask"]),
+            ("the loss", 2 * root + held, kept, act["loss_peak"], act["attention_mask"]),
+            ("the root unit's all-gather", 4 * root + held, 0, 0, 0),
+        ]
+        if mode == "full":
+            phases.append(("the root unit's gradient reduce-scatter", 6 * root + 2 * root / n_gpus, 0, 0, 0))
+    phase, *at_peak = max(phases, key=lambda p: sum(p[1:]))
+    plan["peak_phase"] = phase
     gpu = {name: 0.0 if on_cpu else value for name, value in states.items()}
-    gpu["working_copies"] = working
-    gpu["activation_checkpoints"] = 0.0 if offload_activations and gradient_checkpointing else checkpoints
-    gpu["activation_peak"] = max(act["layer_peak"], act["loss_peak"])
-    gpu["attention_mask"] = act["attention_mask"]
+    names = ("working_copies", "activation_checkpoints", "activation_peak", "attention_mask")
+    gpu.update(zip(names, at_peak))
     plan.update({k: v / GiB for k, v in gpu.items()})
     plan["all_to_all"] = act["all_to_all"] / GiB  # part of activation_peak when the layer's recomputation is the peak
     plan["total"] = sum(gpu.values()) / GiB
@@ -230,6 +253,8 @@ def format_plan(plan: dict) -> str:
         verdict = "fits"
     else:
         verdict = "fits only by paging optimizer state to CPU in"
+    if plan["peak_phase"] != "step":
+        lines.append(f"  (the components at the step's peak: {plan['peak_phase']})")
     lines.append(f"  -> {verdict} a {plan['gpu_gib']:.1f} GiB GPU (8% kept for CUDA context, NCCL, fragmentation)")
     lines.append(f"  {UNTRACKED}")
     return "\n".join(lines)
