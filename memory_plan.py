@@ -40,9 +40,9 @@ ATTENTION = memory_activations.ATTENTION
 DEFAULT_GPU_GIB = 79.6  # an 80 GB card, as torch reports its memory
 HEADROOM = 0.92  # share of the card a plan may fill: the rest is CUDA context, NCCL buffers and fragmentation
 UNTRACKED = (
-    "estimates: the figures above agree with PyTorch's MemTracker within 10% (bench/planner_vs_tracker.py);\n"
-    "  the 8% kept free for FlashAttention-2's workspace, NCCL buffers, the allocator's fragmentation and\n"
-    "  bitsandbytes' 4-bit kernels is a guess that no tracker sees"
+    "estimates: bf16 LoRA and full SFT under FSDP2 with FlashAttention-2, SP 1 and 2, agree with PyTorch's\n"
+    "  MemTracker within 10% per component (bench/planner_vs_tracker.py); the 8% kept free for FlashAttention-2's\n"
+    "  workspace, NCCL buffers, the allocator's fragmentation and bitsandbytes' 4-bit kernels: a guess no tracker sees"
 )
 
 
@@ -239,7 +239,7 @@ def format_plan(plan: dict) -> str:
     notes = {
         "optimizer": " (paged: spills to CPU under pressure)" if plan["pageable"] else "",
         "attention_mask": " (the packed row's T x T mask: no FlashAttention-2)",
-        "activation_peak": f" (of it {plan['all_to_all']:.2f} GiB Ulysses all-to-all copies)" if n > 1 else "",
+        "activation_peak": f" (of it {plan['all_to_all']:.2f} GiB for Ulysses' all-to-all layout)" if n > 1 else "",
     }
     keys = ["weights", "gradients", "optimizer", "working_copies", "activation_checkpoints", "activation_peak"]
     for key in keys + (["attention_mask"] if plan["attention_mask"] else []):

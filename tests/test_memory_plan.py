@@ -351,8 +351,8 @@ def test_sequence_parallel_splits_the_row_and_adds_the_all_to_all():
     with pytest.raises(ValueError, match="28 query heads: possible 1, 2, 4"):
         memory_plan.estimate("Qwen/Qwen2.5-7B-Instruct", sequence_parallel=8, **kw)
     _, text = memory_plan.report("Qwen/Qwen2.5-32B-Instruct", sequence_parallel=8, **kw)
-    assert "sequence-parallel 8 (16384 tokens per GPU)" in text and "Ulysses all-to-all copies" in text
-    assert "a guess that no tracker sees" in text
+    assert "sequence-parallel 8 (16384 tokens per GPU)" in text and "for Ulysses' all-to-all layout" in text
+    assert "a guess no tracker sees" in text
     _, text = memory_plan.report("Qwen/Qwen2.5-32B-Instruct", **kw)
     assert "would fit with --sequence-parallel 4:" in text and "--sequence-parallel 8" not in text  # the smallest
 
