@@ -34,10 +34,11 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import time
 
 import torch
-from common import add_common_args, machine_info, machine_line, markdown_table, save_results
+from common import REPO_DIR, add_common_args, machine_info, machine_line, markdown_table, save_results
 
 import distributed
 import memory_plan
@@ -315,7 +316,8 @@ def main(args: argparse.Namespace) -> dict:
         "fp32 master weights, FSDP2; both with gradient checkpointing and the chunked loss (1024-token chunks).\n\n"
         f"{table}\n\n{summary}.\n"
     )
-    payload = {"machine": machine, "config": vars(args), "rows": rows, "worst_diff": worst}
+    config = {k: os.path.relpath(v, REPO_DIR) if k.startswith("results_") and v else v for k, v in vars(args).items()}
+    payload = {"machine": machine, "config": config, "rows": rows, "worst_diff": worst}
     save_results(args, "planner_vs_tracker", "8. Memory planner vs PyTorch's MemTracker", payload, markdown)
     return payload
 
