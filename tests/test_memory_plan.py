@@ -132,7 +132,7 @@ def test_cli_prints_the_plan_offline():
 
 def test_bf16_lora_of_32b_sharded_over_2_4_8_gpus_at_16k():
     """The paper's LoRA run (bf16 base, ZeRO-3 over several GPUs): FSDP2 shards the 65 GB base and the adapter states;
-    each GPU keeps the root unit and two decoder layers gathered, and its own activations."""
+    each GPU gathers the root unit around the loss and two decoder layers at a time, and keeps its own activations."""
     replicated = memory_plan.estimate("Qwen/Qwen2.5-32B-Instruct", n_gpus=8, mode="lora")
     assert not replicated["sharded"] and not replicated["fits"] and replicated["weights"] > 60  # 65 GB on every GPU
     totals = {}
