@@ -3,12 +3,13 @@
     python memory_plan.py --model Qwen/Qwen2.5-32B-Instruct --mode qlora                 # train_lora.py's default run
     python memory_plan.py --model Qwen/Qwen2.5-32B-Instruct --mode full --gpus 8 --cpu-offload   # the paper's full SFT
     python memory_plan.py --model Qwen/Qwen2.5-7B-Instruct --gpu-memory 14.76 --attention sdpa --fit   # a Colab T4
-    python memory_plan.py --fit-table           # the README's table: QLoRA of Qwen2.5 1.5B-32B on T4, L4, A100 40/80 GB
+    python memory_plan.py --mode lora --fsdp --gpus 8 --sequence-parallel 8 --seq-len 131072    # 32B, 128k, 8 GPUs
 
 Both trainers' --dry-run print the same plan for their configuration, and their --fit chooses (and, without --dry-run,
 applies) the longest --micro-batch-tokens that fits --gpu-memory, then the fallbacks it needs. The shapes of the
 Qwen2.5 family are built in, so their plans need no download; any other dense decoder is read from its config.json
-(local folder or the hub). Throughput figures are estimates (an assumed MFU) until measured (bench/gpu.py).
+(local folder or the hub). Throughput figures are estimates (an assumed MFU) until measured (bench/gpu.py). The
+README's tables of what fits which GPU are memory_tables.py's.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+
+import memory_activations
 
 # Shapes of the models the paper trains, so a memory plan needs no download; "-Instruct" shares its base's shape.
 # (hidden, layers, attention heads, kv heads, intermediate, vocab, tied embeddings)
@@ -33,9 +36,14 @@ MODES = ("full", "lora", "qlora")
 OPTIMIZERS = ("adamw", "adamw8bit", "paged_adamw8bit")
 # What the trainers' --attn resolves to (utils.pick_attention). FlashAttention-2 and flex attention read packed samples'
 # boundaries from position_ids; SDPA and eager get them as a T x T mask (estimate() counts it).
-ATTENTION = ("flash_attention_2", "flex_attention", "sdpa", "eager")
+ATTENTION = memory_activations.ATTENTION
 DEFAULT_GPU_GIB = 79.6  # an 80 GB card, as torch reports its memory
 HEADROOM = 0.92  # share of the card a plan may fill: the rest is CUDA context, NCCL buffers and fragmentation
+UNTRACKED = (
+    "estimates: bf16 LoRA and full SFT under FSDP2 with FlashAttention-2, SP 1 and 2, agree with PyTorch's\n"
+    "  MemTracker within 10% per component (bench/planner_vs_tracker.py); the 8% kept free for FlashAttention-2's\n"
+    "  workspace, NCCL buffers, the allocator's fragmentation and bitsandbytes' 4-bit kernels: a guess no tracker sees"
+)
 
 
 def model_shapes(model) -> dict:
@@ -97,6 +105,7 @@ def estimate(
     loss_chunk_tokens: int = 1024,  # sft.LOSS_CHUNK_TOKENS (not imported: planning needs no torch)
     gpu_gib: float = DEFAULT_GPU_GIB,
     attention: str = "flash_attention_2",
+    sequence_parallel: int = 1,
 ) -> dict:
     """Estimated peak memory per GPU in GiB, by component, for one micro-batch of seq_len packed tokens.
 
@@ -106,37 +115,30 @@ def estimate(
 
     mode="full" (train_full.py): fp32 master weights 4P, fp32 gradients 4P, optimizer 8P (AdamW: two fp32 moments) or
       2P (bitsandbytes 8-bit; paged = may spill to CPU). Sharded over n_gpus with FSDP when n_gpus > 1 or
-      cpu_offload; cpu_offload moves all three to CPU memory. FSDP working copies: the root unit (embeddings, final
-      norm, LM head) stays gathered in bf16 through forward and backward (2 x root), plus one decoder layer gathered
-      and one prefetched in bf16, its bf16 gradient and fp32 reduce-scatter buffer (10 x layer). One GPU without
-      FSDP: bf16 copies made by autocast for one layer and the LM head at a time (its cache is off).
+      cpu_offload; cpu_offload moves all three to CPU memory. FSDP working copies: see "Sharded" below. One GPU
+      without FSDP: bf16 copies made by autocast for one layer and the LM head at a time (its cache is off).
     mode="lora" / "qlora" (train_lora.py; without fsdp, n_gpus > 1 means data-parallel replicas): frozen base in bf16
       (2P); qlora: decoder linears in NF4 with double quantisation (4.127 bits), the rest (embeddings, norms, biases,
       LM head) in bf16, as utils.prepare_qlora leaves it, plus one layer dequantised to bf16 at a time. Adapters 16A
       (fp32 weights, gradients and AdamW moments) or 10A (8-bit moments). lora with fsdp (or cpu_offload, which
-      implies it): base and adapter states sharded over n_gpus (in CPU memory with cpu_offload); working copies: the
-      root unit gathered in bf16 (2 x root), one decoder layer gathered and one prefetched in bf16 (4 x layer, no
-      gradient: the base is frozen), and one layer's adapters gathered, their gradient and reduce buffer (10 x A / L).
-    Activations: with checkpointing, each layer's input is kept (L x T x h in the residual stream's dtype: bf16, but
-      fp32 on the single-GPU full path, whose fp32 master weights keep it fp32 under autocast), on CPU with
-      offload_activations. Recomputing one layer in backward holds its saved tensors, 22h + 8kv + 8i bytes per token
-      (norms in fp32, q/k/v before and after rotary, attention output, the four SwiGLU tensors; the fused attention
-      kernels keep no T x T scores; measured for a QLoRA layer under bf16 autocast on CPU: within 2%), x 1.5 for the
-      gradients alive beside them. fp16 (a T4's autocast) costs the same bytes as bf16. The chunked loss peaks at
-      10 bytes x chunk x V (bf16 logits, fp32 logits and log-softmax, its gradient); it runs before the layers'
-      backward, so the larger of the two counts.
-    Attention: FlashAttention-2 (and flex attention) read the packed samples' boundaries from position_ids and hold
-      nothing T x T. SDPA and eager do not: for a packed row (position_ids restarting, no attention mask; sft.py's
-      collate_packed) transformers 5.x's create_causal_mask finds the packed sequences (find_packed_sequence_indices)
-      and, the is_causal shortcut being off, sdpa_mask materialises a (1, 1, T, T) bool block-diagonal mask, built once
-      per forward and held by every checkpointed layer until backward ends: T^2 bytes ("attention_mask"). With a mask,
-      transformers' sdpa_attention_forward repeats the kv heads to all heads (no enable_gqa): + 4q bytes per token in
-      a layer's recomputation; and torch's SDPA turns the bool mask into an additive fp16/bf16 copy and, when T is not
-      a multiple of 8, an aligned padded copy (attention.cpp: convert_boolean_attn_mask, preprocess_mask), which the
-      memory-efficient kernel keeps for backward: + 4 T^2 bytes at a layer's peak. Eager also materialises the scores,
-      about 8 x heads x T^2 bytes per layer (bf16 scores, fp32 softmax, bf16 weights), and a float mask, 4 T^2. This is
-      what a T4 runs (no FlashAttention-2 before Ampere), and what decides its longest sample: 16384 tokens cost
-      1.25 GiB of masks, 32768 tokens 5 GiB.
+      implies it): base and adapter states sharded over n_gpus (in CPU memory with cpu_offload).
+    Sharded (FSDP2), as PyTorch's MemTracker follows a step (bench/planner_vs_tracker.py): the peak is the largest of
+      four moments ("peak_phase"): the decoder layers' backward (checkpoints, one layer's recomputation, one decoder
+      layer gathered and one prefetched in bf16, and for full SFT their bf16 gradient and fp32 reduce-scatter buffer,
+      10 x layer, plus the LM head's bf16 gradient, 2Vh, unsharded until backward ends, and bf16 copies of the
+      decoder layers' local fp32 shards, cast for the all-gathers and kept through the step, 2 x L x layer / n_gpus
+      (not with cpu_offload: on the CPU); for LoRA 4 x layer and one
+      layer's adapters gathered, their gradient and reduce buffer, 10 x A / L); the loss (checkpoints, the chunked
+      loss, the root unit: embeddings, final norm and LM head gathered in bf16, 2 x root); the root's all-gather at
+      the start of forward (its buffer and the gathered copy, 4 x root); and for full SFT the root's gradient
+      reduce-scatter at the end of backward (6 x root + 2 x root / n_gpus). The plan's components are those of the
+      moment that peaks.
+    Activations (checkpoints, the peak of one layer's recomputation or of the chunked loss, SDPA's T x T mask): per
+      rank, memory_activations.activations(), with the residual stream in bf16 but fp32 on the single-GPU full path,
+      whose fp32 master weights keep it fp32 under autocast; checkpoints on CPU with offload_activations.
+    sequence_parallel N (Ulysses, under torchrun): each packed row is split over N ranks, which hold t = T / N tokens of
+      activations each plus the all-to-all's head-sharded copies; N divides n_gpus and the query heads. States are
+      sharded (or replicated) over all n_gpus as without it.
     Not counted: CUDA context, NCCL buffers, allocator fragmentation: "fits" leaves 8% of gpu_gib (79.6 = an 80 GB card)
     for them. Expect the estimate within ~15% of torch.cuda.max_memory_allocated.
     """
@@ -144,9 +146,8 @@ def estimate(
         raise ValueError(f"mode must be full, lora or qlora, not {mode!r}")
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be adamw, adamw8bit or paged_adamw8bit, not {optimizer!r}")
-    if attention not in ATTENTION:
-        raise ValueError(f"attention must be one of {', '.join(ATTENTION)}, not {attention!r}")
     s = model_shapes(model)
+    memory_activations.check_sequence_parallel(s, sequence_parallel, n_gpus)
     h, n_layers, i, V, T = s["hidden"], s["layers"], s["intermediate"], s["vocab"], seq_len
     q, kv = s["heads"] * s["head_dim"], s["kv_heads"] * s["head_dim"]
     layer_linear = linear_params(s)
@@ -169,6 +170,7 @@ def estimate(
         "sharded": sharded,
         "cpu_offload": on_cpu,
         "attention": attention,
+        "sequence_parallel": sequence_parallel,
     }
     if mode == "full":
         local = params / n_gpus if sharded else params
@@ -186,21 +188,33 @@ def estimate(
         plan["lora_params_million"] = adapters / 1e6
     act_bytes = 4 if mode == "full" and not sharded else 2  # the residual stream's dtype: what checkpoints keep
     plan["residual_bytes"] = act_bytes
-    masked = attention in ("sdpa", "eager")  # the packed row's T x T mask (see the docstring)
-    per_layer = (22 * h + 8 * kv + 8 * i + (4 * q if masked else 0)) * T
-    mask = {"sdpa": T * T, "eager": 4 * T * T}.get(attention, 0)
-    scores = {"sdpa": 4 * T * T, "eager": 8 * s["heads"] * T * T}.get(attention, 0)
-    if gradient_checkpointing:
-        checkpoints, layer_peak = n_layers * T * h * act_bytes, 1.5 * per_layer + scores
-    else:  # every layer keeps what it saved, attention's too
-        checkpoints, layer_peak = n_layers * (per_layer + scores), 0.5 * per_layer
-    loss_peak = 10 * min(loss_chunk_tokens or T, T) * V
+    act = memory_activations.activations(
+        s, T, sequence_parallel, attention, gradient_checkpointing, act_bytes, loss_chunk_tokens
+    )
+    checkpoints = act["checkpoints"]
+    kept = 0.0 if offload_activations and gradient_checkpointing else checkpoints
+    # the moments a step can peak at: (name, working copies, checkpoints kept, activation peak, mask)
+    phases = [("step", working, kept, max(act["layer_peak"], act["loss_peak"]), act["attention_mask"])]
+    if sharded:  # FSDP2, as PyTorch's MemTracker follows it (bench/planner_vs_tracker.py)
+        # full SFT: the LM head's bf16 gradient, unsharded until backward ends, and bf16 copies of the decoder layers'
+        # local fp32 shards, which FSDP2 casts for its all-gathers and MemTracker sees kept through the step (in CPU
+        # memory with cpu_offload, where the shards are)
+        held = 2 * V * h + (0 if on_cpu else 2 * n_layers * layer / n_gpus) if mode == "full" else 0
+        layer_work = 10 * layer if mode == "full" else 4 * layer + 10 * adapters / n_layers
+        phases = [
+            ("the decoder layers' backward", layer_work + held, kept, act["layer_peak"], act["attention_mask"]),
+            ("the loss", 2 * root + held, kept, act["loss_peak"], act["attention_mask"]),
+            ("the root unit's all-gather", 4 * root + held, 0, 0, 0),
+        ]
+        if mode == "full":
+            phases.append(("the root unit's gradient reduce-scatter", 6 * root + 2 * root / n_gpus, 0, 0, 0))
+    phase, *at_peak = max(phases, key=lambda p: sum(p[1:]))
+    plan["peak_phase"] = phase
     gpu = {name: 0.0 if on_cpu else value for name, value in states.items()}
-    gpu["working_copies"] = working
-    gpu["activation_checkpoints"] = 0.0 if offload_activations and gradient_checkpointing else checkpoints
-    gpu["activation_peak"] = max(layer_peak, loss_peak)
-    gpu["attention_mask"] = mask
+    names = ("working_copies", "activation_checkpoints", "activation_peak", "attention_mask")
+    gpu.update(zip(names, at_peak))
     plan.update({k: v / GiB for k, v in gpu.items()})
+    plan["all_to_all"] = act["all_to_all"] / GiB  # part of activation_peak when the layer's recomputation is the peak
     plan["total"] = sum(gpu.values()) / GiB
     cpu_states = sum(states.values()) if on_cpu else 0
     plan["cpu_per_gpu"] = (cpu_states + (checkpoints if offload_activations else 0)) / GiB
@@ -214,15 +228,18 @@ def format_plan(plan: dict) -> str:
     """The plan as a small table, one line per component."""
     how = ("FSDP-sharded over " if plan["sharded"] else "replicated on ") + f"{plan['n_gpus']} GPU(s)"
     offload = ", CPU offload" if plan["cpu_offload"] else ""
+    n = plan["sequence_parallel"]
+    split = f", sequence-parallel {n} ({-(-plan['seq_len'] // n)} tokens per GPU)" if n > 1 else ""
     lines = [
         f"memory plan: {plan['model']} ({plan['params_billion']:.2f}B params), {plan['mode']}, {plan['optim']}, "
-        f"{plan['seq_len']} tokens/micro-batch, {how}{offload}, {plan['attention']}"
+        f"{plan['seq_len']} tokens/micro-batch, {how}{offload}, {plan['attention']}{split}"
     ]
     if "lora_params_million" in plan:
         lines.append(f"  adapters                  {plan['lora_params_million']:.1f}M trainable params")
     notes = {
         "optimizer": " (paged: spills to CPU under pressure)" if plan["pageable"] else "",
         "attention_mask": " (the packed row's T x T mask: no FlashAttention-2)",
+        "activation_peak": f" (of it {plan['all_to_all']:.2f} GiB for Ulysses' all-to-all layout)" if n > 1 else "",
     }
     keys = ["weights", "gradients", "optimizer", "working_copies", "activation_checkpoints", "activation_peak"]
     for key in keys + (["attention_mask"] if plan["attention_mask"] else []):
@@ -236,7 +253,10 @@ def format_plan(plan: dict) -> str:
         verdict = "fits"
     else:
         verdict = "fits only by paging optimizer state to CPU in"
+    if plan["peak_phase"] != "step":
+        lines.append(f"  (the components at the step's peak: {plan['peak_phase']})")
     lines.append(f"  -> {verdict} a {plan['gpu_gib']:.1f} GiB GPU (8% kept for CUDA context, NCCL, fragmentation)")
+    lines.append(f"  {UNTRACKED}")
     return "\n".join(lines)
 
 
@@ -253,7 +273,10 @@ def report(model, **settings) -> tuple[dict, str]:
     elif plan["sharded"]:
         lines.append(f"  rank 0 CPU memory: ~{2 * params_gib:.0f} GiB to read the bf16 checkpoint")
     if not plan["fits"]:
-        changes = [("--offload-activations", {"offload_activations": True})]
+        larger = larger_sequence_parallel(model, settings)
+        fitting = [n for n in larger if estimate(model, **{**settings, "sequence_parallel": n})["fits"]]
+        changes = [(f"--sequence-parallel {n}", {"sequence_parallel": n}) for n in fitting[:1]]  # the smallest
+        changes.append(("--offload-activations", {"offload_activations": True}))
         if plan["mode"] == "full":
             if plan["n_gpus"] == 1 and not plan["cpu_offload"]:
                 changes.insert(0, ("--optim paged_adamw8bit", {"optimizer": "paged_adamw8bit"}))
@@ -280,6 +303,12 @@ FIT_STEP = 512  # token budgets are searched in multiples of this
 OFFLOAD_NOTE = "needs transformers >= 5.23: activation_checkpointing_enable(offload=True)"
 
 
+def larger_sequence_parallel(model, settings: dict) -> list[int]:
+    """The --sequence-parallel sizes above the configured one that this model and GPU count allow, smallest first."""
+    heads, n = model_shapes(model)["heads"], settings.get("sequence_parallel", 1)
+    return [m for m in memory_activations.sequence_parallel_sizes(heads, settings.get("n_gpus", 1)) if m > n]
+
+
 def longest_fitting(model, limit: int, step: int = FIT_STEP, **settings) -> int:
     """The largest token budget that fits: limit itself, else the largest multiple of step below it; 0 if none.
     A binary search: every component of a plan grows with its tokens."""
@@ -295,16 +324,20 @@ def longest_fitting(model, limit: int, step: int = FIT_STEP, **settings) -> int:
     return low * step
 
 
-def fallbacks(settings: dict, offload_available: bool = True) -> list[tuple[str, dict]]:
+def fallbacks(model, settings: dict, offload_available: bool = True) -> list[tuple[str, dict]]:
     """What --fit tries, in order, each on top of the ones before: the run as configured; activation checkpointing
-    (when off); its checkpoints in CPU memory; then, for full SFT on one GPU, paged 8-bit AdamW (state pages to CPU
-    under pressure); then the sharded weights, gradients and optimizer state in CPU memory (full SFT and bf16 LoRA).
-    Cheaper in speed first: offloading activations costs a PCIe round trip per layer, --cpu-offload the optimizer
-    step on the CPU."""
+    (when off); each larger --sequence-parallel the GPUs and the model's heads allow (a row split over more GPUs:
+    activations shrink, the all-to-alls stay on the node's fast links); its checkpoints in CPU memory; then, for full
+    SFT on one GPU, paged 8-bit AdamW (state pages to CPU under pressure); then the sharded weights, gradients and
+    optimizer state in CPU memory (full SFT and bf16 LoRA). Cheaper in speed first: offloading activations costs a
+    PCIe round trip per layer, --cpu-offload the optimizer step on the CPU."""
     mode, change, steps = settings.get("mode", "full"), {}, [("as configured", {})]
     if not settings.get("gradient_checkpointing", True):
         change = {"gradient_checkpointing": True}
         steps.append(("--gradient-checkpointing", change))
+    for n in larger_sequence_parallel(model, settings):
+        change = {**change, "sequence_parallel": n}
+        steps.append((f"--sequence-parallel {n}", change))
     if offload_available and not settings.get("offload_activations"):
         change = {**change, "offload_activations": True}
         steps.append((f"--offload-activations ({OFFLOAD_NOTE})", change))
@@ -325,6 +358,8 @@ def flags(change: dict, settings: dict) -> list[str]:
         out.append("--cpu-offload")
     if change.get("optimizer", settings.get("optimizer", "adamw")) != settings.get("optimizer", "adamw"):
         out.append(f"--optim {change['optimizer']}")
+    if "sequence_parallel" in change:
+        out.append(f"--sequence-parallel {change['sequence_parallel']}")
     return out
 
 
@@ -337,7 +372,7 @@ def fit(model, limit: int = 16384, step: int = FIT_STEP, offload_available: bool
     lines, tried = [], []
     if not offload_available and not settings.get("offload_activations"):
         lines.append(f"--offload-activations not tried: it {OFFLOAD_NOTE}")
-    for name, change in fallbacks(settings, offload_available):
+    for name, change in fallbacks(model, settings, offload_available):
         tokens = longest_fitting(model, limit, step, **{**settings, **change})
         found = f"{tokens} tokens fit" if tokens else f"nothing fits, not even {min(step, limit)} tokens"
         lines.append(f"{'+ ' if tried else ''}{name}: {found}")
@@ -352,6 +387,16 @@ def fit(model, limit: int = 16384, step: int = FIT_STEP, offload_available: bool
         if longest_fitting(model, limit, step, **{**settings, **lighter}) >= tokens:
             change = lighter
             lines.append(f"--{key.replace('_', '-')} dropped: not needed with the rest")
+    configured = settings.get("sequence_parallel", 1)
+    for n in [configured, *larger_sequence_parallel(model, settings)] if tokens else []:
+        if n >= change.get("sequence_parallel", 0):  # the one chosen (or none taken): nothing smaller found
+            break
+        smaller = {k: v for k, v in change.items() if k != "sequence_parallel"}
+        smaller |= {"sequence_parallel": n} if n != configured else {}
+        if longest_fitting(model, limit, step, **{**settings, **smaller}) >= tokens:  # fewer GPUs a row: more replicas
+            lines.append(f"--sequence-parallel {change['sequence_parallel']} lowered to {n}: enough with the rest")
+            change = smaller
+            break
     chosen = flags(change, settings)
     plan = estimate(model, seq_len=tokens or limit, **{**settings, **change})
     paged = f", {plan['pageable']:.1f} GiB of it pageable optimizer state" if plan["pageable"] else ""
@@ -404,58 +449,6 @@ def tokens_per_second(model, peak_tflops: float, mean_sample: float = MEAN_SAMPL
     return peak_tflops * 1e12 * mfu / flops
 
 
-# ----------------------------------------------------------------------------- the README's fit table
-
-# Memory as torch reports it (GiB): T4 15,843,721,216 bytes and A100 40 GB 42,405,855,232 bytes (CUDA deviceQuery);
-# L4: nvidia-smi's 23,034 MiB less the ~0.25-0.5 GiB the driver keeps (as on T4 and A100); 80 GB: the planner's default.
-# A T4 (compute capability 7.5) has no FlashAttention-2: utils.pick_attention gives it SDPA.
-TABLE_GPUS = (
-    ("T4 16 GB", 14.76, "T4", "sdpa"),
-    ("L4 24 GB", 22.0, "L4", "flash_attention_2"),
-    ("A100 40 GB", 39.49, "A100", "flash_attention_2"),
-    ("A100 80 GB", DEFAULT_GPU_GIB, "A100", "flash_attention_2"),
-)
-TABLE_MODELS = ("Qwen/Qwen2.5-1.5B-Instruct", "Qwen/Qwen2.5-7B-Instruct", "Qwen/Qwen2.5-14B-Instruct")
-TABLE_MODELS += ("Qwen/Qwen2.5-32B-Instruct",)
-TABLE_LIMIT = 32768  # Qwen2.5's native context (max_position_embeddings); the paper trains at 16384
-
-
-def fit_table(limit: int = TABLE_LIMIT, step: int = FIT_STEP) -> tuple[list[dict], str]:
-    """QLoRA (rank 64, all linears, one GPU, checkpointing on) of each model on each GPU: the longest sample that
-    fits, what it needs, and the estimated throughput. Returns the rows and the README's markdown table."""
-    rows = []
-    for model in TABLE_MODELS:
-        for gpu, gib, kind, attention in TABLE_GPUS:
-            settings = {"mode": "qlora", "lora_rank": 64, "gpu_gib": gib, "attention": attention}
-            result = fit(model, limit, step, **settings)
-            without = fit(model, limit, step, offload_available=False, **settings)["tokens"]
-            tokens = result["tokens"]
-            speed = tokens_per_second(model, peak_tflops(kind), min(MEAN_SAMPLE_TOKENS, tokens / 2)) if tokens else 0
-            rows.append({"model": model, "gpu": gpu, "gpu_gib": gib, "attention": attention, "tokens": tokens})
-            rows[-1].update(flags=result["flags"], total_gib=result["plan"]["total"], tokens_per_s=speed)
-            rows[-1]["without_offload"] = without
-    lines = [
-        "| model | GPU (GiB usable, attention) | longest sample, tokens | needs | est. peak | without offload | "
-        f"est. tokens/s (MFU {MFU}) | est. hours per 10M tokens |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        name = row["model"].removeprefix("Qwen/").removesuffix("-Instruct")
-        gpu = f"{row['gpu']} ({row['gpu_gib']:.1f}, {'FA2' if row['attention'] == 'flash_attention_2' else 'SDPA'})"
-        if not row["tokens"]:
-            lines.append(f"| {name} | {gpu} | does not fit | | | | | |")
-            continue
-        tokens = f"{row['tokens']}" + (" (the cap)" if row["tokens"] == limit else "")
-        needs = " ".join(f"`{flag}`" for flag in row["flags"]) or "nothing more"
-        hours = 1e7 / row["tokens_per_s"] / 3600
-        without = row["without_offload"] or "does not fit"
-        lines.append(
-            f"| {name} | {gpu} | {tokens} | {needs} | {row['total_gib']:.1f} GiB | {without} | "
-            f"{row['tokens_per_s']:,.0f} | {hours:.1f} |"
-        )
-    return rows, "\n".join(lines)
-
-
 # ----------------------------------------------------------------------------- the trainers' --gpu-memory and --fit
 
 
@@ -481,12 +474,20 @@ def run_settings(args: argparse.Namespace, **specific) -> dict:
     """estimate()'s settings for a trainer's arguments: what both trainers share, plus their own (mode, optimizer...).
     The plan assumes WORLD_SIZE GPUs under torchrun, else --gpus, else one."""
     target = target_gpu(args.gpu_memory, args.attn)
+    n_gpus = args.gpus or int(os.environ.get("WORLD_SIZE", "1"))
+    if args.sequence_parallel > 1:  # one clear line, before anything loads; a model unknown offline is checked later
+        try:
+            memory_activations.check_sequence_parallel(model_shapes(args.model), args.sequence_parallel, n_gpus)
+        except ValueError as e:
+            if "--sequence-parallel" in str(e):
+                raise SystemExit(f"{e} (--gpus or WORLD_SIZE: {n_gpus})") from None
     return {
-        "n_gpus": args.gpus or int(os.environ.get("WORLD_SIZE", "1")),
+        "n_gpus": n_gpus,
         "cpu_offload": args.cpu_offload,
         "gradient_checkpointing": args.gradient_checkpointing,
         "offload_activations": args.offload_activations,
         "loss_chunk_tokens": args.loss_chunk_tokens,
+        "sequence_parallel": args.sequence_parallel,
         "gpu_gib": target["gpu_gib"],
         "attention": target["attention"],
         **specific,
@@ -547,6 +548,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True, help="recompute activations"
     )
+    p.add_argument("--sequence-parallel", type=int, default=1, help="split each packed row over N GPUs (Ulysses)")
     p.add_argument("--loss-chunk-tokens", type=int, default=1024, help="chunked LM-head loss; 0 = full logits")
     p.add_argument(
         "--gpu-memory",
@@ -561,15 +563,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="what the run attends with: sdpa on a T4 (no FlashAttention-2 before Ampere) adds the packed T x T mask",
     )
     p.add_argument("--fit", action="store_true", help="the longest --seq-len (up to the one given) that fits, and how")
-    p.add_argument("--fit-table", action="store_true", help="print the README's table: QLoRA of Qwen2.5 on 4 GPUs")
     return p.parse_args(argv)
 
 
 def main(args: argparse.Namespace) -> dict:
-    if args.fit_table:
-        rows, table = fit_table()
-        print(table)
-        return {"rows": rows}
     settings = dict(
         n_gpus=args.gpus,
         mode=args.mode,
@@ -580,6 +577,7 @@ def main(args: argparse.Namespace) -> dict:
         gradient_checkpointing=args.gradient_checkpointing,
         offload_activations=args.offload_activations,
         loss_chunk_tokens=args.loss_chunk_tokens,
+        sequence_parallel=args.sequence_parallel,
         gpu_gib=args.gpu_memory,
         attention=args.attention,
     )

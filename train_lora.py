@@ -85,6 +85,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--offload-activations", action="store_true", help="checkpointed activations in CPU memory")
     p.add_argument("--fsdp", action="store_true", help="--quant none: shard base and adapters over the GPUs (FSDP2)")
     p.add_argument("--cpu-offload", action="store_true", help="--fsdp with the shards in CPU memory (paper: ZeRO-3)")
+    p.add_argument("--sequence-parallel", type=int, default=1, help="split each packed row over N ranks (Ulysses)")
     p.add_argument("--dist-timeout", type=float, default=120, help="minutes ranks may wait for rank 0 (loads, saves)")
     # output
     p.add_argument("--output-dir", default="out/lora", help="metrics.jsonl, step-NNNNNN/, final/ adapter, merged/")

@@ -291,6 +291,13 @@ def test_dry_run_plans_the_trainers_configuration_offline(monkeypatch, capsys):
     )
     assert knobs == expected
     assert dry_run("--offload-activations")["activation_checkpoints"] == 0
+    monkeypatch.delenv("WORLD_SIZE")
+    row = ["--gpus", "8", "--cpu-offload", "--max-length", "131072", "--micro-batch-tokens", "131072"]
+    split = dry_run("--sequence-parallel", "8", *row)  # issue 30: one 128k-token row over 8 GPUs
+    assert split == memory_plan.estimate(
+        "Qwen/Qwen2.5-32B-Instruct", n_gpus=8, cpu_offload=True, seq_len=131072, sequence_parallel=8
+    )
+    assert split["fits"] and not dry_run(*row)["fits"]
 
 
 def test_cli_dry_run_offline():

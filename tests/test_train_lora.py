@@ -355,6 +355,20 @@ def test_dry_run_plans_memory_offline_without_data():
     assert bf16["mode"] == "lora" and not bf16["fits"]
 
 
+def test_dry_run_plans_a_sequence_parallel_row_and_fit_raises_it(monkeypatch, capsys):
+    """Issue 30's command: 32B bf16 LoRA, one 128k-token row over 8 GPUs; --fit picks the SP that makes it fit."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    row = ["--quant", "none", "--fsdp", "--gpus", "8", "--max-length", "131072", "--micro-batch-tokens", "131072"]
+    plan = train_lora.main(train_lora.parse_args(["--dry-run", "--sequence-parallel", "8", *row]))
+    assert plan["sequence_parallel"] == 8 and plan["fits"] and plan["activation_checkpoints"] == 10.0
+    assert "sequence-parallel 8 (16384 tokens per GPU)" in capsys.readouterr().out
+    args = train_lora.parse_args(["--dry-run", "--fit", *row])
+    assert train_lora.main(args)["fits"] and args.sequence_parallel == 4 and args.micro_batch_tokens == 131072
+    assert "fit: chosen: --sequence-parallel 4" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="possible 1, 2, 4, 8"):
+        train_lora.main(train_lora.parse_args(["--dry-run", "--sequence-parallel", "3", *row]))
+
+
 # ---------------------------------------------------------------- several processes
 # Measured on CPU/fp32 (4 steps, lr 1e-2): two ranks vs one process differ by at most 1e-8 in the step loss and 5e-6 in
 # an adapter weight (float summation order, through Adam); the issue's bound is 1e-5.
