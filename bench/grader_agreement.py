@@ -3,6 +3,7 @@ r"""Benchmark 7: agreement of grading.grade_math with the expected verdicts of p
     python bench/grader_agreement.py                    # all cases: the committed grader (git HEAD) and this one
     python bench/grader_agreement.py --quick            # smoke test: 40 cases
     python bench/grader_agreement.py --baseline none    # this grader only
+    python bench/grader_agreement.py --baseline 3ae5eb5 --responses real.jsonl   # and real model responses
 
 Cases: bench/data/grader_suites.jsonl, the (prediction, gold, expected verdict) cases of Math-Verify's tests
 (huggingface/Math-Verify, Apache-2.0) and of lm-evaluation-harness's math answer-check tests (EleutherAI, MIT; open
@@ -13,6 +14,9 @@ grading.py, in one run. As a reference, Math-Verify's parse/verify is also run o
 Agreement = share of verdicts equal to the expected one, per source and overall, on all cases and on the consistent
 ones (the suite's grader with its default options: a few cases assert a verdict under precision=2, strict=False or
 allow_set_relation_comp=True). DELIBERATE lists the cases where this grader disagrees with a suite on purpose.
+With --responses, real model responses (JSONL: response, gold or answer, optionally finish_reason and a reference
+verdict `correct`) are graded by both graders too: how many have an answer, how many are right, and every response
+whose extraction or verdict changed between the two, so a change of the extraction rules shows what it does.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from pathlib import Path
 from common import REPO_DIR, add_common_args, machine_info, machine_line, markdown_table, save_results
 
 SUITES = REPO_DIR / "bench" / "data" / "grader_suites.jsonl"
+GRADER_MODULES = ("grading", "answer_extraction")  # a baseline grader, all at its revision (markup.py: this tree's)
 DECIMAL_COMMA = "a comma between digits separates list items or groups thousands, never decimals (English benchmarks)"
 NO_LAST_NUMBER = "no last-number fallback: the value right after 'is' is the answer, or none is stated"
 DELIBERATE = {  # case id -> why this grader disagrees with the suite's expected verdict on purpose
@@ -58,6 +63,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--timeout", type=float, default=5.0, help="seconds per symbolic comparison (grade_math's default)")
     p.add_argument("--limit", type=int, default=0, help="grade only the first N cases (0 = all)")
+    p.add_argument(
+        "--responses",
+        default="",
+        help="JSONL of real model responses (response, gold|answer, finish_reason?, correct?) graded by both graders",
+    )
     add_common_args(p)
     args = p.parse_args(argv)
     if args.quick:
@@ -66,18 +76,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def load_grading(revision: str):
-    """grading.py as committed at `revision`, imported as its own module from a temporary copy. Its sympy helper
-    process imports that copy too, and finds markup.py through PYTHONPATH."""
-    source = subprocess.run(
-        ["git", "-C", str(REPO_DIR), "show", f"{revision}:grading.py"], check=True, capture_output=True, text=True
-    ).stdout
+    """grading.py as committed at `revision`, imported as its own module from a temporary copy, with the answer
+    extraction of that revision (GRADER_MODULES): the working tree's must not leak into it. Its sympy helper process
+    imports that copy too (it puts the copy's folder first on its path), and finds markup.py through PYTHONPATH."""
     folder = Path(tempfile.mkdtemp(prefix=f"grading-{revision.replace('/', '_')}-"))
     atexit.register(shutil.rmtree, folder, True)
-    (folder / "grading.py").write_text(source, encoding="utf-8")
+    for name in GRADER_MODULES:
+        shown = subprocess.run(
+            ["git", "-C", str(REPO_DIR), "show", f"{revision}:{name}.py"], capture_output=True, text=True
+        )
+        if shown.returncode == 0:  # a revision before a module was split out of grading.py does not have it
+            (folder / f"{name}.py").write_text(shown.stdout, encoding="utf-8")
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_DIR), os.environ.get("PYTHONPATH")]))
-    spec = importlib.util.spec_from_file_location(f"grading_{revision.replace('/', '_')}", folder / "grading.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    # The copy's own imports must find the revision's modules: put its folder first and hide the loaded ones meanwhile.
+    saved = {name: sys.modules.pop(name) for name in GRADER_MODULES if name in sys.modules}
+    sys.path.insert(0, str(folder))
+    try:
+        spec = importlib.util.spec_from_file_location(f"grading_{revision.replace('/', '_')}", folder / "grading.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(folder))
+        for name in GRADER_MODULES:
+            sys.modules.pop(name, None)
+        sys.modules.update(saved)
     return module
 
 
@@ -117,6 +139,51 @@ def agreement_rows(cases: list[dict], verdicts: dict[str, list[bool]]) -> list[d
     return rows
 
 
+def read_responses(path: str) -> list[dict]:
+    """Real responses as (response, gold, finish_reason, reference verdict or None)."""
+    with open(path, encoding="utf-8") as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    return [
+        {
+            "response": r["response"],
+            "gold": r["gold"] if "gold" in r else r["answer"],
+            "finish_reason": r.get("finish_reason"),
+            "reference": None if r.get("correct") is None else str(r["correct"]).lower() == "true",
+        }
+        for r in records
+    ]
+
+
+def grade_responses(graders: dict, responses: list[dict], timeout: float) -> tuple[list[dict], list[dict]]:
+    """Per grader: answers found, right, agreement with the reference verdict; and every response whose extraction or
+    verdict differs between the first grader (the baseline) and the last (this one)."""
+    results = {
+        name: [m.grade_math(r["response"], r["gold"], timeout, finish_reason=r["finish_reason"]) for r in responses]
+        for name, m in graders.items()
+    }
+    rows = []
+    for name, got in results.items():
+        row = {"grader": name, "responses": len(got), "answer found": sum(g["extracted"] is not None for g in got)}
+        row["correct"] = sum(g["correct"] for g in got)
+        referenced = [(g, r) for g, r in zip(got, responses) if r["reference"] is not None]
+        if referenced:
+            row["agrees with reference"] = sum(g["correct"] == r["reference"] for g, r in referenced) / len(referenced)
+        rows.append(row)
+    first, last = list(results.values())[0], list(results.values())[-1]
+    changed = [
+        {
+            "line": i + 1,
+            "gold": r["gold"],
+            "before": before,
+            "after": after,
+            "ending": "..." + " ".join(r["response"].split())[-110:],
+        }
+        for i, (r, before, after) in enumerate(zip(responses, first, last))
+        if before != after
+    ]
+    return rows, changed
+
+
 def main(args: argparse.Namespace) -> dict:
     import grading
 
@@ -136,6 +203,13 @@ def main(args: argparse.Namespace) -> dict:
         )
     verdicts["math-verify parse/verify"], seconds["math-verify parse/verify"] = grade_all(math_verify_verdict, cases)
     rows = agreement_rows(cases, verdicts)
+    first = list(graders)[0]
+    changed_cases = [  # the suite cases whose verdict the baseline and this grader give differently
+        {"id": c["id"], "expected": c["expected"], "before": graders[first].extract_answer(c["prediction"])}
+        | {"after": grading.extract_answer(c["prediction"]), "now_agrees": now == c["expected"]}
+        for c, was, now in zip(cases, verdicts[first], verdicts["this"])
+        if was != now
+    ]
     disagreements = [
         {
             "id": c["id"],
@@ -166,11 +240,39 @@ def main(args: argparse.Namespace) -> dict:
         "equal to the suite's expected one; 'consistent' = verdicts asserted under the suite grader's default options "
         "(and not against mathematics); seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()) + "."
     )
+    command = "python bench/grader_agreement.py" + (f" --baseline {args.baseline}" if args.baseline != "HEAD" else "")
+    if len(graders) > 1:
+        changes = "; ".join(
+            f"`{c['id']}`: `{cell(c['before'])}` -> `{cell(c['after'])}` ({'now' if c['now_agrees'] else 'no longer'} "
+            "as expected)"
+            for c in changed_cases
+        )
+        notes += f" Verdicts that changed between {first} and this: {len(changed_cases)}" + (
+            f": {changes}." if changes else "."
+        )
     markdown = (
-        f"{machine_line(machine)}\n\n`python bench/grader_agreement.py`: {notes}\n\n{table}\n\n"
+        f"{machine_line(machine)}\n\n`{command}`: {notes}\n\n{table}\n\n"
         f"Cases where this grader's verdict differs from the suite's:\n\n"
         f"| case | expected equal | gold | extracted | why |\n|---|---|---|---|---|\n{miss_lines}\n"
     )
+    response_rows, changed_responses = [], []
+    if args.responses:
+        response_rows, changed_responses = grade_responses(graders, read_responses(args.responses), args.timeout)
+        columns = ["grader", "responses", "answer found", "correct", "agrees with reference"]
+        response_table = markdown_table(response_rows, [c for c in columns if c in response_rows[0]])
+        print("\n" + response_table)
+        change_lines = "\n".join(
+            f"| {c['line']} | `{cell(c['gold'])}` | `{cell(c['before']['extracted'])}` "
+            f"{'right' if c['before']['correct'] else 'wrong'} | `{cell(c['after']['extracted'])}` "
+            f"{'right' if c['after']['correct'] else 'wrong'} | {cell(c['ending'])} |"
+            for c in changed_responses
+        )
+        markdown += (
+            f"\nReal responses, `--responses {os.path.basename(args.responses)}`: each graded by grade_math "
+            f"(finish_reason when the file has it); 'agrees with reference' = the file's own verdict.\n\n"
+            f"{response_table}\n\nResponses whose extraction or verdict changed ({len(changed_responses)}):\n\n"
+            f"| line | gold | before | after | how the response ends |\n|---|---|---|---|---|\n{change_lines}\n"
+        )
     payload = {
         "benchmark": "grader_agreement",
         "machine": machine,
@@ -178,6 +280,9 @@ def main(args: argparse.Namespace) -> dict:
         "rows": rows,
         "seconds": seconds,
         "disagreements": disagreements,
+        "changed_cases": changed_cases,
+        "response_rows": response_rows,
+        "changed_responses": changed_responses,
     }
     save_results(args, "grader_agreement", "7. Grader agreement with public test suites", payload, markdown)
     return payload
