@@ -61,11 +61,11 @@ _OPEN_REASONING_RE = re.compile(
     r"|alternatively|suppose|assume|consider|try|need|now|if|although|though)\b",
     re.I,
 )
-# A text that ends on one of these stops mid-sentence: it was cut off, whatever came before.
+# A text that ends on one of these stops mid-sentence: it was cut off, whatever came before. Lower case only: "the
+# answer is A" ends a sentence.
 _MID_SENTENCE_RE = re.compile(
     r"(?:[,;:(\[{=+]|(?<!-)-|\\|\b(?:the|a|an|of|to|and|or|but|is|are|was|were|be|we|that|which|where|when|with|by|for|in|on"
-    r"|at|as|from|if|then|than|this|its|our|into|gives?|get|let))\s*\Z",
-    re.I,
+    r"|at|as|from|if|then|than|this|its|our|into|gives?|get|let))\s*\Z"
 )
 MAX_REMARKS = 5  # closing sentences without maths looked past at the end of a text
 _CONCLUSION_RE = re.compile(

@@ -3,20 +3,22 @@ r"""Benchmark 7: agreement of grading.grade_math with the expected verdicts of p
     python bench/grader_agreement.py                    # all cases: the committed grader (git HEAD) and this one
     python bench/grader_agreement.py --quick            # smoke test: 40 cases
     python bench/grader_agreement.py --baseline none    # this grader only
-    python bench/grader_agreement.py --baseline 3ae5eb5 --responses real.jsonl   # and real model responses
+    python bench/grader_agreement.py --baseline 83e1c7b 3ae5eb5 --responses a.jsonl b.jsonl   # 2 baselines, responses
 
 Cases: bench/data/grader_suites.jsonl, the (prediction, gold, expected verdict) cases of Math-Verify's tests
-(huggingface/Math-Verify, Apache-2.0) and of lm-evaluation-harness's math answer-check tests (EleutherAI, MIT; open
-pull requests), with repository, commit, path and test of each; bench/data/build_grader_suites.py rebuilt it and says
-how. Each prediction is graded as a whole model response against its gold with grade_math, by the grader of
---baseline (default: grading.py as committed in git HEAD, imported from a temporary copy) and by the working tree's
-grading.py, in one run. As a reference, Math-Verify's parse/verify is also run on the raw texts (default options).
-Agreement = share of verdicts equal to the expected one, per source and overall, on all cases and on the consistent
-ones (the suite's grader with its default options: a few cases assert a verdict under precision=2, strict=False or
-allow_set_relation_comp=True). DELIBERATE lists the cases where this grader disagrees with a suite on purpose.
-With --responses, real model responses (JSONL: response, gold or answer, optionally finish_reason and a reference
-verdict `correct`) are graded by both graders too: how many have an answer, how many are right, and every response
-whose extraction or verdict changed between the two, so a change of the extraction rules shows what it does.
+(huggingface/Math-Verify, Apache-2.0) and of lm-evaluation-harness's math answer-check tests (EleutherAI, MIT; open pull
+requests), with repository, commit, path and test of each; bench/data/build_grader_suites.py rebuilt it and says how.
+Each prediction is graded as a whole model response against its gold with grade_math, by the grader of --baseline
+(default: grading.py as committed in git HEAD, imported from a temporary copy; several revisions may be given) and by
+the working tree's grading.py, in one run; what changed is counted against the last baseline. As a reference,
+Math-Verify's parse/verify is also run on the raw texts (default options). Agreement = share of verdicts equal to the
+expected one, per source and overall, on all cases and on the consistent ones (the suite's grader with its default
+options: a few cases assert a verdict under precision=2, strict=False or allow_set_relation_comp=True). DELIBERATE lists
+the cases where this grader disagrees with a suite on purpose.
+With --responses, files of whole model responses (JSONL: response, gold or answer, optionally finish_reason and a
+reference verdict `correct`) are graded by every grader too: per file, how many have an answer, how many are right, and
+every response whose extraction or verdict changed from the last baseline to this one, so a change of the extraction
+rules shows what it does on real responses.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ DELIBERATE = {  # case id -> why this grader disagrees with the suite's expected
     "math-verify/test_all.py:132": "a formula broken across lines inside $..$ is still that formula",
     "math-verify/test_all.py:133": r"a formula broken across lines inside \(..\) is still that formula",
     "math-verify/test_all.py:452": "gold '1 = \\zzz = x = 0' starts with a number: an equation, not 'name = 0'",
+    "math-verify/test_all.py:651": "a response that stops mid-sentence ('... In this') was cut off: it has no answer",
     "math-verify/test_all.py:810": "the box the prompt asks for wins over a later 'final answer is' phrase",
     "math-verify/test_all.py:907": "an inequality and its interval are the same answer, whichever is the gold",
     "lm-eval/pr4032:test_symbolic_removals_unaffected:26": "'{,}1,2' is the list 1, 2: a comma groups only 3 digits",
@@ -59,14 +62,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--suites", default=str(SUITES), help="JSONL of cases (id, source, prediction, gold, expected)")
     p.add_argument(
-        "--baseline", default="HEAD", help="git revision whose grading.py is measured alongside ('none' = skip)"
+        "--baseline",
+        nargs="+",
+        default=["HEAD"],
+        help="git revisions whose grading.py is measured alongside, the last one compared case by case ('none' = skip)",
     )
     p.add_argument("--timeout", type=float, default=5.0, help="seconds per symbolic comparison (grade_math's default)")
     p.add_argument("--limit", type=int, default=0, help="grade only the first N cases (0 = all)")
     p.add_argument(
         "--responses",
-        default="",
-        help="JSONL of real model responses (response, gold|answer, finish_reason?, correct?) graded by both graders",
+        nargs="*",
+        default=[],
+        help="JSONL files of whole responses (response, gold|answer, finish_reason?, correct?) graded by both graders",
     )
     add_common_args(p)
     args = p.parse_args(argv)
@@ -156,20 +163,20 @@ def read_responses(path: str) -> list[dict]:
 
 def grade_responses(graders: dict, responses: list[dict], timeout: float) -> tuple[list[dict], list[dict]]:
     """Per grader: answers found, right, agreement with the reference verdict; and every response whose extraction or
-    verdict differs between the first grader (the baseline) and the last (this one)."""
+    verdict differs between the last two graders (the last baseline and this one)."""
     results = {
         name: [m.grade_math(r["response"], r["gold"], timeout, finish_reason=r["finish_reason"]) for r in responses]
         for name, m in graders.items()
     }
     rows = []
     for name, got in results.items():
-        row = {"grader": name, "responses": len(got), "answer found": sum(g["extracted"] is not None for g in got)}
+        row = {"grader": name, "n": len(got), "answer found": sum(g["extracted"] is not None for g in got)}
         row["correct"] = sum(g["correct"] for g in got)
         referenced = [(g, r) for g, r in zip(got, responses) if r["reference"] is not None]
         if referenced:
             row["agrees with reference"] = sum(g["correct"] == r["reference"] for g, r in referenced) / len(referenced)
         rows.append(row)
-    first, last = list(results.values())[0], list(results.values())[-1]
+    first, last = list(results.values())[-2:] if len(results) > 1 else list(results.values()) * 2
     changed = [
         {
             "line": i + 1,
@@ -192,8 +199,8 @@ def main(args: argparse.Namespace) -> dict:
         cases = [json.loads(line) for line in f]
     cases = cases[: args.limit] if args.limit else cases
     graders = {"this": grading}
-    if args.baseline != "none":
-        graders = {f"committed ({args.baseline})": load_grading(args.baseline), **graders}
+    if args.baseline != ["none"]:
+        graders = {**{f"committed ({rev})": load_grading(rev) for rev in args.baseline}, **graders}
     verdicts, seconds = {}, {}
     for name, module in graders.items():
         module.math_equal("1", "1")  # the sympy helper's start is not part of the time
@@ -203,7 +210,7 @@ def main(args: argparse.Namespace) -> dict:
         )
     verdicts["math-verify parse/verify"], seconds["math-verify parse/verify"] = grade_all(math_verify_verdict, cases)
     rows = agreement_rows(cases, verdicts)
-    first = list(graders)[0]
+    first = list(graders)[-2] if len(graders) > 1 else "this"  # the last baseline
     changed_cases = [  # the suite cases whose verdict the baseline and this grader give differently
         {"id": c["id"], "expected": c["expected"], "before": graders[first].extract_answer(c["prediction"])}
         | {"after": grading.extract_answer(c["prediction"]), "now_agrees": now == c["expected"]}
@@ -240,7 +247,9 @@ def main(args: argparse.Namespace) -> dict:
         "equal to the suite's expected one; 'consistent' = verdicts asserted under the suite grader's default options "
         "(and not against mathematics); seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()) + "."
     )
-    command = "python bench/grader_agreement.py" + (f" --baseline {args.baseline}" if args.baseline != "HEAD" else "")
+    command = "python bench/grader_agreement.py" + (
+        f" --baseline {' '.join(args.baseline)}" if args.baseline != ["HEAD"] else ""
+    )
     if len(graders) > 1:
         changes = "; ".join(
             f"`{c['id']}`: `{cell(c['before'])}` -> `{cell(c['after'])}` ({'now' if c['now_agrees'] else 'no longer'} "
@@ -256,22 +265,26 @@ def main(args: argparse.Namespace) -> dict:
         f"| case | expected equal | gold | extracted | why |\n|---|---|---|---|---|\n{miss_lines}\n"
     )
     response_rows, changed_responses = [], []
+    for path in args.responses:
+        rows_here, changed_here = grade_responses(graders, read_responses(path), args.timeout)
+        response_rows += [{"file": os.path.basename(path), **row} for row in rows_here]
+        changed_responses += [{"file": os.path.basename(path), **change} for change in changed_here]
     if args.responses:
-        response_rows, changed_responses = grade_responses(graders, read_responses(args.responses), args.timeout)
-        columns = ["grader", "responses", "answer found", "correct", "agrees with reference"]
-        response_table = markdown_table(response_rows, [c for c in columns if c in response_rows[0]])
+        columns = ["file", "grader", "n", "answer found", "correct", "agrees with reference"]
+        response_table = markdown_table(response_rows, columns)
         print("\n" + response_table)
         change_lines = "\n".join(
-            f"| {c['line']} | `{cell(c['gold'])}` | `{cell(c['before']['extracted'])}` "
+            f"| {c['file']}:{c['line']} | `{cell(c['gold'])}` | `{cell(c['before']['extracted'])}` "
             f"{'right' if c['before']['correct'] else 'wrong'} | `{cell(c['after']['extracted'])}` "
             f"{'right' if c['after']['correct'] else 'wrong'} | {cell(c['ending'])} |"
             for c in changed_responses
         )
         markdown += (
-            f"\nReal responses, `--responses {os.path.basename(args.responses)}`: each graded by grade_math "
-            f"(finish_reason when the file has it); 'agrees with reference' = the file's own verdict.\n\n"
-            f"{response_table}\n\nResponses whose extraction or verdict changed ({len(changed_responses)}):\n\n"
-            f"| line | gold | before | after | how the response ends |\n|---|---|---|---|---|\n{change_lines}\n"
+            f"\nWhole responses, `--responses {' '.join(os.path.basename(p) for p in args.responses)}`: each graded by "
+            "grade_math (with its finish_reason when the file has one); 'agrees with reference' = share of verdicts "
+            f"equal to the file's own.\n\n{response_table}\n\n"
+            f"Responses whose extraction or verdict changed ({len(changed_responses)}):\n\n"
+            f"| file:line | gold | before | after | how the response ends |\n|---|---|---|---|---|\n{change_lines}\n"
         )
     payload = {
         "benchmark": "grader_agreement",

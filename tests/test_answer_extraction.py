@@ -54,13 +54,20 @@ def test_prose_responses(case):
             "how working modulo a prime keeps the numbers small.",
             "3",
         ),
-        # The README's example of each prose rule (section "How a math answer is graded").
-        ("Therefore, there are 9 divisors.\n\nThis problem demonstrates the divisor-counting formula.", "9"),
+        # The README's example of each prose rule (section "How a math answer is graded"), word for word.
         ("So the area of the triangle is 12 square units.", "12"),
-        ("Thus, the smallest such integer is **7**, which is what we wanted.", "7"),
+        ("Thus, the smallest positive integer is *n* = **5**.", "5"),
+        ("v/c = z = **0.033**", "0.033"),
         ("Adding the two shifts:\n\n$$z = 0.033$$\n\nI think that's the final answer.", "z = 0.033"),
+        ("Therefore, the total is indeed 225. I think that's the final answer.", "225"),
+        (
+            "Therefore, the total is indeed 225.\n\nThis problem demonstrates how binomial coefficients multiply.",
+            "225",
+        ),
+        # Closing remarks: several sentences, a pleasantry, a clause after the value, a remark after a bold line.
         ("Collecting the terms, the total comes out as\n\n**12**\n\nHope this helps!", "12"),
-        # Closing remarks: several sentences, a pleasantry, a remark after a bold line.
+        ("Thus, the smallest such integer is **7**, which is what we wanted.", "7"),
+        ("The last step gives\n\n\\[\nx = \\frac{3}{4}\n\\]\n\nwhich is the required ratio.", "x = \\frac{3}{4}"),
         ("So x = 4.\n\nThis was a nice problem. It combines two ideas. Both are standard.", "x = 4"),
         ("The total is\n\n**The answer is 42**\n\nThat's it.", "42"),
     ],
@@ -74,6 +81,7 @@ def test_prose_answers(text, expected):
     [
         # Visibly stops mid-sentence: cut off, whatever stands before the cut.
         "Therefore, the total is 12. Now we check the other case, where the",
+        "Therefore, the total is 12 = 3 +",
         "So the answer is 12, and",
         "Thus the count is **5**, and for the second case we",
         r"The answer is \boxed{5}. Let me double-check the arithmetic: 2 + 3 =",
@@ -84,7 +92,7 @@ def test_prose_answers(text, expected):
         "<think>\nSo x = 4.\n\nNow let me check the second case: if y = 2 then the sum is 6.",
         "<think>\nThe first two cases give 2 and 4.\n\nHmm, so the total is 6?",
         "So x = 4 in the first case.\n\nNow the second case: if y = 2 then the sum is 6.",
-        "Therefore x = 5. Let me check the other case.",
+        "Therefore x = 5. Let me check the other case.",  # the README's example
         # A value that is not stated as a result, or followed by more reasoning.
         "We have\n\n$$x^2 + y^2$$\n\nwhich we now minimize.",
         "The sum is **5** apples plus 3 more per box.",
