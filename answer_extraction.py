@@ -16,13 +16,14 @@ or the whole response when it has no reasoning markup), by the first rule that f
   4. the last formula or **bold** value of the final paragraph when it is stated (it opens a line or follows ':', '=',
      'is', 'gives' ...) and only closing remarks follow it ("v/c = z = **0.033**"), or a whole response that is one
      short formula.
-Closing remarks are looked past in rules 3 and 4: up to MAX_REMARKS complete sentences at the end without maths and
-without a sign of reasoning going on ("I think that's the final answer.", a paragraph "This problem demonstrates ..."),
-and pleasantries ("I hope it helps"). answer_parts returns the parts and whether they are labelled (part (a),
-Subproblem 1, a bulleted list); extract_answer joins them. There is no last-number fallback: a number near the end of a
-response is often a draft. A text that visibly stops mid-sentence ("..., where the") was cut off and has no answer; a
-response whose thought never closed counts only an answer that ends it (closing remarks aside); grading.grade_math
-gives none to a response the backend stopped at its token limit.
+Closing remarks are looked past in rules 3 and 4: up to MAX_REMARKS sentences at the end, each ended by its full stop,
+without maths, conclusion word or sign of reasoning going on ("I think that's the final answer.", a paragraph "This
+problem demonstrates ..."; not "I can solve it with an integrating factor."), and pleasantries ("I hope it helps").
+answer_parts returns the parts and whether they are labelled (part (a), Subproblem 1, a bulleted list); extract_answer
+joins them. There is no last-number fallback: a number near the end of a response is often a draft. A text that visibly
+stops mid-sentence ("..., where the") was cut off and has no answer; a response whose thought never closed counts only
+an answer that ends it (closing remarks aside); grading.grade_math gives none to a response the backend stopped at its
+token limit.
 """
 
 import re
@@ -58,7 +59,8 @@ _REMARK_RE = re.compile(r"[\d$\\=]")  # a closing sentence without any of these 
 # ... unless it shows the reasoning going on ("Wait, let me check the other case.", "Now we need the area.").
 _OPEN_REASONING_RE = re.compile(
     r"\?|\b(?:wait|hmm+|but|however|maybe|perhaps|let(?:'s|\s+me|\s+us)|(?:double-?|re)?check(?:ing)?|verify"
-    r"|alternatively|suppose|assume|consider|try|need|now|if|although|though)\b",
+    r"|alternatively|suppose|assume|consider|try|now|if|although|though|know|recall"
+    r"|(?:I|we)(?:'ll|\s+(?:can|could|will|would|should|must|might|have\s+to|need|want)))\b",
     re.I,
 )
 # A text that ends on one of these stops mid-sentence: it was cut off, whatever came before. Lower case only: "the
@@ -67,6 +69,7 @@ _MID_SENTENCE_RE = re.compile(
     r"(?:[,;:(\[{=+]|(?<!-)-|\\|\b(?:the|a|an|of|to|and|or|but|is|are|was|were|be|we|that|which|where|when|with|by|for|in|on"
     r"|at|as|from|if|then|than|this|its|our|into|gives?|get|let))\s*\Z"
 )
+_COMPLETE_RE = re.compile(r"[.!][)\]*\"'”’]*\Z")  # a sentence ended by its full stop (or "!"), maybe in brackets
 MAX_REMARKS = 5  # closing sentences without maths looked past at the end of a text
 _CONCLUSION_RE = re.compile(
     r"\b(?:therefore|thus|hence|so|consequently|in conclusion|in summary|finally|this means|which means)\b", re.I
@@ -252,15 +255,14 @@ def _stops_mid_sentence(text: str) -> bool:
 
 
 def _is_remark(sentence: str) -> bool:
-    """A closing remark, not part of the answer or of the reasoning: a pleasantry, or a complete sentence without
-    maths, conclusion word or sign of reasoning going on ("I think that's the final answer.", "This problem
-    demonstrates how modular arithmetic simplifies products."; not "Therefore, the winner is Evelyn.")."""
+    """A closing remark, not part of the answer or of the reasoning: a pleasantry, or a sentence ended by its full stop
+    without maths, conclusion word or sign of reasoning going on ("I think that's the final answer.", "This problem
+    demonstrates how modular arithmetic simplifies products."; not "Therefore, the winner is Evelyn.", nor a sentence
+    cut off mid-word)."""
     sentence = sentence.strip()
-    return bool(_BOILERPLATE_RE.search(sentence)) or not (
-        _REMARK_RE.search(sentence)
-        or _OPEN_REASONING_RE.search(sentence)
-        or _CONCLUSION_RE.search(sentence)
-        or _stops_mid_sentence(sentence)
+    return bool(_BOILERPLATE_RE.search(sentence)) or (
+        bool(_COMPLETE_RE.search(sentence))
+        and not (_REMARK_RE.search(sentence) or _OPEN_REASONING_RE.search(sentence) or _CONCLUSION_RE.search(sentence))
     )
 
 
@@ -340,7 +342,9 @@ def _final_value_answer(region: str) -> Found | None:
     values = list(_VALUE_RE.finditer(stripped, max(paragraph_start, len(stripped) - 1500)))  # linear in the text
     value, span = (values[-1] if values else None), None
     if value and _STATES_RE.search(stripped[max(0, value.start() - 200) : value.start()]):
-        if _only_remarks(stripped[value.end() :]):
+        breaks = list(_SENTENCE_SPLIT_RE.finditer(stripped, max(0, value.start() - 300), value.start()))
+        sentence = stripped[breaks[-1].end() if breaks else max(0, value.start() - 300) :]
+        if _only_remarks(stripped[value.end() :]) and not _goes_on(sentence):  # not "I know that m is \(5\) kg."
             bold = value[5]
             inner = next(g for g in value.groups() if g is not None).strip()
             span = _answer_span(bold, words=True) if bold else inner

@@ -3,7 +3,7 @@ r"""Benchmark 7: agreement of grading.grade_math with the expected verdicts of p
     python bench/grader_agreement.py                    # all cases: the committed grader (git HEAD) and this one
     python bench/grader_agreement.py --quick            # smoke test: 40 cases
     python bench/grader_agreement.py --baseline none    # this grader only
-    python bench/grader_agreement.py --baseline 83e1c7b 3ae5eb5 --responses a.jsonl b.jsonl   # 2 baselines, responses
+    python bench/grader_agreement.py --baseline 83e1c7b 3ae5eb5 --responses a.jsonl --variants b.jsonl  # and responses
 
 Cases: bench/data/grader_suites.jsonl, the (prediction, gold, expected verdict) cases of Math-Verify's tests
 (huggingface/Math-Verify, Apache-2.0) and of lm-evaluation-harness's math answer-check tests (EleutherAI, MIT; open pull
@@ -18,7 +18,9 @@ the cases where this grader disagrees with a suite on purpose.
 With --responses, files of whole model responses (JSONL: response, gold or answer, optionally finish_reason and a
 reference verdict `correct`) are graded by every grader too: per file, how many have an answer, how many are right, and
 every response whose extraction or verdict changed from the last baseline to this one, so a change of the extraction
-rules shows what it does on real responses.
+rules shows what it does on real responses. Files given to --variants are graded so too, and two variants of each of
+their responses as well: its boxes written out (\boxed{X} -> X: the same answers in prose) and cut at random points (as
+a token limit cuts them, the finish reason lost: an answer found there is a draft, right only by luck).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import atexit
 import importlib.util
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -38,6 +41,7 @@ from pathlib import Path
 from common import REPO_DIR, add_common_args, machine_info, machine_line, markdown_table, save_results
 
 SUITES = REPO_DIR / "bench" / "data" / "grader_suites.jsonl"
+CUTS = 4  # --variants: random cuts per response, in its last three quarters
 GRADER_MODULES = ("grading", "answer_extraction")  # a baseline grader, all at its revision (markup.py: this tree's)
 DECIMAL_COMMA = "a comma between digits separates list items or groups thousands, never decimals (English benchmarks)"
 NO_LAST_NUMBER = "no last-number fallback: the value right after 'is' is the answer, or none is stated"
@@ -66,6 +70,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         nargs="+",
         default=["HEAD"],
         help="git revisions whose grading.py is measured alongside, the last one compared case by case ('none' = skip)",
+    )
+    p.add_argument(
+        "--variants",
+        nargs="*",
+        default=[],
+        help=f"response files graded as --responses and also with boxes written out and cut at {CUTS} random points",
     )
     p.add_argument("--timeout", type=float, default=5.0, help="seconds per symbolic comparison (grade_math's default)")
     p.add_argument("--limit", type=int, default=0, help="grade only the first N cases (0 = all)")
@@ -159,6 +169,25 @@ def read_responses(path: str) -> list[dict]:
         }
         for r in records
     ]
+
+
+def response_variants(responses: list[dict], seed: int = 0) -> dict[str, list[dict]]:
+    """The responses as written, with every box written out (\\boxed{X} -> X), and cut at CUTS random points each."""
+    from answer_extraction import all_boxes
+
+    rng = random.Random(seed)
+    written_out, cut = [], []
+    for r in responses:
+        text, pieces, last = r["response"], [], 0
+        for start, end, content in all_boxes(text):
+            if start >= last:  # a box inside a box goes with the outer one
+                pieces += [text[last:start], content]
+                last = end
+        written_out.append({**r, "response": "".join(pieces) + text[last:]})
+        for _ in range(CUTS):
+            end = rng.randrange(len(text) // 4, len(text))
+            cut.append({**r, "response": text[:end], "finish_reason": None, "reference": None})
+    return {"as written": responses, "boxes written out": written_out, "cut at random": cut}
 
 
 def grade_responses(graders: dict, responses: list[dict], timeout: float) -> tuple[list[dict], list[dict]]:
@@ -265,12 +294,18 @@ def main(args: argparse.Namespace) -> dict:
         f"| case | expected equal | gold | extracted | why |\n|---|---|---|---|---|\n{miss_lines}\n"
     )
     response_rows, changed_responses = [], []
-    for path in args.responses:
-        rows_here, changed_here = grade_responses(graders, read_responses(path), args.timeout)
-        response_rows += [{"file": os.path.basename(path), **row} for row in rows_here]
-        changed_responses += [{"file": os.path.basename(path), **change} for change in changed_here]
-    if args.responses:
-        columns = ["file", "grader", "n", "answer found", "correct", "agrees with reference"]
+    for path in args.responses + args.variants:
+        responses = read_responses(path)
+        sets = response_variants(responses) if path in args.variants else {"as written": responses}
+        for variant, items in sets.items():
+            rows_here, changed_here = grade_responses(graders, items, args.timeout)
+            file = os.path.basename(path)
+            response_rows += [{"file": file, "variant": variant, **row} for row in rows_here]
+            response_rows[-1]["changed"] = len(changed_here)
+            if variant == "as written":
+                changed_responses += [{"file": file, **change} for change in changed_here]
+    if response_rows:
+        columns = ["file", "variant", "grader", "n", "answer found", "correct", "agrees with reference", "changed"]
         response_table = markdown_table(response_rows, columns)
         print("\n" + response_table)
         change_lines = "\n".join(
@@ -279,11 +314,17 @@ def main(args: argparse.Namespace) -> dict:
             f"{'right' if c['after']['correct'] else 'wrong'} | {cell(c['ending'])} |"
             for c in changed_responses
         )
+        given = [
+            f"--{k} " + " ".join(map(os.path.basename, v))
+            for k, v in (("responses", args.responses), ("variants", args.variants))
+            if v
+        ]
         markdown += (
-            f"\nWhole responses, `--responses {' '.join(os.path.basename(p) for p in args.responses)}`: each graded by "
-            "grade_math (with its finish_reason when the file has one); 'agrees with reference' = share of verdicts "
-            f"equal to the file's own.\n\n{response_table}\n\n"
-            f"Responses whose extraction or verdict changed ({len(changed_responses)}):\n\n"
+            f"\nWhole responses, `{' '.join(given)}`: each graded by grade_math (with its finish_reason when the file "
+            "has one); 'agrees with reference' = share of verdicts equal to the file's own; 'changed' = responses "
+            "whose extraction or verdict this grader changed from the last baseline; variants (--variants files): "
+            f"boxes written out, cut at {CUTS} random points each.\n\n{response_table}\n\n"
+            f"Responses as written whose extraction or verdict changed ({len(changed_responses)}):\n\n"
             f"| file:line | gold | before | after | how the response ends |\n|---|---|---|---|---|\n{change_lines}\n"
         )
     payload = {

@@ -93,6 +93,12 @@ def test_prose_answers(text, expected):
         "<think>\nThe first two cases give 2 and 4.\n\nHmm, so the total is 6?",
         "So x = 4 in the first case.\n\nNow the second case: if y = 2 then the sum is 6.",
         "Therefore x = 5. Let me check the other case.",  # the README's example
+        # A thought cut off after closing-remark-like text: a sentence cut mid-word, a plan, a given.
+        "<think>\nSo x = 4.\n\nWhere D is the diameter of the orbit, which is approximatel",
+        "<think>\nThe equation is\n\n\\[\\dot{y} + 5y = 10\\]\n\nThis is a linear equation. I can solve it with an "
+        "integrating factor.\n\n",
+        "<think>\nSolving for p:\n\n\\[p = \\sqrt{2mK}\\]\n\nI know the mass of a proton is \\( m = 1.672 \\times "
+        "10^{-27} \\) kg.",
         # A value that is not stated as a result, or followed by more reasoning.
         "We have\n\n$$x^2 + y^2$$\n\nwhich we now minimize.",
         "The sum is **5** apples plus 3 more per box.",
