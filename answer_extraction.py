@@ -70,6 +70,7 @@ _MID_SENTENCE_RE = re.compile(
     r"|at|as|from|if|then|than|this|its|our|into|gives?|get|let))\s*\Z"
 )
 _COMPLETE_RE = re.compile(r"[.!][)\]*\"'”’]*\Z")  # a sentence ended by its full stop (or "!"), maybe in brackets
+_UNIT_RE = re.compile(r"\s*[^\W\d_%°]|\s*[%°]")  # what a unit right after a value starts with: not ", so" nor "+"
 MAX_REMARKS = 5  # closing sentences without maths looked past at the end of a text
 _CONCLUSION_RE = re.compile(
     r"\b(?:therefore|thus|hence|so|consequently|in conclusion|in summary|finally|this means|which means)\b", re.I
@@ -279,8 +280,12 @@ def _without_remarks(region: str) -> str:
 
 
 def _only_remarks(text: str) -> bool:
-    """Nothing but punctuation and closing remarks: ", which is the smallest such integer." or "\n\nHope it helps!"."""
+    """Nothing but a unit, punctuation and closing remarks: ", which is the smallest such integer.", " percent" or
+    "\n\nHope it helps!"."""
     sentences = [s for s in _SENTENCE_SPLIT_RE.split(text) if s.strip(" \t\n.,;:!$*)]}\\")]
+    if sentences and len(sentences[0].split()) <= 2 and not _REMARK_RE.search(sentences[0]):
+        if text.startswith(sentences[0]) and _UNIT_RE.match(sentences[0]) and not _stops_mid_sentence(sentences[0]):
+            sentences = sentences[1:]  # a unit right after the value: "$28$ percent", "**12** cm"
     return len(sentences) <= MAX_REMARKS and all(_is_remark(s) for s in sentences)
 
 

@@ -70,6 +70,7 @@ def test_prose_responses(case):
         ("The last step gives\n\n\\[\nx = \\frac{3}{4}\n\\]\n\nwhich is the required ratio.", "x = \\frac{3}{4}"),
         ("So x = 4.\n\nThis was a nice problem. It combines two ideas. Both are standard.", "x = 4"),
         ("The total is\n\n**The answer is 42**\n\nThat's it.", "42"),
+        ("The share of the budget is\n\n$28$ percent", "28"),  # a unit right after the value
     ],
 )
 def test_prose_answers(text, expected):
