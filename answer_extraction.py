@@ -1,7 +1,7 @@
 r"""Where is the final answer of a math response? Extraction for grading.py, which compares what this finds.
 
     python -c 'from answer_extraction import extract_answer; print(extract_answer("So there are 9 divisors."))'
-    python -m pytest tests/test_grading.py -q -k extract
+    python -m pytest tests/test_answer_extraction.py tests/test_grading.py -q -k "extract or prose or made_up"
 
 The answer is looked for in the solution block (markup.solution_part: the Sky-T1 solution, the text after </think>,
 or the whole response when it has no reasoning markup), by the first rule that finds one:
@@ -10,13 +10,20 @@ or the whole response when it has no reasoning markup), by the first rule that f
   2. the last answer phrase ("final answer is", "Answer:", "**Final Answer**", "the final answers are:" and a list),
      keeping the answer's span (a number, formula or short LaTeX), not the sentence: "Final answer: The speed is 250
      meters per second." gives 250;
-  3. a concluding sentence among the last two ("Therefore, there are 9 divisors.", "So the area is $12$ square units.");
-  4. a formula or **bold** line that ends the solution (closing remarks without maths aside), or a whole response
-     that is one short formula.
+  3. a concluding sentence among the last two of the final paragraph ("Therefore, there are 9 divisors.", "So the area
+     is $12$ square units."), keeping the value set in bold ("is *n* = **5**." gives 5); not a question or a sentence
+     that goes on reasoning ("Hmm, so the sum is 6?"), and none when the last one does ("... Let me check n = 0.");
+  4. the last formula or **bold** value of the final paragraph when it is stated (it opens a line or follows ':', '=',
+     'is', 'gives' ...) and only closing remarks follow it ("v/c = z = **0.033**"), or a whole response that is one
+     short formula.
+Closing remarks are looked past in rules 3 and 4: up to MAX_REMARKS sentences at the end, each ended by its full stop,
+without maths, conclusion word or sign of reasoning going on ("I think that's the final answer.", a paragraph "This
+problem demonstrates ..."; not "I can solve it with an integrating factor."), and pleasantries ("I hope it helps").
 answer_parts returns the parts and whether they are labelled (part (a), Subproblem 1, a bulleted list); extract_answer
-joins them. There is no last-number fallback: a number near the end of a response is often a draft. A response whose
-thought never closed (cut off mid-way) counts only an answer that ends it; grading.grade_math gives none to a response
-the backend stopped at its token limit.
+joins them. There is no last-number fallback: a number near the end of a response is often a draft. A text that visibly
+stops mid-sentence ("..., where the") was cut off and has no answer; a response whose thought never closed counts only
+an answer that ends it (closing remarks aside); grading.grade_math gives none to a response the backend stopped at its
+token limit.
 """
 
 import re
@@ -44,11 +51,27 @@ _LABEL = r"(?:\*\*)?(?:sub-?problem|part|question)\s*\(?\w{1,3}\)?\s*[:.]?(?:\*\
 _LABEL_RE = re.compile(rf"{_LABEL}|\(\s*[a-z0-9]{{1,3}}\s*\)|^\s*[a-z0-9]\)", re.I | re.M)
 _LIST_ITEM_RE = re.compile(rf"^[ \t]*(?:[-*•][ \t]+|\d+[.)][ \t]+|{_LABEL}[ \t]*)", re.I | re.M)
 _ITEM_LABEL_RE = re.compile(rf"^\s*{_LABEL}\s*", re.I)
-_LAST_FORMULA_RE = re.compile(  # the formula that ends a text: no other formula opens inside it
-    r"(?:\$\$((?:(?!\$\$).)+)\$\$|\\\[((?:(?!\\\[).)+)\\\]|(?<!\\)\$([^$]+)\$|\\\(((?:(?!\\\().)+)\\\))\Z", re.S
+_VALUE_RE = re.compile(  # a formula ($$..$$, \[..\], $..$, \(..\)) or a **bold** value
+    r"\$\$(.+?)\$\$|\\\[(.+?)\\\]|(?<![\\$])\$([^$]+)\$|\\\((.+?)\\\)|\*\*([^*\n]+)\*\*", re.S
 )
 _STATES_RE = re.compile(r"(?:^|\n)\s*\Z|(?::|=|\b(?:is|are|gives?|get|obtain|becomes?))\s*\Z", re.I)  # before it
 _REMARK_RE = re.compile(r"[\d$\\=]")  # a closing sentence without any of these is a remark, not an answer
+# ... unless it shows the reasoning going on ("Wait, let me check the other case.", "Now we need the area.").
+_OPEN_REASONING_RE = re.compile(
+    r"\?|\b(?:wait|hmm+|but|however|maybe|perhaps|let(?:'s|\s+me|\s+us)|(?:double-?|re)?check(?:ing)?|verify"
+    r"|alternatively|suppose|assume|consider|try|now|if|although|though|know|recall"
+    r"|(?:I|we)(?:'ll|\s+(?:can|could|will|would|should|must|might|have\s+to|need|want)))\b",
+    re.I,
+)
+# A text that ends on one of these stops mid-sentence: it was cut off, whatever came before. Lower case only: "the
+# answer is A" ends a sentence.
+_MID_SENTENCE_RE = re.compile(
+    r"(?:[,;:(\[{=+]|(?<!-)-|\\|\b(?:the|a|an|of|to|and|or|but|is|are|was|were|be|we|that|which|where|when|with|by|for|in|on"
+    r"|at|as|from|if|then|than|this|its|our|into|gives?|get|let))\s*\Z"
+)
+_COMPLETE_RE = re.compile(r"[.!][)\]*\"'”’]*\Z")  # a sentence ended by its full stop (or "!"), maybe in brackets
+_UNIT_RE = re.compile(r"\s*[^\W\d_%°]|\s*[%°]")  # what a unit right after a value starts with: not ", so" nor "+"
+MAX_REMARKS = 5  # closing sentences without maths looked past at the end of a text
 _CONCLUSION_RE = re.compile(
     r"\b(?:therefore|thus|hence|so|consequently|in conclusion|in summary|finally|this means|which means)\b", re.I
 )
@@ -67,7 +90,7 @@ _BOILERPLATE_RE = re.compile(r"\bI hope\b|\bhope (?:this|it) helps|\blet me know
 _MATHY_RE = re.compile(r"[\d\\^_=+*/<>|√π∞]|^-[\w(]")
 _BARE_NUMBER_RE = re.compile(r"(?<![\w.\\])[-+]?\d[\d,]*(?:\.\d+)?%?(?!\w)")
 _FILLER_RE = re.compile(r"^(?:(?:approximately|about|exactly|roughly|around|probably|simply|just|then|now)\s+)+", re.I)
-_BOLD_RE = re.compile(r"\*\*(.+?)\*\*[.:]?")
+_BOLD_RE = re.compile(r"\*\*([^*\n]+)\*\*")
 
 
 def all_boxes(text: str) -> list[tuple[int, int, str]]:
@@ -167,6 +190,12 @@ def _copulas(sentence: str, pattern: re.Pattern = _COPULA_RE) -> list[int]:
     return [m.end() for m in pattern.finditer(masked)]
 
 
+def _bold_value(sentence: str) -> str | None:
+    """The last value the writer set in bold: the answer itself ("is *n* = **5**" gives 5, not "n* = **5")."""
+    bold = [m[1] for m in _BOLD_RE.finditer(sentence) if _is_mathy(m[1].split(" ", 1)[0])]
+    return _answer_span(bold[-1], words=False) if bold else None
+
+
 def _answer_span(text: str, words: bool, sole: bool = True) -> str | None:
     """The answer at the start of `text` (what follows 'the answer is'): a formula, a run of formula-like tokens, what
     follows a copula ('the speed is 250 m/s'), a short word answer when `words`, or the sentence's only value."""
@@ -176,6 +205,9 @@ def _answer_span(text: str, words: bool, sole: bool = True) -> str | None:
         return math
     end = _SENTENCE_END_RE.search(text)
     sentence = text[: end.start()] if end else text
+    bold = _bold_value(sentence)
+    if bold:
+        return bold
     for start in [0] + _copulas(sentence):
         rest = _FILLER_RE.sub("", sentence[start:].lstrip(" *:"))
         span = _leading_math(rest) or _math_run(rest)
@@ -218,9 +250,48 @@ def _phrase_answer(region: str) -> Found | None:
     return None
 
 
+def _stops_mid_sentence(text: str) -> bool:
+    """The text ends where no sentence can ('..., where the', '... 3 +'): it was cut off."""
+    return bool(_MID_SENTENCE_RE.search(text[-200:]))
+
+
+def _is_remark(sentence: str) -> bool:
+    """A closing remark, not part of the answer or of the reasoning: a pleasantry, or a sentence ended by its full stop
+    without maths, conclusion word or sign of reasoning going on ("I think that's the final answer.", "This problem
+    demonstrates how modular arithmetic simplifies products."; not "Therefore, the winner is Evelyn.", nor a sentence
+    cut off mid-word)."""
+    sentence = sentence.strip()
+    return bool(_BOILERPLATE_RE.search(sentence)) or (
+        bool(_COMPLETE_RE.search(sentence))
+        and not (_REMARK_RE.search(sentence) or _OPEN_REASONING_RE.search(sentence) or _CONCLUSION_RE.search(sentence))
+    )
+
+
+def _without_remarks(region: str) -> str:
+    """`region` without the closing remarks that end it (at most MAX_REMARKS sentences, whole paragraphs included):
+    "... is indeed 225.\n\nI think that's the final answer." ends at "225."."""
+    text = region.rstrip()
+    for _ in range(MAX_REMARKS):
+        breaks = list(_SENTENCE_SPLIT_RE.finditer(text, max(0, len(text) - 2000)))
+        if not breaks or not _is_remark(text[breaks[-1].end() :]):
+            break
+        text = text[: breaks[-1].start()].rstrip()
+    return text
+
+
+def _only_remarks(text: str) -> bool:
+    """Nothing but a unit, punctuation and closing remarks: ", which is the smallest such integer.", " percent" or
+    "\n\nHope it helps!"."""
+    sentences = [s for s in _SENTENCE_SPLIT_RE.split(text) if s.strip(" \t\n.,;:!$*)]}\\")]
+    if sentences and len(sentences[0].split()) <= 2 and not _REMARK_RE.search(sentences[0]):
+        if text.startswith(sentences[0]) and _UNIT_RE.match(sentences[0]) and not _stops_mid_sentence(sentences[0]):
+            sentences = sentences[1:]  # a unit right after the value: "$28$ percent", "**12** cm"
+    return len(sentences) <= MAX_REMARKS and all(_is_remark(s) for s in sentences)
+
+
 def _closing_sentences(region: str) -> list[tuple[int, str]]:
-    """(offset, text) of the last two sentences of the last paragraph, closing pleasantries left out."""
-    region = region.rstrip()
+    """(offset, text) of the last two sentences of the last paragraph, closing remarks and pleasantries left out."""
+    region = _without_remarks(region)
     paragraph_start = max([m.end() for m in _PARAGRAPH_RE.finditer(region)], default=0)
     sentences, start = [], paragraph_start
     for m in list(_SENTENCE_SPLIT_RE.finditer(region, paragraph_start)) + [None]:
@@ -232,9 +303,21 @@ def _closing_sentences(region: str) -> list[tuple[int, str]]:
     return sentences[-2:]
 
 
+def _goes_on(sentence: str) -> bool:
+    """The sentence asks or goes on reasoning, from its last conclusion word on ("Hmm, so the sum is 6?"; not "Now we
+    solve it: x = 2/3 Therefore, the probability is 2/3.", one sentence for want of a full stop)."""
+    words = list(_CONCLUSION_RE.finditer(sentence))
+    return bool(_OPEN_REASONING_RE.search(sentence[words[-1].start() :] if words else sentence))
+
+
 def _conclusion_answer(region: str) -> Found | None:
     """'Therefore, there are 9 divisors.' near the end; failing that, a last sentence 'X is <formula>'."""
+    # A question or a sentence that goes on reasoning concludes nothing; after one, the text ends mid-reasoning
+    # ("So the sum is 6. Let me check the other case.").
     closing = _closing_sentences(region)
+    if closing and _goes_on(closing[-1][1]):
+        return None
+    closing = [(offset, sentence) for offset, sentence in closing if not _goes_on(sentence)]
     for offset, sentence in reversed(closing):
         for m in reversed(list(_CONCLUSION_RE.finditer(sentence))):
             # "..., so we check 3 cases" is no conclusion; a sentence that opens with "Therefore" may be one.
@@ -245,43 +328,39 @@ def _conclusion_answer(region: str) -> Found | None:
         offset, sentence = closing[-1]
         for start in _copulas(sentence, _WORD_COPULA_RE):
             rest = sentence[start:].lstrip(" *:")
-            span = _leading_math(rest) or (_math_run(rest) if _is_mathy(rest.split(" ", 1)[0]) else None)
+            span = (
+                _bold_value(rest)
+                or _leading_math(rest)
+                or (_math_run(rest) if _is_mathy(rest.split(" ", 1)[0]) else None)
+            )
             if span and len(rest.strip(" .$*\\()[]")) <= len(span) + 4:  # the value ends the sentence
                 return Found([span], offset + len(sentence))
     return None
 
 
-def _final_line_answer(region: str, remarks: bool) -> Found | None:
-    """A formula or **bold** line that ends the text (after closing remarks without maths, when `remarks`: a solution
-    block's '... \\[x = 5\\] This is the final answer.'); a whole response that is one short formula."""
-    stripped = region.rstrip()
-    for _ in range(3 if remarks else 0):
-        sentences = _SENTENCE_SPLIT_RE.split(stripped)
-        if len(sentences) < 2 or _REMARK_RE.search(sentences[-1]):
-            break
-        stripped = stripped[: stripped.rfind(sentences[-1])].rstrip()
-    tail = stripped[-1500:].rstrip(" .")
-    formula = _LAST_FORMULA_RE.search(tail)
-    line = stripped.rsplit("\n", 1)[-1].strip()
-    bold = _BOLD_RE.fullmatch(line)
-    span = None
-    if formula and _STATES_RE.search(tail[: formula.start()]):
-        span = next(g for g in formula.groups() if g is not None).strip()
-    elif bold:
-        span = _answer_span(bold[1], words=True)
+def _final_value_answer(region: str) -> Found | None:
+    """The last formula or **bold** value of the final paragraph, when it is stated (it opens a line or follows ':',
+    '=', 'is', 'gives' ...) and only closing remarks follow it: "v/c = z = **0.033**", "... gives\n\\[x = 5\\]\n\nThis
+    is the final answer."; or a whole response that is one short formula."""
+    stripped = _without_remarks(region)
+    paragraph_start = max([m.end() for m in _PARAGRAPH_RE.finditer(stripped)], default=0)
+    values = list(_VALUE_RE.finditer(stripped, max(paragraph_start, len(stripped) - 1500)))  # linear in the text
+    value, span = (values[-1] if values else None), None
+    if value and _STATES_RE.search(stripped[max(0, value.start() - 200) : value.start()]):
+        breaks = list(_SENTENCE_SPLIT_RE.finditer(stripped, max(0, value.start() - 300), value.start()))
+        sentence = stripped[breaks[-1].end() if breaks else max(0, value.start() - 300) :]
+        if _only_remarks(stripped[value.end() :]) and not _goes_on(sentence):  # not "I know that m is \(5\) kg."
+            bold = value[5]
+            inner = next(g for g in value.groups() if g is not None).strip()
+            span = _answer_span(bold, words=True) if bold else inner
     elif len(stripped) <= 80 and "\n" not in stripped and _is_mathy(stripped.split(" ", 1)[0]):
         span = _math_run(stripped)
     return Found([span], len(region)) if span else None
 
 
-def _find_answer(region: str, remarks: bool = False) -> Found | None:
+def _find_answer(region: str) -> Found | None:
     """The answer by the first rule that finds one."""
-    return (
-        _box_answer(region)
-        or _phrase_answer(region)
-        or _conclusion_answer(region)
-        or _final_line_answer(region, remarks)
-    )
+    return _box_answer(region) or _phrase_answer(region) or _conclusion_answer(region) or _final_value_answer(region)
 
 
 def tidy(text: str) -> str:
@@ -295,14 +374,18 @@ def answer_parts(text: str) -> tuple[list[str], bool]:
         return [], False
     text = tidy(text)
     solution = solution_part(text)
+    region = text if solution is None else solution
+    if _stops_mid_sentence(region):  # cut off: what stands before the cut is a draft
+        return [], False
     if solution is None and markup_of(text) is not None:
-        # The thought never closed: only an answer that ends the response counts, not a draft cut off mid-way.
-        paragraph = text[max([m.end() for m in _PARAGRAPH_RE.finditer(text.rstrip())], default=0) :]
+        # The thought never closed: it may have been cut off mid-way, so only an answer that ends it (closing remarks
+        # aside) counts, not a draft or a number that happens to stand last.
+        body = _without_remarks(region)
+        paragraph = body[max([m.end() for m in _PARAGRAPH_RE.finditer(body)], default=0) :]
         found = _find_answer(paragraph)
-        rest = _BOILERPLATE_RE.sub("", paragraph[found.end :]) if found else ""
-        ends_it = found and len(re.sub(r"[\s.$\\\])}*]", "", rest)) <= 40 and not re.search(r"[\d=]", rest)
+        ends_it = found and _only_remarks(paragraph[found.end :])
         return (found.parts, found.labelled) if ends_it else ([], False)
-    found = _find_answer(text if solution is None else solution, remarks=solution is not None)
+    found = _find_answer(region)
     if found is None and solution is not None:  # a solution block that states no answer: the thought's last box
         found = _box_answer(text[: text.rfind(solution)])
     return (found.parts, found.labelled) if found else ([], False)

@@ -3,14 +3,16 @@
     python bench/scoring.py            # all bundled maths golds x (right, wrong); 120 LiveCodeBench problems (~5 min)
     python bench/scoring.py --quick    # smoke test
     python bench/scoring.py --baseline HEAD --code-problems 3   # maths before/after a grading.py change, same run
+    python bench/scoring.py --baseline 83e1c7b 3ae5eb5          # several baselines, same responses, same run
 
 Maths: every gold of data/eval/{aime24,amc23,math500,olympiadbench}.jsonl (grading.answer_from_record) against two
 long-CoT-shaped responses (about 3k characters of reasoning in Sky-T1 markup, then \\boxed{...}): one right (the gold,
 half of them in an equivalent form: decimal for fractions, swapped order for multi-answer golds) and one wrong (another
 item's gold). Each is graded with grading.grade_math (extraction + math_equal, the symbolic fallback included), on one
 process, then on a process pool with one worker per core. Agreement with the intended verdict is reported too, so a
-fast but wrong grader does not look good. With --baseline REV, grading.py as committed at REV (imported from a
-temporary copy, bench/grader_agreement.load_grading) grades the same responses right after, in the same run.
+fast but wrong grader does not look good. With --baseline REV [REV ...], grading.py as committed at each REV (imported
+from a temporary copy with its answer extraction, bench/grader_agreement.load_grading) grades the same responses right
+after, in the same run.
 Code: LiveCodeBench problems of data/eval/livecodebench.jsonl with their real public tests (stdin and functional), each
 run by sandbox.run_tests against a trivially correct program: one that looks the expected output up from the test
 input. It measures the sandbox's cost per test (process start, isolation, per-test fork, comparison), not the cost
@@ -55,7 +57,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reasoning-chars", type=int, default=3000, help="length of the reasoning before the final answer")
     p.add_argument("--seed", type=int, default=0, help="response text and the choice of wrong answers")
     p.add_argument(
-        "--baseline", default="none", help="git revision whose grading.py is timed on the same responses (e.g. HEAD)"
+        "--baseline",
+        nargs="+",
+        default=["none"],
+        help="git revisions whose grading.py is timed on the same responses (e.g. HEAD)",
     )
     add_common_args(p)
     args = p.parse_args(argv)
@@ -197,12 +202,13 @@ def main(args: argparse.Namespace) -> dict:
     problems = [p for p in problems if p["tests"]]
     problems = random.Random(args.seed).sample(problems, min(args.code_problems, len(problems)))
     graders = ["grading"]
-    if args.baseline != "none":
+    if args.baseline != ["none"]:
         from grader_agreement import load_grading
 
-        baseline = load_grading(args.baseline)
-        sys.modules[baseline.__name__] = baseline
-        graders.append(baseline.__name__)
+        for revision in args.baseline:
+            baseline = load_grading(revision)
+            sys.modules[baseline.__name__] = baseline
+            graders.append(baseline.__name__)
     rows = []
     for workers in (1, args.workers):
         for grader in graders:
@@ -222,7 +228,8 @@ def main(args: argparse.Namespace) -> dict:
         f"code: {len(problems)} LiveCodeBench problems, their public tests, a lookup program that passes them; "
         f"agreement = share of tests passed; sandbox isolation '{machine['sandbox_isolation']}'. "
         "workers > 1 = ProcessPoolExecutor. grader: grading = this working tree"
-        + (f", {graders[1]} = grading.py at {args.baseline}, same responses, right after." if len(graders) > 1 else ".")
+        + "".join(f", {name} = grading.py at {name.split('_', 1)[1]}" for name in graders[1:])
+        + (", same responses, right after." if len(graders) > 1 else ".")
     )
     markdown = f"{machine_line(machine)}\n\n`python bench/scoring.py`: {notes}\n\n{table}\n"
     payload = {"benchmark": "scoring", "machine": machine, "config": vars(args), "rows": rows}
