@@ -33,6 +33,7 @@ import torch
 
 import distributed
 import memory_plan
+import sequence_parallel
 import sft
 import tiny_model
 import utils
@@ -75,6 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--offload-activations", action="store_true", help="checkpointed layer inputs in CPU memory")
     p.add_argument("--fsdp", action="store_true", help="FSDP even in one process (torchrun with 2+ always is)")
     p.add_argument("--cpu-offload", action="store_true", help="FSDP with weights, grads, Adam state in CPU memory")
+    p.add_argument("--sequence-parallel", type=int, default=1, help="split each packed row over N ranks (Ulysses)")
     p.add_argument("--dist-timeout", type=float, default=120, help="minutes ranks may wait for rank 0 (loads, saves)")
     # output
     p.add_argument("--output-dir", default="out/full", help="metrics.jsonl, step-NNNNNN/ (sharded), final/ model")
@@ -106,6 +108,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.save_dtype, args.gradient_checkpointing = "fp32", False
     if not args.data and not args.dry_run:
         p.error("--data is required (or --demo, or --dry-run)")
+    if args.sequence_parallel < 1:
+        p.error("--sequence-parallel must be 1 or more")
+    if args.sequence_parallel > 1 and not args.packing:
+        p.error("--sequence-parallel splits packed rows: drop --no-packing")
     return args
 
 
@@ -150,6 +156,7 @@ def main(args: argparse.Namespace) -> dict:
         raise SystemExit(f"--micro-batch-tokens {args.micro_batch_tokens} must be >= --max-length {args.max_length}")
     timeout = timedelta(minutes=args.dist_timeout)
     rank, world, device = distributed.init(timeout, args.cpu_offload) if sharded else (0, 1, utils.pick_device())
+    layout = sequence_parallel.setup(args.sequence_parallel, rank, world, device)  # (data parallel, sequence parallel)
     is_main = rank == 0
 
     say = distributed.say
@@ -159,6 +166,7 @@ def main(args: argparse.Namespace) -> dict:
     say("config:", json.dumps(vars(args), indent=1))
     sharding = ("FSDP2 + CPU offload" if args.cpu_offload else "FSDP2") if sharded else "single process"
     say(f"device {device} x {world} | {sharding} | compute {dtype}, fp32 master weights | attention {attn}")
+    say(f"sequence parallel {layout.size} x data parallel {layout.dp_size}")
     torch.manual_seed(args.seed)
     if args.demo:
         tiny_model.ensure_student(args.model)
@@ -174,7 +182,8 @@ def main(args: argparse.Namespace) -> dict:
     collate = sft.collate_packed if args.packing else partial(sft.collate_padded, pad_id=tokenizer.pad_token_id)
     say(data.report)
     out.mkdir(parents=True, exist_ok=True)  # only now: bad data leaves no empty run folder behind
-    micro_batches = math.ceil(args.samples_per_step * sum(lengths) / len(lengths) / args.micro_batch_tokens / world)
+    replicas = world // args.sequence_parallel  # the step's samples are split over the data-parallel replicas
+    micro_batches = math.ceil(args.samples_per_step * sum(lengths) / len(lengths) / args.micro_batch_tokens / replicas)
     say(f"schedule: {steps_per_epoch} steps/epoch, {total_steps} steps, ~{micro_batches} micro-batches/step per rank")
 
     # ---------------------------------------------------------------- model
@@ -184,6 +193,7 @@ def main(args: argparse.Namespace) -> dict:
         lm = distributed.empty_model(args.model, torch.float32, attn)  # fp32 master shards
     else:
         lm = utils.load_model(args.model, device, torch.float32, attn)  # fp32 master weights; autocast computes 16-bit
+    sequence_parallel.use_ulysses(lm, layout, attn)  # N > 1: each rank attends over the whole row for heads/N heads
     if args.gradient_checkpointing:
         utils.enable_checkpointing(lm, args.offload_activations)
     model = distributed.CausalLMLoss(lm, args.loss_chunk_tokens)
@@ -280,7 +290,7 @@ def main(args: argparse.Namespace) -> dict:
         sample_ids = sft.step_sample_ids(len(samples), args.samples_per_step, args.seed, step)
         # this rank's share of the step; each loss / the step's target tokens on ALL ranks, then summed over ranks
         loss_sum, n_tokens, n_targets = distributed.accumulate_step(
-            model, data, sample_ids, args.micro_batch_tokens, pack, collate, device, autocast, scaler
+            model, data, sample_ids, args.micro_batch_tokens, pack, collate, device, autocast, scaler, layout
         )
         lr = scheduler.get_last_lr()[0]
         # unscale (fp16), clip, step unless a gradient is inf/nan, update the loss scale
