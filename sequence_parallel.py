@@ -54,7 +54,9 @@ def setup(n: int, rank: int, world: int, device: torch.device) -> Layout:
     """The (dp, sp) mesh of the world: N consecutive ranks per SP group (one node's GPUs when N divides a node's count,
     so the all-to-alls stay on NVLink), the groups data parallel across. N = 1: every rank its own replica."""
     if n < 1 or world % n:
-        raise SystemExit(f"--sequence-parallel {n} must divide the number of ranks ({world}; torchrun --nproc-per-node)")
+        raise SystemExit(
+            f"--sequence-parallel {n} must divide the number of ranks ({world}; torchrun --nproc-per-node)"
+        )
     if n == 1:
         return Layout(1, 0, world, rank)
     from torch.distributed.device_mesh import init_device_mesh

@@ -3,10 +3,6 @@ row (and two broken variants that must fail that check), then both trainers unde
 against one process, SP 2 x DP 2 over two localhost "nodes", and a checkpoint of SP 2 resumed in one process."""
 
 import os
-import shutil
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,9 +11,6 @@ import torch
 import distributed
 import sequence_parallel
 import sft
-import train_full
-import train_lora
-import utils
 
 REPO = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-5  # the issue's bound, relative; measured: see the tests
@@ -39,11 +32,14 @@ def row_batch(lengths: list[int], seed: int) -> dict[str, torch.Tensor]:
 
 
 def tiny_qwen2():
-    """4 query heads over 1 key/value head: fewer KV heads than N = 2, so the repetition runs."""
+    """4 query heads over 1 key/value head: fewer KV heads than N = 2, so the repetition runs. Weights 10x the usual
+    init: sharp attention, so that positions and boundaries move the loss well past the tolerance."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     config = Qwen2Config(vocab_size=100, hidden_size=64, intermediate_size=96, num_hidden_layers=2)
-    config.update(dict(num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=256))
+    config.update(
+        dict(num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=256, initializer_range=0.2)
+    )
     torch.manual_seed(0)
     return Qwen2ForCausalLM(config).float().train()
 
@@ -126,17 +122,20 @@ def test_shards_rebuild_the_padded_row_with_true_positions_and_boundaries(two_ra
 
 
 def test_ulysses_gives_the_one_process_losses_and_gradients_and_broken_variants_do_not(two_rank_attention):
-    """Measured: equal to ~1e-7 relative (float summation order). Losing the boundaries, or restarting positions per
-    shard, changes the losses by far more than the bound: the check can fail."""
+    """Measured: equal to ~1e-7 relative (float summation order). Losing the boundaries after the all-to-all changes
+    the rows' losses by 2-7%, restarting positions per shard by up to 3.6% (not row 0, whose shard boundary is a
+    sample boundary): the check can fail."""
     losses, grads = one_process_reference()
     runs = {item[0]: item[1:] for item in two_rank_attention if isinstance(item[0], str)}
     sp_losses, sp_grads = runs["ulysses"]
     assert sp_losses == pytest.approx(losses, rel=TOLERANCE)
     for name, grad in grads.items():
-        torch.testing.assert_close(torch.from_numpy(sp_grads[name]), grad, rtol=TOLERANCE, atol=TOLERANCE * grad.abs().max().item())
+        torch.testing.assert_close(
+            torch.from_numpy(sp_grads[name]), grad, rtol=TOLERANCE, atol=TOLERANCE * grad.abs().max().item()
+        )
     for broken in ("boundaries lost", "positions per shard"):
         broken_losses = runs[broken][0]
-        assert any(b != pytest.approx(a, rel=1e-3) for a, b in zip(losses, broken_losses)), broken
+        assert max(abs(b - a) / a for a, b in zip(losses, broken_losses)) > 100 * TOLERANCE, broken
 
 
 def test_heads_must_divide_and_the_error_lists_the_possible_n():
