@@ -11,7 +11,7 @@ the tokens' true positions (they restart at 0 in each packed sample) and the row
 Embeddings, MLPs, norms, RoPE and the chunked loss are per token: they run on the shard alone. Attention is the one
 place tokens meet: ulysses_attention turns the N sequence shards into N head shards with an all-to-all (every rank
 then holds the whole row for heads/N heads), attends over the whole row keeping each packed sample apart
-(FlashAttention-2's varlen kernel with the row's cu_seqlens on GPU, SDPA with the block-diagonal causal mask
+(FlashAttention-2's varlen kernel with the row's cu_seqlens on GPU, SDPA's causal kernel sample by sample
 elsewhere), and turns the result back with a second all-to-all. Both all-to-alls are autograd-aware, so backward
 sends the gradients back the same way. Each rank's loss is the summed cross-entropy of its shard's targets, divided by
 the step's target tokens (each counted once); gradients are summed over all ranks (replicated adapters: one all-reduce;
@@ -155,15 +155,10 @@ def repeat_kv_heads(key: torch.Tensor, value: torch.Tensor, heads: int, n: int) 
     return key.repeat_interleave(repeat, dim=1), value.repeat_interleave(repeat, dim=1)
 
 
-def block_causal_mask(cu_seqlens: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """(T, T) boolean: token i sees token j iff j <= i in the same packed sample."""
-    cu_seqlens = cu_seqlens.to(device)
-    sample = torch.repeat_interleave(torch.arange(len(cu_seqlens) - 1, device=device), cu_seqlens.diff())
-    return (sample[:, None] == sample[None, :]).tril_()
-
-
 def row_attention(query, key, value, cu_seqlens, kernel: str, scaling, dropout: float) -> torch.Tensor:
-    """Causal attention over the whole packed row, (1, h, T, d) in and out, each packed sample on its own."""
+    """Causal attention over the whole packed row, (1, h, T, d) in and out, each packed sample on its own: the varlen
+    kernel of FlashAttention-2 on GPU; elsewhere SDPA's causal kernel on each sample in turn, which is the
+    block-diagonal causal mask without building it (at 16k tokens its float form alone takes 1 GiB)."""
     if kernel == "flash_attention_2" and query.is_cuda:
         from flash_attn import flash_attn_varlen_func  # GPU only: the varlen kernel takes the row's cu_seqlens
 
@@ -172,10 +167,20 @@ def row_attention(query, key, value, cu_seqlens, kernel: str, scaling, dropout: 
         q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (T, h, d)
         out = flash_attn_varlen_func(q, k, v, cu_seqlens, cu_seqlens, longest, longest, dropout, scaling, causal=True)
         return out.transpose(0, 1).unsqueeze(0)
-    mask = block_causal_mask(cu_seqlens, query.device)
-    return F.scaled_dot_product_attention(
-        query, key, value, attn_mask=mask, dropout_p=dropout, scale=scaling, enable_gqa=True
-    )
+    bounds = cu_seqlens.tolist()
+    samples = [
+        F.scaled_dot_product_attention(
+            query[:, :, a:b],
+            key[:, :, a:b],
+            value[:, :, a:b],
+            dropout_p=dropout,
+            is_causal=True,
+            scale=scaling,
+            enable_gqa=True,
+        )
+        for a, b in zip(bounds, bounds[1:])
+    ]
+    return torch.cat(samples, dim=2)
 
 
 def ulysses_attention(

@@ -69,17 +69,19 @@ def _sp_rank(rank: int, world: int, init_file: str, results):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     layout = sequence_parallel.setup(world, rank, world, torch.device("cpu"))
-    proper_mask, proper_shard = sequence_parallel.block_causal_mask, sequence_parallel.shard_row
+    proper_attention, proper_shard = sequence_parallel.row_attention, sequence_parallel.shard_row
 
-    def one_causal_row(cu_seqlens, device):  # broken: the samples' boundaries lost after the all-to-all
-        return torch.ones(int(cu_seqlens[-1]), int(cu_seqlens[-1]), dtype=torch.bool, device=device).tril_()
+    def one_causal_row(
+        query, key, value, cu_seqlens, *args
+    ):  # broken: the samples' boundaries lost after the all-to-all
+        return proper_attention(query, key, value, cu_seqlens[[0, -1]], *args)
 
     def positions_per_shard(batch, layout):  # broken: each rank numbers its shard from 0
         shard = proper_shard(batch, layout)
         return dict(shard, position_ids=torch.arange(shard["position_ids"].shape[1]).unsqueeze(0))
 
     for variant in ("ulysses", "boundaries lost", "positions per shard"):
-        sequence_parallel.block_causal_mask = one_causal_row if variant == "boundaries lost" else proper_mask
+        sequence_parallel.row_attention = one_causal_row if variant == "boundaries lost" else proper_attention
         shard_row = positions_per_shard if variant == "positions per shard" else proper_shard
         lm = tiny_qwen2()
         sequence_parallel.use_ulysses(lm, layout, "sdpa")
