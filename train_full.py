@@ -4,14 +4,17 @@
     python train_full.py --dry-run --model Qwen/Qwen2.5-32B-Instruct --gpus 8     # memory per GPU, before renting any
     python train_full.py --data cot17k.jsonl --model Qwen/Qwen2.5-7B-Instruct --optim paged_adamw8bit   # one 80 GB GPU
     torchrun --nproc-per-node 8 train_full.py --data cot17k.jsonl --cpu-offload   # the paper: 32B on 8 GPUs
+    torchrun --nproc-per-node 8 train_full.py --data long.jsonl --cpu-offload --sequence-parallel 8 \
+        --max-length 131072 --micro-batch-tokens 131072                    # one 128k-token row over 8 GPUs (Ulysses)
 
 One process: the plain model on one device, fp32 master weights under bf16 autocast (fp16 with loss scaling on a T4,
 --precision). Under torchrun (2+ processes, or --fsdp / --cpu-offload): PyTorch FSDP2 shards parameters, gradients and
 optimizer state over every rank, gathers one decoder layer at a time in bf16 and reduces gradients in fp32. Each
 optimizer step takes the same `--samples-per-step` samples a single process would, splits them over the ranks by token
 count, packs each share into micro-batches of at most `--micro-batch-tokens` and normalises by the target tokens of the
-whole step on all ranks, so N GPUs compute the one-GPU gradient. Multi-node: add --nnodes/--rdzv-endpoint to torchrun
-(`accelerate launch` works too); --output-dir must be on a filesystem every node sees (checkpoints are written by all
+whole step on all ranks, so N GPUs compute the one-GPU gradient. --sequence-parallel N splits each packed row over N
+ranks (sequence_parallel.py; the rest are data parallel). Multi-node: add --nnodes/--rdzv-backend c10d/--rdzv-endpoint
+to torchrun (README: Long context); --output-dir must be on a filesystem every node sees (checkpoints are written by all
 ranks). FSDP2 partitions as the paper's DeepSpeed ZeRO-3 does, and CPUOffloadPolicy plays ZeRO-Offload's part: the
 README compares the two.
 """
@@ -67,7 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--samples-per-step", type=int, default=96, help="global batch in samples, all GPUs (paper: 96)")
     p.add_argument("--seed", type=int, default=42, help="data order")
     # memory: none of these change the gradient
-    p.add_argument("--micro-batch-tokens", type=int, default=16384, help="tokens per packed forward per GPU")
+    p.add_argument("--micro-batch-tokens", type=int, default=16384, help="tokens per packed row (per GPU without SP)")
     p.add_argument("--no-packing", dest="packing", action="store_false", help="padded batches (the baseline)")
     p.add_argument("--loss-chunk-tokens", type=int, default=sft.LOSS_CHUNK_TOKENS, help="LM-head loss chunk; 0: full")
     p.add_argument(

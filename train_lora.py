@@ -6,13 +6,16 @@
     python train_lora.py --data cot17k.jsonl --output-dir out/lora --resume auto --merge
     torchrun --nproc-per-node 8 train_lora.py --data cot17k.jsonl                # QLoRA, 8 data-parallel ranks
     torchrun --nproc-per-node 4 train_lora.py --data cot17k.jsonl --quant none --fsdp   # bf16 LoRA (paper), sharded
+    torchrun --nproc-per-node 8 train_lora.py --data long.jsonl --quant none --fsdp --sequence-parallel 8 \
+        --max-length 131072 --micro-batch-tokens 131072          # one 128k-token row split over 8 GPUs (Ulysses)
 
 The loop is plain PyTorch: every optimizer step takes `--samples-per-step` samples, packs them into micro-batches of
 at most `--micro-batch-tokens` tokens (no padding, no attention across samples) and divides the summed loss by the
 target tokens of the whole step, so gradient accumulation changes nothing but memory. sft.py holds those rules.
 Under torchrun, N ranks compute the one-GPU step (distributed.py): QLoRA replicates its 4-bit base on every GPU and
 sums the adapters' gradients; --fsdp shards a bf16 base and the adapters with FSDP2 (--cpu-offload: in CPU memory, the
-paper's ZeRO-3 offload). Rank 0 writes log, checkpoints and final/; checkpoints resume on any number of ranks.
+paper's ZeRO-3 offload); --sequence-parallel N splits each packed row over N of them (sequence_parallel.py). Rank 0
+writes log, checkpoints and final/; checkpoints resume on any number of ranks or machines (README: Long context).
 """
 
 from __future__ import annotations
@@ -70,7 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--samples-per-step", type=int, default=96, help="global batch in samples (paper: 96)")
     p.add_argument("--seed", type=int, default=42, help="data order and adapter init")
     # memory: none of these change the gradient
-    p.add_argument("--micro-batch-tokens", type=int, default=16384, help="tokens per packed forward: the memory knob")
+    p.add_argument("--micro-batch-tokens", type=int, default=16384, help="tokens per packed row: the memory knob")
     p.add_argument("--no-packing", dest="packing", action="store_false", help="padded batches (the baseline)")
     p.add_argument("--loss-chunk-tokens", type=int, default=sft.LOSS_CHUNK_TOKENS, help="LM-head loss chunk; 0: full")
     p.add_argument(

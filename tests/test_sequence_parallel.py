@@ -306,3 +306,16 @@ def test_sp2_inside_nodes_dp2_across_two_localhost_nodes(lora_one, tiny_model_di
     )
     assert "device cpu x 4" in stdout and "sequence parallel 2 x data parallel 2" in stdout
     assert_same_run(lora_one, out)
+
+
+def test_flags_and_their_checks(tiny_model_dir, long_rows, tmp_path):
+    for trainer in (train_lora, train_full):
+        assert trainer.parse_args(["--data", "x.jsonl"]).sequence_parallel == 1
+        for bad in (["--sequence-parallel", "0"], ["--sequence-parallel", "2", "--no-packing"]):
+            with pytest.raises(SystemExit):
+                trainer.parse_args(["--data", "x.jsonl", *bad])
+    # one process cannot hold two shards: the error says what N must divide
+    with pytest.raises(SystemExit, match="must divide the number of ranks"):
+        train_lora.main(
+            train_lora.parse_args(run_flags(tiny_model_dir, long_rows, tmp_path, "--sequence-parallel", "2"))
+        )
