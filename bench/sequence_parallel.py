@@ -113,7 +113,10 @@ def main(args: argparse.Namespace) -> dict:
     )
     markdown = f"{machine_line(machine)}\n\n`python bench/sequence_parallel.py`: {notes}\n\n{table}\n\n{ratio_table}\n"
     print(table + "\n\n" + ratio_table)
-    payload = {"machine": machine, "config": {**vars(args), "model": model_rel}, "rows": rows, "ratios": ratios}
+    config = {**vars(args), "model": model_rel}
+    for key in ("results_dir", "results_md"):  # what is recorded names no folder of this machine
+        config[key] = os.path.relpath(config[key], REPO_DIR) if config[key] else config[key]
+    payload = {"machine": machine, "config": config, "rows": rows, "ratios": ratios}
     save_results(args, "sequence_parallel", "8. Sequence parallelism: memory per rank", payload, markdown)
     return payload
 
