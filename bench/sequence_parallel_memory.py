@@ -1,7 +1,7 @@
 """Benchmark 8: peak memory per rank of one long-context training step, sequence parallel 2 vs 1, on CPU.
 
-    python bench/sequence_parallel.py            # one 16k-token sample, with and without checkpointing (~8 min)
-    python bench/sequence_parallel.py --quick    # 2k tokens, no short runs: the smoke test
+    python bench/sequence_parallel_memory.py            # one 16k-token sample, with and without checkpointing (~8 min)
+    python bench/sequence_parallel_memory.py --quick    # 2k tokens, no short runs: the smoke test
 
 Each configuration is one step of `train_lora.py --quant none` on a single sample of --tokens tokens (one packed row):
 in one process for SP 1, under torchrun with two gloo ranks and `--sequence-parallel 2` for SP 2, on a tiny Qwen2
@@ -52,7 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def one_step(model, data, sp: int, checkpointing: bool, tokens: int, name: str) -> dict:
-    out = SCRATCH_DIR / "sequence_parallel" / name
+    out = SCRATCH_DIR / "sequence_parallel_memory" / name
     flags = ["--data", str(data), "--model", str(model), "--output-dir", str(out), "--quant", "none"]
     flags += ["--max-steps", "1", "--samples-per-step", "1", "--save-every", "0", "--attn", "sdpa"]
     flags += ["--max-length", str(tokens), "--micro-batch-tokens", str(tokens), "--sequence-parallel", str(sp)]
@@ -73,7 +73,7 @@ def main(args: argparse.Namespace) -> dict:
     tokenizer = utils.load_tokenizer(str(model))
     data = {}
     for n in (args.tokens, args.base_tokens):
-        data[n] = SCRATCH_DIR / "sequence_parallel" / f"sample-{n}.jsonl"
+        data[n] = SCRATCH_DIR / "sequence_parallel_memory" / f"sample-{n}.jsonl"
         utils.write_jsonl(data[n], [record_of_tokens(tokenizer, n)])
     rows = []
     for checkpointing in (True,) if args.quick else (True, False):
@@ -111,13 +111,15 @@ def main(args: argparse.Namespace) -> dict:
         f"{args.hidden_size}), SP 1 in one process vs SP 2 over two gloo ranks; peak RSS of the largest rank; step = "
         f"peak minus the same run on a {args.base_tokens}-token sample; MALLOC_MMAP_THRESHOLD_=65536 (see the script)."
     )
-    markdown = f"{machine_line(machine)}\n\n`python bench/sequence_parallel.py`: {notes}\n\n{table}\n\n{ratio_table}\n"
+    markdown = (
+        f"{machine_line(machine)}\n\n`python bench/sequence_parallel_memory.py`: {notes}\n\n{table}\n\n{ratio_table}\n"
+    )
     print(table + "\n\n" + ratio_table)
     config = {**vars(args), "model": model_rel}
     for key in ("results_dir", "results_md"):  # what is recorded names no folder of this machine
         config[key] = os.path.relpath(config[key], REPO_DIR) if config[key] else config[key]
     payload = {"machine": machine, "config": config, "rows": rows, "ratios": ratios}
-    save_results(args, "sequence_parallel", "8. Sequence parallelism: memory per rank", payload, markdown)
+    save_results(args, "sequence_parallel_memory", "8. Sequence parallelism: memory per rank", payload, markdown)
     return payload
 
 
