@@ -15,6 +15,7 @@ from datetime import timedelta
 
 import torch
 
+import sequence_parallel
 import sft
 
 
@@ -100,6 +101,7 @@ def accumulate_step(
     device,
     autocast,
     scaler: torch.amp.GradScaler,
+    layout: sequence_parallel.Layout,
 ) -> tuple[float, int, int]:
     """Forward and backward of this rank's share of one optimizer step; gradients accumulate in the parameters.
 
@@ -108,18 +110,23 @@ def accumulate_step(
     of the mean over the step's target tokens, not a mean of micro-batch means (which would over-weight short ones).
     Under fp16 the backward runs on the loss times the scaler's scale (make_grad_scaler); the gradients keep it until
     scaled_optimizer_step. Returns the step's summed loss and token count over all ranks, and its target tokens.
+
+    Sequence parallelism (layout.size N > 1): the samples are split over the data-parallel replicas (world / N), every
+    rank of a replica's SP group takes the same micro-batches and runs its shard of each row (shard_row); the shards'
+    targets are disjoint, so the summed losses add up to the row's, and each token is counted by the group's rank 0.
     """
-    rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if active() else (0, 1)
     n_targets = sum(data.n_targets[i] for i in sample_ids)
     loss_sum, n_tokens = 0.0, 0
-    for micro in rank_micro_batches(sample_ids, data.lengths, world, micro_batch_tokens, pack)[rank]:
+    shares = rank_micro_batches(sample_ids, data.lengths, layout.dp_size, micro_batch_tokens, pack)
+    for micro in shares[layout.dp_rank]:
         weight = 1.0 if micro else 0.0
         batch = collate([data.samples[i] for i in micro] or empty_micro_batch(data.tokenizer.pad_token_id))
+        batch = sequence_parallel.shard_row(batch, layout)  # N = 1: the whole row
         with autocast:
             micro_loss = model({k: v.to(device) for k, v in batch.items()})
         scaler.scale(micro_loss * (weight / n_targets)).backward()
         loss_sum += weight * micro_loss.item()
-        n_tokens += sum(data.lengths[i] for i in micro)
+        n_tokens += sum(data.lengths[i] for i in micro) if layout.rank == 0 else 0
     loss_sum, n_tokens = sum_over_ranks(loss_sum, n_tokens, device)
     return loss_sum, n_tokens, n_targets
 

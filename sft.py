@@ -539,7 +539,10 @@ def chunked_lm_loss(
     targets = targets.reshape(-1).to(hidden.device)
     keep = targets != IGNORE_INDEX
     hidden, targets = hidden[keep], targets[keep]
-    total = hidden.new_zeros((), dtype=torch.float32)
+    # zero, but a function of hidden and the LM head: a sequence-parallel shard without targets still runs its
+    # backward, which carries the other shards' gradients through its all-to-alls, and FSDP reduces a (zero)
+    # gradient of the head on every rank (sequence_parallel.py)
+    total = F.linear(hidden[:0], lm_head_weight).sum(dtype=torch.float32)
     for start in range(0, targets.numel(), chunk_tokens):
         chunk = slice(start, start + chunk_tokens)
         total = total + torch.utils.checkpoint.checkpoint(

@@ -4,14 +4,17 @@
     python train_full.py --dry-run --model Qwen/Qwen2.5-32B-Instruct --gpus 8     # memory per GPU, before renting any
     python train_full.py --data cot17k.jsonl --model Qwen/Qwen2.5-7B-Instruct --optim paged_adamw8bit   # one 80 GB GPU
     torchrun --nproc-per-node 8 train_full.py --data cot17k.jsonl --cpu-offload   # the paper: 32B on 8 GPUs
+    torchrun --nproc-per-node 8 train_full.py --data long.jsonl --cpu-offload --sequence-parallel 8 \
+        --max-length 131072 --micro-batch-tokens 131072                    # one 128k-token row over 8 GPUs (Ulysses)
 
 One process: the plain model on one device, fp32 master weights under bf16 autocast (fp16 with loss scaling on a T4,
 --precision). Under torchrun (2+ processes, or --fsdp / --cpu-offload): PyTorch FSDP2 shards parameters, gradients and
 optimizer state over every rank, gathers one decoder layer at a time in bf16 and reduces gradients in fp32. Each
 optimizer step takes the same `--samples-per-step` samples a single process would, splits them over the ranks by token
 count, packs each share into micro-batches of at most `--micro-batch-tokens` and normalises by the target tokens of the
-whole step on all ranks, so N GPUs compute the one-GPU gradient. Multi-node: add --nnodes/--rdzv-endpoint to torchrun
-(`accelerate launch` works too); --output-dir must be on a filesystem every node sees (checkpoints are written by all
+whole step on all ranks, so N GPUs compute the one-GPU gradient. --sequence-parallel N splits each packed row over N
+ranks (sequence_parallel.py; the rest are data parallel). Multi-node: add --nnodes/--rdzv-backend c10d/--rdzv-endpoint
+to torchrun (README: Long context); --output-dir must be on a filesystem every node sees (checkpoints are written by all
 ranks). FSDP2 partitions as the paper's DeepSpeed ZeRO-3 does, and CPUOffloadPolicy plays ZeRO-Offload's part: the
 README compares the two.
 """
@@ -33,6 +36,7 @@ import torch
 
 import distributed
 import memory_plan
+import sequence_parallel
 import sft
 import tiny_model
 import utils
@@ -73,7 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--samples-per-step", type=int, default=96, help="global batch in samples, all GPUs (paper: 96)")
     p.add_argument("--seed", type=int, default=42, help="data order")
     # memory: none of these change the gradient
-    p.add_argument("--micro-batch-tokens", type=int, default=16384, help="tokens per packed forward per GPU")
+    p.add_argument("--micro-batch-tokens", type=int, default=16384, help="tokens per packed row (per GPU without SP)")
     p.add_argument("--no-packing", dest="packing", action="store_false", help="padded batches (the baseline)")
     p.add_argument("--loss-chunk-tokens", type=int, default=sft.LOSS_CHUNK_TOKENS, help="LM-head loss chunk; 0: full")
     p.add_argument(
@@ -114,6 +118,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.save_dtype, args.gradient_checkpointing = "fp32", False
     if not args.data and not args.dry_run:
         p.error("--data is required (or --demo, or --dry-run)")
+    if args.sequence_parallel < 1:
+        p.error("--sequence-parallel must be 1 or more")
+    if args.sequence_parallel > 1 and not args.packing:
+        p.error("--sequence-parallel splits packed rows: drop --no-packing")
     return args
 
 
@@ -158,6 +166,7 @@ def main(args: argparse.Namespace) -> dict:
         raise SystemExit(f"--micro-batch-tokens {args.micro_batch_tokens} must be >= --max-length {args.max_length}")
     timeout = timedelta(minutes=args.dist_timeout)
     rank, world, device = distributed.init(timeout, args.cpu_offload) if sharded else (0, 1, utils.pick_device())
+    layout = sequence_parallel.setup(args.sequence_parallel, rank, world, device)  # (data parallel, sequence parallel)
     is_main = rank == 0
 
     say = distributed.say
@@ -167,6 +176,7 @@ def main(args: argparse.Namespace) -> dict:
     say("config:", json.dumps(vars(args), indent=1))
     sharding = ("FSDP2 + CPU offload" if args.cpu_offload else "FSDP2") if sharded else "single process"
     say(f"device {device} x {world} | {sharding} | compute {dtype}, fp32 master weights | attention {attn}")
+    say(f"sequence parallel {layout.size} x data parallel {layout.dp_size}")
     torch.manual_seed(args.seed)
     if args.demo:
         tiny_model.ensure_student(args.model)
@@ -188,7 +198,8 @@ def main(args: argparse.Namespace) -> dict:
     collate = sft.collate_packed if args.packing else partial(sft.collate_padded, pad_id=tokenizer.pad_token_id)
     say(data.report)
     out.mkdir(parents=True, exist_ok=True)  # only now: bad data leaves no empty run folder behind
-    micro_batches = math.ceil(args.samples_per_step * sum(lengths) / len(lengths) / args.micro_batch_tokens / world)
+    replicas = world // args.sequence_parallel  # the step's samples are split over the data-parallel replicas
+    micro_batches = math.ceil(args.samples_per_step * sum(lengths) / len(lengths) / args.micro_batch_tokens / replicas)
     say(f"schedule: {steps_per_epoch} steps/epoch, {total_steps} steps, ~{micro_batches} micro-batches/step per rank")
 
     # ---------------------------------------------------------------- model
@@ -198,6 +209,7 @@ def main(args: argparse.Namespace) -> dict:
         lm = distributed.empty_model(args.model, torch.float32, attn)  # fp32 master shards
     else:
         lm = utils.load_model(args.model, device, torch.float32, attn)  # fp32 master weights; autocast computes 16-bit
+    sequence_parallel.use_ulysses(lm, layout, attn)  # N > 1: each rank attends over the whole row for heads/N heads
     if args.gradient_checkpointing:
         utils.enable_checkpointing(lm, args.offload_activations)
     model = distributed.CausalLMLoss(lm, args.loss_chunk_tokens)
@@ -294,7 +306,7 @@ def main(args: argparse.Namespace) -> dict:
         sample_ids = sft.step_sample_ids(len(samples), args.samples_per_step, args.seed, step)
         # this rank's share of the step; each loss / the step's target tokens on ALL ranks, then summed over ranks
         loss_sum, n_tokens, n_targets = distributed.accumulate_step(
-            model, data, sample_ids, args.micro_batch_tokens, pack, collate, device, autocast, scaler
+            model, data, sample_ids, args.micro_batch_tokens, pack, collate, device, autocast, scaler, layout
         )
         lr = scheduler.get_last_lr()[0]
         # unscale (fp16), clip, step unless a gradient is inf/nan, update the loss scale

@@ -6,13 +6,16 @@
     python train_lora.py --data cot17k.jsonl --output-dir out/lora --resume auto --merge
     torchrun --nproc-per-node 8 train_lora.py --data cot17k.jsonl                # QLoRA, 8 data-parallel ranks
     torchrun --nproc-per-node 4 train_lora.py --data cot17k.jsonl --quant none --fsdp   # bf16 LoRA (paper), sharded
+    torchrun --nproc-per-node 8 train_lora.py --data long.jsonl --quant none --fsdp --sequence-parallel 8 \
+        --max-length 131072 --micro-batch-tokens 131072          # one 128k-token row split over 8 GPUs (Ulysses)
 
 The loop is plain PyTorch: every optimizer step takes `--samples-per-step` samples, packs them into micro-batches of
 at most `--micro-batch-tokens` tokens (no padding, no attention across samples) and divides the summed loss by the
 target tokens of the whole step, so gradient accumulation changes nothing but memory. sft.py holds those rules.
 Under torchrun, N ranks compute the one-GPU step (distributed.py): QLoRA replicates its 4-bit base on every GPU and
 sums the adapters' gradients; --fsdp shards a bf16 base and the adapters with FSDP2 (--cpu-offload: in CPU memory, the
-paper's ZeRO-3 offload). Rank 0 writes log, checkpoints and final/; checkpoints resume on any number of ranks.
+paper's ZeRO-3 offload); --sequence-parallel N splits each packed row over N of them (sequence_parallel.py). Rank 0
+writes log, checkpoints and final/; checkpoints resume on any number of ranks or machines (README: Long context).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import torch
 
 import distributed
 import memory_plan
+import sequence_parallel
 import sft
 import tiny_model
 import utils
@@ -76,7 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--samples-per-step", type=int, default=96, help="global batch in samples (paper: 96)")
     p.add_argument("--seed", type=int, default=42, help="data order and adapter init")
     # memory: none of these change the gradient
-    p.add_argument("--micro-batch-tokens", type=int, default=16384, help="tokens per packed forward: the memory knob")
+    p.add_argument("--micro-batch-tokens", type=int, default=16384, help="tokens per packed row: the memory knob")
     p.add_argument("--no-packing", dest="packing", action="store_false", help="padded batches (the baseline)")
     p.add_argument("--loss-chunk-tokens", type=int, default=sft.LOSS_CHUNK_TOKENS, help="LM-head loss chunk; 0: full")
     p.add_argument(
@@ -119,6 +123,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.fsdp = args.fsdp or args.cpu_offload
     if args.fsdp and args.quant == "nf4":
         p.error("--fsdp shards a bf16 base: add --quant none (QLoRA runs data-parallel under torchrun without it)")
+    if args.sequence_parallel < 1:
+        p.error("--sequence-parallel must be 1 or more")
+    if args.sequence_parallel > 1 and not args.packing:
+        p.error("--sequence-parallel splits packed rows: drop --no-packing")
     return args
 
 
@@ -186,11 +194,13 @@ def train(args: argparse.Namespace) -> dict | None:
     out = Path(args.output_dir)
     several, timeout = distributed.launched() or args.fsdp, timedelta(minutes=args.dist_timeout)
     rank, world, device = distributed.init(timeout, args.cpu_offload) if several else (0, 1, utils.pick_device())
+    layout = sequence_parallel.setup(args.sequence_parallel, rank, world, device)  # (data parallel, sequence parallel)
     is_main, say = rank == 0, distributed.say
     dtype = utils.pick_dtype(device, args.precision)
     attn = utils.pick_attention(args.attn, device)
     say("config:", json.dumps(vars(args), indent=1))
     say(f"device {device} x {world} | FSDP2 {args.fsdp} | compute {dtype} | attention {attn} | quant {args.quant}")
+    say(f"sequence parallel {layout.size} x data parallel {layout.dp_size}")
     torch.manual_seed(args.seed)  # the same adapter initialisation on every rank and for any rank count
     if args.demo and is_main:
         tiny_model.ensure_student(args.model)
@@ -213,7 +223,8 @@ def train(args: argparse.Namespace) -> dict | None:
     collate = sft.collate_packed if args.packing else partial(sft.collate_padded, pad_id=tokenizer.pad_token_id)
     say(data.report)
     out.mkdir(parents=True, exist_ok=True)  # only now: bad data leaves no empty run folder behind
-    micro_batches = math.ceil(args.samples_per_step * sum(lengths) / len(lengths) / args.micro_batch_tokens / world)
+    replicas = world // args.sequence_parallel  # the step's samples are split over the data-parallel replicas
+    micro_batches = math.ceil(args.samples_per_step * sum(lengths) / len(lengths) / args.micro_batch_tokens / replicas)
     say(f"schedule: {steps_per_epoch} steps/epoch, {total_steps} steps, ~{micro_batches} micro-batches/step per rank")
     try:
         say(f"estimated peak GPU memory {plan_memory(args)[0]['total']:.1f} GiB (--dry-run for the breakdown)")
@@ -227,6 +238,7 @@ def train(args: argparse.Namespace) -> dict | None:
         lm = distributed.empty_model(args.model, dtype, attn)
     else:  # --fsdp: rank 0 reads the base into CPU memory, once; otherwise each rank holds its own copy on its GPU
         lm = utils.load_model(args.model, torch.device("cpu") if args.fsdp else device, dtype, attn, args.quant)
+    sequence_parallel.use_ulysses(lm, layout, attn)  # N > 1: each rank attends over the whole row for heads/N heads
     if args.quant == "nf4":  # frozen, and kept in the compute dtype: the residual stream stays 16-bit
         lm = utils.prepare_qlora(lm)
     if args.gradient_checkpointing:
@@ -300,7 +312,7 @@ def train(args: argparse.Namespace) -> dict | None:
         sample_ids = sft.step_sample_ids(len(samples), args.samples_per_step, args.seed, step)
         # this rank's share of the step; each loss / the step's target tokens on ALL ranks, then summed over ranks
         loss_sum, n_tokens, n_targets = distributed.accumulate_step(
-            model, data, sample_ids, args.micro_batch_tokens, pack, collate, device, autocast, scaler
+            model, data, sample_ids, args.micro_batch_tokens, pack, collate, device, autocast, scaler, layout
         )
         if not args.fsdp:  # FSDP2 has summed its shards' gradients already
             distributed.all_reduce_gradients(params)

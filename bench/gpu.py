@@ -3,6 +3,7 @@
     python bench/gpu.py                              # both shapes, 4k/16k/32k tokens, on CUDA (~15 min on one H100)
     python bench/gpu.py --models 7b --lengths 16384  # one cell
     python bench/gpu.py --device cpu --tiny          # dry run of the same logic on a tiny shape (CI, no GPU)
+    torchrun --nproc-per-node 8 bench/gpu.py --sequence-parallel 8 --methods ours,sp --lengths 32768,131072
 
 Models are random-initialised with the real shapes of Qwen2.5-7B-Instruct and Qwen2.5-32B-Instruct (hard-coded, no
 download, no AutoConfig): built on the meta device, every linear layer of the decoder swapped for a bitsandbytes
@@ -21,6 +22,9 @@ estimate for the same run (planned_gib, ours only: the plan is of train_lora.py'
 --repeats timed steps after one warm-up step), and MFU = (6 x matmul params x real tokens + causal attention FLOPs
 6 x layers x hidden x sum(sample_len^2)) / step time / the device's dense bf16 peak. Forward + backward + the LoRA
 optimizer step; recomputation by checkpointing is not counted as useful work, so MFU is the conventional one.
+  sp        (under torchrun, --sequence-parallel N) ours with the row split over N GPUs (sequence_parallel.py: Ulysses
+            all-to-alls, FlashAttention-2 varlen over the whole row); peak memory is the largest rank's, tokens/s the
+            whole row's; planned_gib is memory_plan.py's per-GPU estimate where it knows sequence parallelism
 A cell that runs out of memory is recorded as "OOM". Writes bench/results/gpu.json and its section of bench/RESULTS.md.
 """
 
@@ -33,10 +37,13 @@ import random
 import statistics
 import sys
 import time
+from functools import partial
 
 from common import add_common_args, machine_info, machine_line, markdown_table, save_results
 
+import distributed
 import memory_plan
+import sequence_parallel
 import sft
 import utils
 
@@ -104,6 +111,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--median-sample", type=float, default=5000, help="median sample length in tokens (Sky-T1 traces: ~5k)"
     )
     p.add_argument("--seed", type=int, default=0, help="sample lengths, token ids and weights")
+    p.add_argument("--sequence-parallel", type=int, default=1, help="method sp: split each row over N ranks (torchrun)")
     add_common_args(p)
     args = p.parse_args(argv)
     if args.tiny:
@@ -258,7 +266,25 @@ def step_baseline(model, samples, device, autocast, chunk_tokens: int) -> None:
     loss.backward()
 
 
-STEPS = {"ours": step_ours, "baseline": step_baseline}
+def step_sp(model, samples, device, autocast, chunk_tokens: int, layout=None) -> None:
+    """ours with this rank's shard of the row (sequence_parallel.shard_row), the loss divided by the whole row's
+    targets and the adapters' gradients summed over the ranks, as the trainers' step does."""
+    import distributed
+    import sequence_parallel
+
+    base = model.get_base_model()
+    row = sft.collate_packed(samples)
+    n_targets = int((row["targets"] != sft.IGNORE_INDEX).sum())
+    batch = {k: v.to(device) for k, v in sequence_parallel.shard_row(row, layout).items()}
+    targets = batch.pop("targets")
+    with autocast:
+        hidden = base.get_decoder()(**batch, use_cache=False).last_hidden_state
+        loss = sft.chunked_lm_loss(hidden, base.get_output_embeddings().weight, targets, chunk_tokens)
+    (loss / n_targets).backward()
+    distributed.all_reduce_gradients([p for p in model.parameters() if p.requires_grad])
+
+
+STEPS = {"ours": step_ours, "baseline": step_baseline, "sp": step_sp}
 
 
 def measure_cell(model, optimizer, method: str, samples, args, device, autocast) -> dict:
@@ -272,7 +298,8 @@ def measure_cell(model, optimizer, method: str, samples, args, device, autocast)
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats(device)
             t0 = time.perf_counter()
-            STEPS[method](model, samples, device, autocast, args.loss_chunk_tokens)
+            step = STEPS[method] if method != "sp" else partial(step_sp, layout=args.layout)
+            step(model, samples, device, autocast, args.loss_chunk_tokens)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             if cuda:
@@ -282,6 +309,11 @@ def measure_cell(model, optimizer, method: str, samples, args, device, autocast)
             peak = max(peak, utils.peak_memory_gb(device))
     except torch.OutOfMemoryError:
         out_of_memory = True
+    if method == "sp":  # every rank's peak and OOM: the cell is the largest rank's
+        import distributed
+
+        peak = distributed.max_over_ranks(peak, device)
+        out_of_memory = distributed.max_over_ranks(float(out_of_memory), device) > 0
     # Outside the except block, so the traceback (and the activations its frames hold) is already gone.
     optimizer.zero_grad(set_to_none=True)
     gc.collect()
@@ -337,6 +369,10 @@ def run_model(name: str, args, device, dtype, attn, peak_flops: float | None) ->
         useful_flops = 6 * matmul_params(shape) * tokens + attention_flops(shape, lengths)
         for method in args.methods.split(","):
             print(f"  {name} {tokens} tokens ({len(lengths)} samples) {method} ...", flush=True)
+            if method == "sp":
+                sequence_parallel.use_ulysses(model.get_base_model(), args.layout, attn)
+            else:
+                model.get_base_model().set_attn_implementation(attn)
             cell = measure_cell(model, optimizer, method, samples, args, device, autocast)
             row = {
                 "model": name,
@@ -349,6 +385,8 @@ def run_model(name: str, args, device, dtype, attn, peak_flops: float | None) ->
             }
             if method == "ours":
                 row["planned_gib"] = planned_gib(shape, tokens, args)
+            if method == "sp":
+                row["sequence_parallel"] = args.layout.size
             if cell["status"] == "ok":
                 row["tokens_per_s"] = tokens / cell["step_s"]
                 row["mfu"] = useful_flops / cell["step_s"] / peak_flops if peak_flops else None
@@ -373,6 +411,14 @@ def main(args: argparse.Namespace) -> dict:
     if args.device == "cpu" and not args.tiny:
         raise SystemExit("--device cpu needs --tiny: the real shapes would take hours on a CPU")
     device = torch.device(args.device)
+    rank, world = 0, 1
+    if distributed.launched():  # --sequence-parallel: one process per GPU under torchrun
+        from datetime import timedelta
+
+        rank, world, device = distributed.init(timedelta(minutes=30))
+    args.layout = sequence_parallel.setup(args.sequence_parallel, rank, world, device)
+    if "sp" in args.methods.split(",") and args.layout.size == 1:
+        raise SystemExit("method sp: run under torchrun with --sequence-parallel N (N > 1)")
     dtype = utils.pick_dtype(device)  # the trainers' choice: bf16, fp16 on a T4/V100, fp32 on CPU
     attn = utils.pick_attention(args.attn, device)
     machine = machine_info()
@@ -408,6 +454,7 @@ def main(args: argparse.Namespace) -> dict:
             "samples",
             "longest",
             "method",
+            "sequence_parallel",
             "status",
             "peak_mem_gb",
             "planned_gib",
@@ -418,7 +465,8 @@ def main(args: argparse.Namespace) -> dict:
         ],
     )
     ratio_table = markdown_table(ratios, ["model", "tokens", "memory_baseline_over_ours", "speed_ours_over_baseline"])
-    print("\n" + table + "\n\n" + ratio_table)
+    if rank == 0:
+        print("\n" + table + "\n\n" + ratio_table)
     notes = (
         f"device {machine.get('gpu', args.device)}, "
         f"peak bf16 {peak_flops / 1e12 if peak_flops else 'unknown'} TFLOP/s, "
@@ -427,8 +475,11 @@ def main(args: argparse.Namespace) -> dict:
         "baseline = same samples padded into one batch, transformers' full-logits loss."
     )
     markdown = f"{machine_line(machine)}\n\n`python bench/gpu.py`: {notes}\n\n{table}\n\nRatios:\n\n{ratio_table}\n"
-    payload = {"benchmark": "gpu", "machine": machine, "config": vars(args), "rows": rows, "ratios": ratios}
-    save_results(args, "gpu", "6. GPU: QLoRA step at Qwen2.5-7B/32B shapes", payload, markdown)
+    config = {k: v for k, v in vars(args).items() if k != "layout"}
+    payload = {"benchmark": "gpu", "machine": machine, "config": config, "rows": rows, "ratios": ratios}
+    if rank == 0:  # under torchrun, rank 0 alone writes
+        save_results(args, "gpu", "6. GPU: QLoRA step at Qwen2.5-7B/32B shapes", payload, markdown)
+    distributed.finish()
     return payload
 
 

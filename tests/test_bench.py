@@ -106,3 +106,9 @@ def test_grader_agreement_with_public_suites(tmp_path):
     assert overall["n"] > 300 and overall["this"] >= 0.95, overall
     undeclared = [d["id"] for d in result["disagreements"] if d["consistent"] and not d["deliberate"]]
     assert not undeclared, undeclared
+
+
+def test_sequence_parallel_bench_runs_both_layouts_with_the_same_loss(tmp_path):
+    result = run_bench("sequence_parallel_memory.py", tmp_path)
+    assert {r["sp"] for r in result["rows"]} == {1, 2} and all(r["peak_rss_gib"] > 0.1 for r in result["rows"])
+    assert all(r["same_loss"] for r in result["ratios"])  # SP 2 computes the SP 1 step
