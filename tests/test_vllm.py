@@ -29,6 +29,7 @@ import torch  # noqa: E402
 import vllm  # noqa: E402
 
 import evaluate  # noqa: E402
+import generation  # noqa: E402
 import tiny_model  # noqa: E402
 import train_lora  # noqa: E402
 import utils  # noqa: E402
@@ -51,7 +52,7 @@ def train_on(model, tokenizer, replies: dict[str, str], steps: int, lr: float) -
     """Full-batch Adam on the chat-formatted pairs (loss on the reply and its end-of-turn only) until memorised."""
     rows, masks = [], []
     for question, reply in replies.items():
-        prompt = evaluate.prompt_text(tokenizer, [{"role": "user", "content": question}])
+        prompt = generation.prompt_text(tokenizer, [{"role": "user", "content": question}])
         ids = tokenizer(prompt + reply + "<|im_end|>", add_special_tokens=False)["input_ids"]
         start = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
         rows.append(ids)
