@@ -28,13 +28,14 @@ import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, wait
 from pathlib import Path
-from statistics import fmean
+from statistics import fmean, stdev
 
 from tqdm import tqdm
 
 import generation
 import grading
 import sandbox
+import thinking_budget
 import utils
 from markup import PROMPT_STYLES, eval_messages
 from utils import DataError
@@ -43,7 +44,8 @@ BUILTIN_TASKS = ("aime24", "amc23", "math500", "olympiadbench", "livecodebench")
 # Settings that change what a sample is: a rerun into the same folder must match them.
 # --n may differ (samples are indexed).
 GENERATION_KEYS = ("model", "adapter", "responses", "backend", "prompt_style", "chat_template", "chat_template_kwargs")
-GENERATION_KEYS += ("temperature", "top_p", "max_tokens", "seed")
+GENERATION_KEYS += ("temperature", "top_p", "max_tokens", "seed", "max_thinking_tokens", "min_thinking_tokens")
+GENERATION_KEYS += ("max_answer_tokens",)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -88,24 +90,83 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=os.cpu_count(), help="scoring processes: sympy, sandboxed tests")
     p.add_argument("--batch-size", type=int, default=8, help="hf: sequences generated together")
     p.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm: GPUs the model is split over")
+    p.add_argument(
+        "--data-parallel-size",
+        type=int,
+        default=1,
+        help="vllm: engine replicas, each on its own --tensor-parallel-size GPUs, sharing the jobs chunk by chunk; "
+        "replicas beat one wide engine for a model that fits fewer GPUs (32B on 8: 4 x TP 2, SkyThought PR #63)",
+    )
     p.add_argument("--chunk-size", type=int, default=1024, help="vllm: samples per call; a kill loses one at most")
-    p.add_argument("--base-url", default="http://localhost:8000/v1", help="openai: server root (vllm serve's default)")
+    p.add_argument(
+        "--base-url",
+        default="http://localhost:8000/v1",
+        help="openai: server root (vllm serve's default), or several, comma-separated (one vllm serve per node): each "
+        "request goes to the least loaded; one that stops answering leaves the rotation and is tried again later",
+    )
     p.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY", "EMPTY"), help="openai: $OPENAI_API_KEY")
-    p.add_argument("--concurrency", type=int, default=32, help="openai: requests in flight; servers batch them")
+    p.add_argument(
+        "--concurrency", type=int, default=32, help="openai: requests in flight per server; servers batch them"
+    )
     p.add_argument("--max-retries", type=int, default=5, help="openai: retries on 429/5xx/network errors, backoff")
     p.add_argument("--request-timeout", type=float, default=3600.0, help="openai: seconds per request (long CoT)")
+    p.add_argument(
+        "--max-thinking-tokens",
+        type=int,
+        help="thinking budget (s1's budget forcing): the thought is ended at N tokens with the model's own "
+        "end-of-thought markup and 'Final Answer: ', then the answer is generated; else it runs to --max-tokens",
+    )
+    p.add_argument(
+        "--min-thinking-tokens",
+        type=int,
+        default=0,
+        help="s1's 'Wait': an end of thought before N tokens is replaced with 'Wait', so the model thinks on",
+    )
+    p.add_argument(
+        "--max-answer-tokens",
+        type=int,
+        default=2048,
+        help="with a thinking budget: tokens for the answer after the thought (enough for a boxed answer or a program)",
+    )
+    p.add_argument(
+        "--thinking-budgets",
+        type=budget_list,
+        metavar="N,N,...",
+        help="run the same problems at each thinking budget (into OUTPUT_DIR/budget-N) and write the test-time scaling "
+        "table and plot, accuracy against budget per task (s1's Figure 1): test_time_scaling.{md,json,png}",
+    )
     cfg = p.parse_args(argv)
     if (cfg.model is None) == (cfg.responses is None):
         p.error("give exactly one of --model (generate and score) or --responses (score existing generations)")
     if min(cfg.n, cfg.workers, cfg.batch_size, cfg.chunk_size, 1 if cfg.limit is None else cfg.limit) < 1:
         p.error("--n, --limit, --workers, --batch-size and --chunk-size must be at least 1")
+    if (
+        min(cfg.data_parallel_size, cfg.max_answer_tokens, cfg.max_thinking_tokens or 1) < 1
+        or cfg.min_thinking_tokens < 0
+    ):
+        p.error("--data-parallel-size, --max-answer-tokens and --max-thinking-tokens must be at least 1")
+    thinking = cfg.max_thinking_tokens or cfg.min_thinking_tokens or cfg.thinking_budgets
+    if thinking and cfg.responses:
+        p.error("--responses are scored as given: a thinking budget applies to generation (--model)")
+    if cfg.thinking_budgets and cfg.max_thinking_tokens:
+        p.error("give --thinking-budgets (several runs) or --max-thinking-tokens (one), not both")
     if cfg.adapter and cfg.backend == "openai":
         p.error("--adapter with --backend openai: load the adapter in the server and pass its served name as --model")
-    if cfg.chat_template != "model" and cfg.backend == "openai" and cfg.model:
+    if cfg.chat_template != "model" and cfg.backend == "openai" and cfg.model and not thinking:
         p.error("--chat-template with --backend openai: the server applies its own (vllm serve --chat-template FILE)")
     if cfg.model and cfg.backend == "vllm" and importlib.util.find_spec("vllm") is None:
         raise SystemExit("--backend vllm: vllm is not installed (pip install -r requirements-gpu.txt); or --backend hf")
     return cfg
+
+
+def budget_list(text: str) -> list[int]:
+    try:
+        budgets = sorted({int(b) for b in text.split(",") if b.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma list of token counts: {text!r}") from None
+    if not budgets or budgets[0] < 1:
+        raise argparse.ArgumentTypeError(f"budgets must be at least 1 token: {text!r}")
+    return budgets
 
 
 # ----------------------------------------------------------------------------- tasks and prompts
@@ -247,9 +308,10 @@ def exit_with_parent(parent_pid: int) -> None:
 
 
 def generate_and_score(
-    cfg, problems: dict[tuple, dict], unscored: list[dict], jobs: list[dict], out_dir: Path
+    cfg, problems: dict[tuple, dict], unscored: list[dict], jobs: list[dict], out_dir: Path, backend
 ) -> list[dict]:
-    """Score in worker processes while generation goes on; append every sample the moment it is final."""
+    """Score in worker processes while generation goes on; append every sample the moment it is final.
+    backend(jobs) -> (chunk size, generate_chunk), set up on first use (generation.py)."""
     total = len(unscored) + len(jobs)
     if total == 0:
         return []
@@ -287,7 +349,7 @@ def generate_and_score(
         for gen in unscored:
             submit(gen)
         if jobs:  # the chunk loop every backend runs in
-            chunk_size, generate_chunk = getattr(generation, f"{cfg.backend}_backend")(cfg, jobs)
+            chunk_size, generate_chunk = backend(jobs)
             chunks = (jobs[start : start + chunk_size] for start in range(0, len(jobs), chunk_size))
             stream = (gen for chunk in chunks for gen in generate_chunk(chunk))
             # Raw generations are kept apart, so a kill while scoring does not throw away GPU hours.
@@ -322,6 +384,15 @@ def summarise(problems: list[dict], samples: dict[str, list[dict]]) -> dict:
         "no_answer": fmean([s["extracted"] is None for s in flat]),
         "cut_off": fmean(finished) if finished else None,
     }
+    if n > 1:  # the spread over samples: sample index i of every problem is one run of the benchmark
+        by_sample = [fmean([c[i] for _, c in rated]) for i in range(n)]
+        summary["avg@n"] = fmean(by_sample)
+        summary["avg@n_stderr"] = stdev(by_sample) / math.sqrt(n)  # of the mean of n runs (evalchemy's error bar)
+        summary["accuracy_by_sample"] = by_sample
+    if any("thinking_tokens" in s for s in flat):  # budget-forced samples (thinking_budget.py)
+        for key in ("thinking_tokens", "answer_tokens"):
+            summary[key] = fmean([s.get(key) or 0 for s in flat])
+        summary["thought_cut"] = fmean([bool(s.get("thought_cut")) for s in flat])
     levels = {
         level: [sum(c) / len(c) for p, c in rated if p.get("difficulty") == level]
         for level in ("easy", "medium", "hard")
@@ -340,18 +411,21 @@ def results_table(results: dict) -> str:
     for r in results.values():
         shown |= {int(k) for k in r["pass@k"] if int(k) & (int(k) - 1) == 0 or int(k) == r["n"]}
     ks = sorted(shown - {1})
-    blank = [""] * (len(ks) + 2)
+    spreads = any("avg@n" in r for r in results.values())  # avg@n ± its standard error, where n > 1
+    blank = [""] * (len(ks) + 2 + spreads)
     rows = []
     for task, r in results.items():
         passes = [_percent(r["pass@k"][str(k)]) if str(k) in r["pass@k"] else "" for k in ks]
         shares = [_percent(r[key]) if r.get(key) is not None else "" for key in ("no_answer", "cut_off")]
-        rows.append([task, r["problems"], r["n"], _percent(r["accuracy"]), *shares, *passes])
+        spread = [f"{_percent(r['avg@n'])} ± {_percent(r['avg@n_stderr'])}" if "avg@n" in r else ""] if spreads else []
+        rows.append([task, r["problems"], r["n"], _percent(r["accuracy"]), *spread, *shares, *passes])
         for level, v in r.get("difficulty", {}).items():
             rows.append([f"  {level}", v["problems"], "", _percent(v["accuracy"]), *blank])
         if "difficulty_weighted_accuracy" in r:
             problems = sum(v["problems"] for v in r["difficulty"].values())
             rows.append(["  easy+medium+hard", problems, "", _percent(r["difficulty_weighted_accuracy"]), *blank])
-    header = ["task", "problems", "n", "accuracy", "no_answer", "cut_off", *(f"pass@{k}" for k in ks)]
+    header = ["task", "problems", "n", "accuracy", *(["avg@n ± se"] if spreads else []), "no_answer", "cut_off"]
+    header += [f"pass@{k}" for k in ks]
     return utils.format_table(header, rows)
 
 
@@ -416,22 +490,48 @@ def main(cfg) -> dict:
     out_dir = Path(cfg.output_dir or Path("out") / "eval" / run_name)
     out_dir.mkdir(parents=True, exist_ok=True)
     check_config(out_dir, cfg)
+    made = {}
 
+    def backend(jobs: list[dict]):  # set up once: the runs of --thinking-budgets share the engine
+        if not made:
+            made["backend"] = getattr(generation, f"{cfg.backend}_backend")(cfg, jobs)
+        return made["backend"]
+
+    if not cfg.thinking_budgets:
+        return evaluate_into(cfg, out_dir, selected, problems, wanted, responses, backend)
+    by_budget = {}
+    for budget in cfg.thinking_budgets:  # the same problems and seeds at each budget
+        budget_cfg = argparse.Namespace(**vars(cfg) | {"max_thinking_tokens": budget})
+        folder = out_dir / f"budget-{budget}"
+        folder.mkdir(exist_ok=True)
+        check_config(folder, budget_cfg)
+        print(f"thinking budget {budget}:", file=sys.stderr)
+        by_budget[budget] = evaluate_into(budget_cfg, folder, selected, problems, wanted, responses, backend)
+    thinking_budget.write_scaling(out_dir, by_budget)
+    print(thinking_budget.scaling_table(by_budget))
+    print(f"wrote {out_dir / 'test_time_scaling.png'} and test_time_scaling.{{md,json}}")
+    return by_budget
+
+
+def evaluate_into(cfg, out_dir: Path, selected, problems, wanted, responses, backend) -> dict:
+    """Generate what out_dir lacks, score it, and write results.json."""
     if responses is not None:
         generated = responses
     else:
         generated = {(g["task"], g["id"], g["sample"]): g for g in read_resumable(out_dir / "generations.jsonl")}
     done = {(r["task"], r["id"], r["sample"]): r for r in read_resumable(out_dir / "samples.jsonl")}
     unscored = [generated[key] for key in wanted if key not in done and key in generated]
+    budget = {} if generation.job_budget(cfg) is None else {"max_thinking_tokens": generation.job_budget(cfg)}
     jobs = [
         {"task": t, "id": pid, "sample": s, "seed": sample_seed(cfg.seed, t, pid, s)}
         | {"messages": eval_messages(problems[(t, pid)], cfg.prompt_style)}
+        | budget
         for t, pid, s in wanted
         if (t, pid, s) not in done and (t, pid, s) not in generated
     ]
     finished = len(wanted) - len(unscored) - len(jobs)
     print(f"{len(wanted)} samples: {finished} done, {len(unscored)} to score, {len(jobs)} to generate", file=sys.stderr)
-    for record in generate_and_score(cfg, problems, unscored, jobs, out_dir):
+    for record in generate_and_score(cfg, problems, unscored, jobs, out_dir, backend):
         done[(record["task"], record["id"], record["sample"])] = record
 
     scored = {name: {} for name in selected}

@@ -16,7 +16,9 @@ from typing import Iterator
 
 import torch
 
+import server_pool
 import sft
+import thinking_budget
 import utils
 
 VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # max_lora_rank values vLLM accepts
@@ -70,6 +72,46 @@ def per_sample_sampler(seeds: list[int], temperature: float, top_p: float, devic
     return draw
 
 
+def max_new_tokens(cfg, tokenizer) -> int:
+    """Tokens a sample may add to its prompt: --max-tokens, or with a thinking budget the largest thought, its forced
+    end and the answer (thinking_budget.max_new_tokens)."""
+    budgets = [job_budget(cfg)] + list(cfg.thinking_budgets or [])
+    if budgets[0] is None:
+        return cfg.max_tokens
+    count = token_counter(tokenizer)
+    return thinking_budget.max_new_tokens(max(budgets), cfg.max_answer_tokens, count)
+
+
+def job_budget(cfg) -> int | None:
+    """The thinking budget a job carries: --max-thinking-tokens; --max-tokens where only --min-thinking-tokens is
+    given (the thought may be extended, and is cut where a plain sample would be); None without budget forcing."""
+    if cfg.max_thinking_tokens is None and not cfg.min_thinking_tokens and not cfg.thinking_budgets:
+        return None
+    return cfg.max_thinking_tokens or cfg.max_tokens
+
+
+def token_counter(tokenizer):
+    return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def chunk_samples(cfg, chunk: list[dict], prompts: list, complete, tokenizer) -> list[dict]:
+    """A chunk's samples through a backend's complete(): one completion each, or budget-forced (thinking_budget.py)
+    where the jobs carry a thinking budget. complete: [{"prompt", "max_tokens", "seed", "stop"}] -> [(text, tokens,
+    finish_reason)], a text that stopped at a stop string ending with it."""
+    if chunk[0].get("max_thinking_tokens") is None:
+        requests = [
+            {"prompt": p, "max_tokens": cfg.max_tokens, "seed": job["seed"], "stop": []}
+            for job, p in zip(chunk, prompts)
+        ]
+        return [generation(job, p, *out) for job, p, out in zip(chunk, prompts, complete(requests))]
+    forced = thinking_budget.force(chunk, prompts, complete, token_counter(tokenizer), cfg)
+    samples = []
+    for job, prompt, f in zip(chunk, prompts, forced):
+        sample = generation(job, prompt, f["response"], f["tokens"], f["finish_reason"])
+        samples.append(sample | {key: f[key] for key in ("thinking_tokens", "answer_tokens", "waits", "thought_cut")})
+    return samples
+
+
 def hf_backend(cfg, jobs: list[dict]):
     from transformers import GenerationConfig
 
@@ -86,36 +128,62 @@ def hf_backend(cfg, jobs: list[dict]):
         model = PeftModel.from_pretrained(model, cfg.adapter)
     model.eval()
     # Greedy decoding, over per_sample_sampler's draws when sampling.
-    fixed = {"do_sample": False, "max_new_tokens": cfg.max_tokens, "eos_token_id": stops}
-    fixed |= {"pad_token_id": tokenizer.pad_token_id, "repetition_penalty": sampling_params(cfg)["repetition_penalty"]}
+    fixed = {"do_sample": False, "eos_token_id": stops, "pad_token_id": tokenizer.pad_token_id}
+    fixed |= {"repetition_penalty": sampling_params(cfg)["repetition_penalty"]}
+
+    def cut(row: list[int], max_tokens: int, stop_strings: list[str]) -> tuple[str, int, str]:
+        row = row[:max_tokens]  # a row's first tokens do not depend on how long the batch goes on
+        stop = next((i for i, t in enumerate(row) if t in stops), None)
+        length, reason = (len(row), "length") if stop is None else (stop + 1, "stop")
+        text = tokenizer.decode(row[:length], skip_special_tokens=True)
+        found = [(text.find(s), s) for s in stop_strings if s in text]
+        if found:  # stopped at a stop string: the fewest tokens that hold it, as vLLM counts them
+            at, marker = min(found)
+            low, high = 1, length
+            while low < high:
+                mid = (low + high) // 2
+                low, high = (
+                    (low, mid) if marker in tokenizer.decode(row[:mid], skip_special_tokens=True) else (mid + 1, high)
+                )
+            text, length, reason = text[: at + len(marker)], low, "stop"
+        return text, length, reason
+
+    def complete(requests: list[dict]) -> list[tuple[str, int, str]]:
+        prompts = [r["prompt"] for r in requests]
+        encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        seeds = [r["seed"] for r in requests]
+        sampler = [per_sample_sampler(seeds, cfg.temperature, cfg.top_p, device)] if cfg.temperature > 0 else []
+        stop_strings = requests[0]["stop"]  # one step of the thought per call: the same stop strings for all
+        strings = {"stop_strings": stop_strings, "tokenizer": tokenizer} if stop_strings else {}
+        longest = max(r["max_tokens"] for r in requests)
+        with torch.no_grad():
+            out = model.generate(**encoded, **fixed, max_new_tokens=longest, logits_processor=sampler, **strings)
+        rows = out[:, encoded["input_ids"].shape[1] :].tolist()
+        return [cut(row, r["max_tokens"], stop_strings) for r, row in zip(requests, rows)]
 
     def generate_batch(batch: list[dict]) -> Iterator[dict]:
         prompts = [prompt_text(tokenizer, job["messages"]) for job in batch]
-        encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-        seeds = [job["seed"] for job in batch]
-        sampler = [per_sample_sampler(seeds, cfg.temperature, cfg.top_p, device)] if cfg.temperature > 0 else []
-        with torch.no_grad():
-            out = model.generate(**encoded, **fixed, logits_processor=sampler)
-        for job, prompt, row in zip(batch, prompts, out[:, encoded["input_ids"].shape[1] :].tolist()):
-            stop = next((i for i, t in enumerate(row) if t in stops), None)
-            length, reason = (len(row), "length") if stop is None else (stop + 1, "stop")
-            yield generation(job, prompt, tokenizer.decode(row[:length], skip_special_tokens=True), length, reason)
+        yield from chunk_samples(cfg, batch, prompts, complete, tokenizer)
 
     return cfg.batch_size, generate_batch
 
 
 def vllm_backend(cfg, jobs: list[dict]):
+    if cfg.data_parallel_size > 1:
+        import data_parallel
+
+        return data_parallel.replicas(cfg, jobs)
     from transformers import AutoConfig
     from vllm import LLM, SamplingParams
 
     tokenizer = utils.load_tokenizer(tokenizer_source(cfg), cfg.chat_template, cfg.chat_template_kwargs)
 
-    def encode(chunk: list[dict]) -> tuple[list[str], list[list[int]]]:
-        prompts = [prompt_text(tokenizer, job["messages"]) for job in chunk]
+    def encode(prompts: list[str]) -> list[list[int]]:
         # Token ids, not text: vLLM would add a second BOS to templates that already start with one (Llama 3).
-        return prompts, tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        return tokenizer(prompts, add_special_tokens=False)["input_ids"]
 
-    max_len = cfg.max_tokens + max(map(len, encode(jobs)[1]))
+    prompt_len = max(map(len, encode([prompt_text(tokenizer, job["messages"]) for job in jobs])))
+    max_len = max_new_tokens(cfg, tokenizer) + prompt_len
     model_limit = getattr(AutoConfig.from_pretrained(cfg.model), "max_position_embeddings", None)
     if model_limit and max_len > model_limit:
         print(f"note: max_model_len {max_len} > the model's {model_limit}: samples stop there", file=sys.stderr)
@@ -132,41 +200,63 @@ def vllm_backend(cfg, jobs: list[dict]):
     llm = LLM(model=cfg.model, tokenizer=tokenizer_source(cfg), **engine, **lora_args)
     shared = sampling_params(cfg) | {"stop_token_ids": stop_token_ids(tokenizer)}
 
-    def generate_chunk(chunk: list[dict]) -> Iterator[dict]:
-        prompts, prompt_ids = encode(chunk)
-        # max_tokens depends on the sample alone, not on the chunk it falls in
-        budgets = [min(cfg.max_tokens, max_len - len(ids)) for ids in prompt_ids]
-        params = [SamplingParams(**shared, max_tokens=b, seed=job["seed"]) for job, b in zip(chunk, budgets)]
+    def complete(requests: list[dict]) -> list[tuple[str, int, str]]:
+        prompt_ids = encode([r["prompt"] for r in requests])
+        params = []
+        for r, ids in zip(requests, prompt_ids):
+            stop = {"stop": r["stop"], "include_stop_str_in_output": True} if r["stop"] else {}
+            # max_tokens depends on the sample alone, not on the chunk it falls in
+            limit = min(r["max_tokens"], max_len - len(ids))
+            params.append(SamplingParams(**shared, max_tokens=limit, seed=r["seed"], **stop))
         outputs = llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params, lora_request=lora_request)
-        for job, prompt, out in zip(chunk, prompts, outputs):
-            sample = out.outputs[0]
-            yield generation(job, prompt, sample.text, len(sample.token_ids), sample.finish_reason)
+        return [(o.outputs[0].text, len(o.outputs[0].token_ids), o.outputs[0].finish_reason) for o in outputs]
+
+    def generate_chunk(chunk: list[dict]) -> Iterator[dict]:
+        prompts = [prompt_text(tokenizer, job["messages"]) for job in chunk]
+        yield from chunk_samples(cfg, chunk, prompts, complete, tokenizer)
 
     return cfg.chunk_size, generate_chunk
 
 
 def openai_backend(cfg, jobs: list[dict]):
-    connection = {"api_key": cfg.api_key, "timeout": cfg.request_timeout, "retries": cfg.max_retries}
-    sampling = sampling_params(cfg) | {"max_tokens": cfg.max_tokens}
-    if cfg.chat_template_kwargs:  # an extra body field vLLM's and SGLang's servers pass to their chat template
-        sampling["chat_template_kwargs"] = cfg.chat_template_kwargs
+    servers = server_pool.ServerPool(cfg.base_url.split(","), cfg.max_retries)
+    connection = {"api_key": cfg.api_key, "timeout": cfg.request_timeout, "retries": 0}  # the pool retries
+    sampling = sampling_params(cfg)
+    forced = jobs[0].get("max_thinking_tokens") is not None
+    # Budget forcing continues the thought as text: the prompt is rendered here, as hf and vllm render it.
+    tokenizer = utils.load_tokenizer(cfg.model, cfg.chat_template, cfg.chat_template_kwargs) if forced else None
+
+    def send(**request) -> tuple[str, int | None, str | None]:
+        return servers.call(lambda url: utils.chat_completion(url, cfg.model, **connection, **sampling, **request))
+
+    def complete(requests: list[dict]) -> list[tuple[str, int, str]]:  # the completions endpoint, one at a time
+        out = []
+        for r in requests:
+            # include_stop_str_in_output, add_special_tokens: vllm serve's extensions, as its offline engine is used
+            stop = {"stop": r["stop"], "include_stop_str_in_output": True} if r["stop"] else {}
+            request = {"max_tokens": r["max_tokens"], "seed": r["seed"], "add_special_tokens": False, **stop}
+            text, tokens, reason = send(messages=None, prompt=r["prompt"], **request)
+            out.append((text, token_counter(tokenizer)(text) if tokens is None else tokens, reason))
+        return out
 
     def one(job):
         messages = job["messages"]
         try:
-            text, tokens, finish_reason = utils.chat_completion(
-                cfg.base_url, cfg.model, messages, **connection, **sampling, seed=job["seed"]
-            )
+            if forced:
+                return chunk_samples(cfg, [job], [prompt_text(tokenizer, messages)], complete, tokenizer)[0]
+            # an extra body field vLLM's and SGLang's servers pass to their chat template
+            kwargs = {"chat_template_kwargs": cfg.chat_template_kwargs} if cfg.chat_template_kwargs else {}
+            text, tokens, finish_reason = send(messages=messages, max_tokens=cfg.max_tokens, seed=job["seed"], **kwargs)
         except utils.ChatCompletionError as e:  # one line naming the URL and the error (an HTML error page's too)
             raise SystemExit(str(e)) from None
         return generation(job, messages, text, tokens, finish_reason)
 
     def generate_all(chunk: list[dict]) -> Iterator[dict]:
-        pool = ThreadPoolExecutor(cfg.concurrency)
+        pool = ThreadPoolExecutor(cfg.concurrency * len(servers.urls))
         try:
             yield from (future.result() for future in as_completed([pool.submit(one, job) for job in chunk]))
         finally:  # on a kill or error, drop the queued requests instead of waiting for them
             pool.shutdown(wait=False, cancel_futures=True)
 
-    # One chunk: replies are saved as they arrive, so a kill loses only the --concurrency requests in flight.
+    # One chunk: replies are saved as they arrive, so a kill loses only the requests in flight.
     return len(jobs), generate_all
