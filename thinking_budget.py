@@ -33,7 +33,7 @@ END_MARKERS = [END_THOUGHT, THINK_CLOSE]  # a model writes its own; stopping at 
 # What ends a thought for the model, in each markup's own layout (markup.format_response).
 CLOSINGS = {"r1": f"\n{THINK_CLOSE}\n\n", "sky-t1": f"\n\n{END_THOUGHT}\n\n{BEGIN_SOLUTION}\n\n"}
 ANSWER_CUE = "Final Answer: "  # s1's cue, so the model answers instead of going on thinking after the forced end
-WAIT = "Wait"  # s1's string to extend a thought (its Table 3: better than "Hmm" or "Alternatively")
+WAIT = "Wait"  # s1's string to extend a thought (its ablation: better than none, "Hmm" or "Alternatively")
 
 # complete(requests) -> [(text, tokens, finish_reason)] per request {"prompt", "max_tokens", "seed", "stop"}: the
 # backend continues each prompt text; a text that stopped at a stop string ends with it.
@@ -64,8 +64,16 @@ class _Sample:
     closing: str = ""
     thinking_tokens: int = 0
     waits: int = 0
+    steps: int = 0  # calls to the backend so far
     cut: bool = False
     answer: tuple[str, int, str | None] = field(default=("", 0, None))
+
+
+def step_seed(sample: _Sample) -> int:
+    """The sample's seed for its first call, then a new one per call: the same seed again would replay the same
+    random draws after a "Wait" or the forced end."""
+    sample.steps += 1
+    return sample.seed if sample.steps == 1 else (sample.seed * 1_000_003 + sample.steps) % 2**31
 
 
 def force(jobs: list[dict], prompts: list[str], complete: Complete, count_tokens, cfg) -> list[dict]:
@@ -76,7 +84,7 @@ def force(jobs: list[dict], prompts: list[str], complete: Complete, count_tokens
     thinking = list(samples)
     while thinking:
         requests = [
-            {"prompt": s.prompt + s.thought, "max_tokens": s.max_thinking - s.thinking_tokens, "seed": s.seed}
+            {"prompt": s.prompt + s.thought, "max_tokens": s.max_thinking - s.thinking_tokens, "seed": step_seed(s)}
             for s in thinking
         ]
         outputs = complete([r | {"stop": END_MARKERS} for r in requests])
@@ -86,21 +94,21 @@ def force(jobs: list[dict], prompts: list[str], complete: Complete, count_tokens
             s.thinking_tokens += tokens
             marker = next((m for m in END_MARKERS if s.thought.endswith(m)), None)
             ended = marker is not None or reason == "stop"  # its end of thought, or of the whole reply
-            if ended and s.thinking_tokens < cfg.min_thinking_tokens:  # s1: ignore the end, append "Wait"
+            # s1: an early end is ignored and "Wait" appended, while the budget has room for it
+            wait = count_tokens(WAIT)
+            if ended and s.thinking_tokens < cfg.min_thinking_tokens and s.thinking_tokens + wait < s.max_thinking:
                 s.thought = (s.thought[: -len(marker)] if marker else s.thought) + WAIT
-                s.thinking_tokens += count_tokens(WAIT)
+                s.thinking_tokens += wait
                 s.waits += 1
-                if s.thinking_tokens < s.max_thinking:
-                    still.append(s)
-                    continue
-                ended = False
+                still.append(s)
+                continue
             if not ended:  # the budget is spent: end the thought for the model
                 s.closing, s.cut = CLOSINGS[markup_for(s.prompt, s.thought, cfg.prompt_style)] + ANSWER_CUE, True
         thinking = still
     answering = [s for s in samples if s.cut or any(s.thought.endswith(m) for m in END_MARKERS)]
     if answering:
         requests = [
-            {"prompt": s.prompt + s.thought + s.closing, "max_tokens": cfg.max_answer_tokens, "seed": s.seed}
+            {"prompt": s.prompt + s.thought + s.closing, "max_tokens": cfg.max_answer_tokens, "seed": step_seed(s)}
             for s in answering
         ]
         for s, output in zip(answering, complete([r | {"stop": []} for r in requests])):

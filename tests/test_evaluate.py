@@ -153,6 +153,24 @@ def test_results_table_shows_powers_of_two_n_and_difficulty_levels():
     ]
 
 
+def test_avg_at_n_gives_the_spread_over_samples():
+    """Sample index i of every problem is one run of the benchmark: avg@n is the mean of the n runs' accuracies and
+    its standard error that of a mean of n runs; problems keep their pass@k."""
+    problems = [{"id": str(i)} for i in range(4)]
+    correct = {"0": [1, 1, 1, 0], "1": [0, 1, 0, 0], "2": [1, 1, 1, 1], "3": [0, 0, 0, 0]}
+    samples = {pid: [{"correct": bool(c), "extracted": "x"} for c in cs] for pid, cs in correct.items()}
+    summary = evaluate.summarise(problems, samples)
+    assert summary["accuracy_by_sample"] == [0.5, 0.75, 0.5, 0.25]
+    assert summary["avg@n"] == summary["accuracy"] == 0.5
+    # runs 0.5, 0.75, 0.5, 0.25: sample standard deviation sqrt(1/24), over sqrt(4)
+    assert summary["avg@n_stderr"] == pytest.approx((1 / 24) ** 0.5 / 2)
+    table = evaluate.results_table({"t": summary}).splitlines()
+    assert table[0].split()[:7] == ["task", "problems", "n", "accuracy", "avg@n", "±", "se"]
+    assert "50.0 ± 10.2" in table[1]
+    one = evaluate.summarise(problems, {pid: s[:1] for pid, s in samples.items()})
+    assert "avg@n" not in one and "avg@n" not in evaluate.results_table({"t": one})
+
+
 def test_builtin_tasks_ids_and_prompts():
     """Built-in records load with stable ids, and into the shape markup.eval_messages prompts from."""
     sizes = {"aime24": 30, "amc23": 40, "math500": 500, "olympiadbench": 675, "livecodebench": 879}

@@ -1,0 +1,143 @@
+"""vLLM data parallelism for evaluate.py (--backend vllm --data-parallel-size N): N engine replicas, one process each,
+each on its own --tensor-parallel-size GPUs, pulling chunks of jobs from one queue.
+
+Why one process per replica, each a plain vllm.LLM, and not vLLM's offline data parallelism
+(examples/offline_inference/data_parallel.py: every rank a process with VLLM_DP_RANK/VLLM_DP_SIZE set, its static
+share of the prompts): replicas of a dense model need nothing from each other, and a shared queue keeps every replica
+busy to the end whatever the response lengths (a static split waits for the rank that drew the longest thoughts;
+long-CoT lengths vary 10x). It is SkyThought's layout (Ray Data over independent vLLM replicas, its PR #63) without
+Ray, and it runs on vLLM's CPU build as on GPUs.
+
+Each replica holds one chunk at a time, and the main process writes a chunk's samples the moment it comes back, so a
+kill loses at most one chunk per replica. A chunk's samples keep the jobs' order; chunks are written as they finish.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import multiprocessing
+import os
+import queue
+import sys
+from typing import Iterator
+
+RESULT_POLL_S = 5.0  # how often the main process checks that every replica is still alive while it waits
+
+
+def devices(size: int, tensor_parallel: int) -> list[dict[str, str]]:
+    """The environment of each replica: its GPUs (CUDA_VISIBLE_DEVICES, a slice of those this process sees), or on
+    vLLM's CPU build its share of the cores (VLLM_CPU_OMP_THREADS_BIND, one list per tensor-parallel rank), so that
+    replicas do not compete for the same ones. A binding the user set is kept."""
+    import torch
+
+    if torch.cuda.is_available():
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        gpus = visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
+        if len(gpus) < size * tensor_parallel:
+            raise SystemExit(
+                f"--data-parallel-size {size} x --tensor-parallel-size {tensor_parallel} needs "
+                f"{size * tensor_parallel} GPUs; {len(gpus)} visible"
+            )
+        return [
+            {"CUDA_VISIBLE_DEVICES": ",".join(gpus[r * tensor_parallel : (r + 1) * tensor_parallel])}
+            for r in range(size)
+        ]
+    if os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto") != "auto":
+        return [{} for _ in range(size)]
+    cores = sorted(os.sched_getaffinity(0))
+    ranks = size * tensor_parallel
+    if len(cores) < ranks:
+        return [{} for _ in range(size)]  # fewer cores than ranks: let them share, as vLLM's default would
+    share = len(cores) // ranks
+    lists = [",".join(map(str, cores[i * share : (i + 1) * share])) for i in range(ranks)]
+    return [
+        {"VLLM_CPU_OMP_THREADS_BIND": "|".join(lists[r * tensor_parallel : (r + 1) * tensor_parallel])}
+        for r in range(size)
+    ]
+
+
+def replica(cfg, jobs: list[dict], env: dict, chunks, results, parent: int) -> None:
+    """One engine replica: build it as --data-parallel-size 1 would, then generate chunks until told to stop."""
+    os.environ.update(env)  # before vLLM starts: the devices this replica may use
+    import generation
+
+    one = argparse.Namespace(**vars(cfg) | {"data_parallel_size": 1})
+    try:
+        _, generate_chunk = generation.vllm_backend(one, jobs)
+    except BaseException as e:  # noqa: BLE001 - reported to the main process, which stops the run with it
+        results.put(("error", f"{type(e).__name__}: {e}"))
+        return
+    while True:
+        try:
+            item = chunks.get(timeout=RESULT_POLL_S)
+        except queue.Empty:
+            if os.getppid() != parent:  # the run was killed: do not generate for no one
+                return
+            continue
+        if item is None:
+            return
+        index, chunk = item
+        try:
+            results.put((index, list(generate_chunk(chunk))))
+        except BaseException as e:  # noqa: BLE001
+            results.put(("error", f"{type(e).__name__}: {e}"))
+            return
+
+
+def replicas(cfg, jobs: list[dict]):
+    """The vllm backend's (chunk size, generate_chunk) over --data-parallel-size replicas. The replicas start on the
+    first call and serve every later one (the runs of --thinking-budgets); one call takes every job it is given and
+    yields each chunk's samples as its replica finishes it."""
+    envs = devices(cfg.data_parallel_size, cfg.tensor_parallel_size)
+    # spawn: a replica must start without this process's CUDA state or threads
+    context = multiprocessing.get_context("spawn")
+    workers, queues = [], {}
+
+    def start() -> None:
+        queues.update(chunks=context.Queue(), results=context.Queue())  # fresh: nothing left from a failed call
+        for env in envs:
+            args = (cfg, jobs, env, queues["chunks"], queues["results"], os.getpid())
+            workers.append(context.Process(target=replica, args=args))  # not daemonic: vLLM starts processes
+            workers[-1].start()
+        print(f"{len(workers)} vLLM replicas: {'; '.join(map(str, envs))}", file=sys.stderr)
+        atexit.register(stop)
+
+    def stop() -> None:
+        for _ in workers:
+            queues["chunks"].put(None)  # each replica takes one stop sign, and its engine shuts down cleanly
+        for worker in workers:
+            worker.join(60)
+            if worker.is_alive():
+                worker.terminate()
+                worker.join(30)
+        workers.clear()
+
+    def generate_all(all_jobs: list[dict]) -> Iterator[dict]:
+        if not workers:
+            start()
+        pieces = [all_jobs[i : i + cfg.chunk_size] for i in range(0, len(all_jobs), cfg.chunk_size)]
+        for item in enumerate(pieces):
+            queues["chunks"].put(item)
+        finished = False
+        try:
+            for _ in pieces:
+                while True:
+                    try:
+                        index, samples = queues["results"].get(timeout=RESULT_POLL_S)
+                        break
+                    except queue.Empty:
+                        if not any(w.is_alive() for w in workers):
+                            raise SystemExit("the vLLM replicas exited before the jobs were done (see above)") from None
+                if index == "error":
+                    raise SystemExit(f"a vLLM replica failed: {samples}")
+                yield from samples
+            finished = True
+        finally:
+            if not finished:  # chunks still queued or in flight: stop the replicas rather than wait for them
+                for worker in workers:
+                    worker.terminate()
+                    worker.join(30)
+                workers.clear()
+
+    return sys.maxsize, generate_all  # one call takes every job: the replicas chunk them
