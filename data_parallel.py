@@ -27,8 +27,8 @@ RESULT_POLL_S = 5.0  # how often the main process checks that every replica is s
 
 def devices(size: int, tensor_parallel: int) -> list[dict[str, str]]:
     """The environment of each replica: its GPUs (CUDA_VISIBLE_DEVICES, a slice of those this process sees), or on
-    vLLM's CPU build its share of the cores (VLLM_CPU_OMP_THREADS_BIND, one list per tensor-parallel rank), so that
-    replicas do not compete for the same ones. A binding the user set is kept."""
+    vLLM's CPU build its share of the cores (VLLM_CPU_OMP_THREADS_BIND), so that replicas do not compete for the same
+    ones. A binding the user set is kept."""
     import torch
 
     if torch.cuda.is_available():
@@ -39,20 +39,25 @@ def devices(size: int, tensor_parallel: int) -> list[dict[str, str]]:
                 f"--data-parallel-size {size} x --tensor-parallel-size {tensor_parallel} needs "
                 f"{size * tensor_parallel} GPUs; {len(gpus)} visible"
             )
+        return replica_env(size, tensor_parallel, gpus, [])
+    cores = [str(c) for c in sorted(os.sched_getaffinity(0))]
+    if os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto") != "auto" or len(cores) < size * tensor_parallel:
+        return [{} for _ in range(size)]  # the user's binding, or too few cores to split: vLLM's own rule
+    return replica_env(size, tensor_parallel, [], cores)
+
+
+def replica_env(size: int, tensor_parallel: int, gpus: list[str], cores: list[str]) -> list[dict[str, str]]:
+    """Replica r gets GPUs r*TP..(r+1)*TP-1; on CPU, each of its TP ranks an equal share of the cores, as vLLM's
+    VLLM_CPU_OMP_THREADS_BIND writes them ("0,1|2,3": rank 0 on cores 0 and 1, rank 1 on 2 and 3)."""
+    if gpus:
         return [
             {"CUDA_VISIBLE_DEVICES": ",".join(gpus[r * tensor_parallel : (r + 1) * tensor_parallel])}
             for r in range(size)
         ]
-    if os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto") != "auto":
-        return [{} for _ in range(size)]
-    cores = sorted(os.sched_getaffinity(0))
-    ranks = size * tensor_parallel
-    if len(cores) < ranks:
-        return [{} for _ in range(size)]  # fewer cores than ranks: let them share, as vLLM's default would
-    share = len(cores) // ranks
-    lists = [",".join(map(str, cores[i * share : (i + 1) * share])) for i in range(ranks)]
+    share = len(cores) // (size * tensor_parallel)
+    ranks = [",".join(cores[i * share : (i + 1) * share]) for i in range(size * tensor_parallel)]
     return [
-        {"VLLM_CPU_OMP_THREADS_BIND": "|".join(lists[r * tensor_parallel : (r + 1) * tensor_parallel])}
+        {"VLLM_CPU_OMP_THREADS_BIND": "|".join(ranks[r * tensor_parallel : (r + 1) * tensor_parallel])}
         for r in range(size)
     ]
 
