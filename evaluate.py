@@ -2,13 +2,16 @@
 
     python evaluate.py --model out/merged --tasks aime24,amc23,math500,olympiadbench,livecodebench --backend vllm
     python evaluate.py --model Qwen/Qwen2.5-32B-Instruct --adapter out/final --tasks aime24 --n 8 --temperature 0.7
-    python evaluate.py --model my-model --backend openai --base-url http://localhost:8000/v1 --tasks math500
+    python evaluate.py --model my-model --backend openai --base-url http://a:8000/v1,http://b:8000/v1 --tasks math500
     python evaluate.py --responses my_generations.jsonl --tasks math500          # score only, no model
 
 Writes DIR/samples.jsonl (one scored sample per line, with the backend's finish_reason), DIR/results.json (accuracy =
 mean pass@1 over samples, unbiased pass@k, the shares with no answer and cut off at --max-tokens, LiveCodeBench by
 difficulty, the settings used) and prints a table. Samples are written as each chunk finishes: rerun the same command
 to resume after a kill.
+Past one GPU: --data-parallel-size (vLLM replicas), several --base-url servers; a thinking budget (s1's budget
+forcing) with --max-thinking-tokens, and the test-time scaling curve with --thinking-budgets (README: "Evaluation at
+scale", "Thinking budget").
 A custom task is a JSONL file of {"id", "problem", "answer"} (maths) or {"id", "problem", "tests"[, "starter_code"]}
 (code; tests = [{"input", "output", "testtype": "stdin"|"functional"}]). Data sources: data/eval/README.md.
 A --responses record names its task as --tasks does: a built-in name, or a custom task's file stem or path.
