@@ -63,7 +63,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="vllm",
         help="vllm: fast on GPU; hf: plain transformers, works on CPU; openai: any OpenAI-compatible server",
     )
-    p.add_argument("--n", type=int, default=1, help="samples per problem; pass@k is reported for k <= n")
+    p.add_argument(
+        "--n",
+        type=int,
+        default=1,
+        help="samples per problem: pass@k for k <= n, and avg@n with its standard error (open-r1: 64 for AIME, 4 "
+        "for MATH500)",
+    )
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy, SkyThought's setting for one sample")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
     p.add_argument("--max-tokens", type=int, default=32768, help="tokens per sample; paper: 32768 (long CoT)")
@@ -100,7 +106,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="vllm: engine replicas, each on its own --tensor-parallel-size GPUs, sharing the jobs chunk by chunk; "
         "replicas beat one wide engine for a model that fits fewer GPUs (32B on 8: 4 x TP 2, SkyThought PR #63)",
     )
-    p.add_argument("--chunk-size", type=int, default=1024, help="vllm: samples per call; a kill loses one at most")
+    p.add_argument(
+        "--chunk-size", type=int, default=1024, help="vllm: samples per call; a kill loses one at most (per replica)"
+    )
     p.add_argument(
         "--base-url",
         default="http://localhost:8000/v1",
@@ -111,7 +119,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--concurrency", type=int, default=32, help="openai: requests in flight per server; servers batch them"
     )
-    p.add_argument("--max-retries", type=int, default=5, help="openai: retries on 429/5xx/network errors, backoff")
+    p.add_argument(
+        "--max-retries",
+        type=int,
+        default=5,
+        help="openai: retries of a request after 429/5xx/network errors, on another server or after a backoff",
+    )
     p.add_argument("--request-timeout", type=float, default=3600.0, help="openai: seconds per request (long CoT)")
     p.add_argument(
         "--max-thinking-tokens",
@@ -153,6 +166,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--responses are scored as given: a thinking budget applies to generation (--model)")
     if cfg.thinking_budgets and cfg.max_thinking_tokens:
         p.error("give --thinking-budgets (several runs) or --max-thinking-tokens (one), not both")
+    if cfg.min_thinking_tokens > min([cfg.max_thinking_tokens or cfg.max_tokens, *(cfg.thinking_budgets or [])]):
+        p.error("--min-thinking-tokens is above the thinking budget: the thought could never reach it")
+    if cfg.data_parallel_size > 1 and cfg.backend != "vllm":
+        p.error("--data-parallel-size is for --backend vllm (openai: list one server per node in --base-url)")
     if cfg.adapter and cfg.backend == "openai":
         p.error("--adapter with --backend openai: load the adapter in the server and pass its served name as --model")
     if cfg.chat_template != "model" and cfg.backend == "openai" and cfg.model and not thinking:

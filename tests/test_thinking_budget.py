@@ -2,7 +2,6 @@
 through evaluate.py --backend hf, --thinking-budgets writing the test-time scaling table and plot."""
 
 import json
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -121,9 +120,12 @@ def test_budget_arguments_are_checked():
         evaluate.parse_args(["--responses", "r.jsonl", "--tasks", "aime24", "--max-thinking-tokens", "8"])
     with pytest.raises(SystemExit):
         evaluate.parse_args(["--model", "m", "--tasks", "aime24", "--backend", "hf", "--thinking-budgets", "8,x"])
-    cfg = evaluate.parse_args(["--model", "m", "--tasks", "aime24", "--backend", "hf", "--thinking-budgets", "64,8,64"])
+    hf = ["--model", "m", "--tasks", "aime24", "--backend", "hf"]
+    for flags in (["--min-thinking-tokens", "100", "--max-thinking-tokens", "50"], ["--data-parallel-size", "2"]):
+        with pytest.raises(SystemExit):
+            evaluate.parse_args([*hf, *flags])
+    cfg = evaluate.parse_args([*hf, "--thinking-budgets", "64,8,64"])
     assert cfg.thinking_budgets == [8, 64]
-    assert Path(evaluate.__file__).name == "evaluate.py"
 
 
 def test_hf_stops_a_thought_at_its_end_marker(tiny_model_dir, tmp_path, monkeypatch, one_torch_thread):
