@@ -2,7 +2,8 @@
 
 Each backend is set up once by evaluate.py and returns (chunk size, generate_chunk): generate_chunk(jobs) yields a
 chunk's samples, and evaluate.py's loop saves each as it arrives, so a kill loses at most the chunk in flight.
-A job is {"task", "id", "sample", "seed", "messages"}; a sample is what generation() builds.
+A job is {"task", "id", "sample", "seed", "messages"[, "max_thinking_tokens"]}; a sample is what generation() builds.
+With a thinking budget every backend generates through thinking_budget.force, over its own complete() primitive.
 """
 
 from __future__ import annotations
@@ -73,21 +74,22 @@ def per_sample_sampler(seeds: list[int], temperature: float, top_p: float, devic
 
 
 def max_new_tokens(cfg, tokenizer) -> int:
-    """Tokens a sample may add to its prompt: --max-tokens, or with a thinking budget the largest thought, its forced
-    end and the answer (thinking_budget.max_new_tokens)."""
-    budgets = [job_budget(cfg)] + list(cfg.thinking_budgets or [])
-    if budgets[0] is None:
+    """Tokens a sample may add to its prompt: --max-tokens, or with a thinking budget the largest thought (of all
+    --thinking-budgets: their runs share the engine), its forced end and the answer."""
+    budget = job_budget(cfg)
+    if budget is None:
         return cfg.max_tokens
-    count = token_counter(tokenizer)
-    return thinking_budget.max_new_tokens(max(budgets), cfg.max_answer_tokens, count)
+    largest = max([budget, *(cfg.thinking_budgets or [])])
+    return thinking_budget.max_new_tokens(largest, cfg.max_answer_tokens, token_counter(tokenizer))
 
 
 def job_budget(cfg) -> int | None:
-    """The thinking budget a job carries: --max-thinking-tokens; --max-tokens where only --min-thinking-tokens is
-    given (the thought may be extended, and is cut where a plain sample would be); None without budget forcing."""
+    """The thinking budget a job carries: --max-thinking-tokens (each run of --thinking-budgets sets it); --max-tokens
+    where only --min-thinking-tokens is given (the thought may be extended, and is cut where a plain sample would be);
+    None without budget forcing."""
     if cfg.max_thinking_tokens is None and not cfg.min_thinking_tokens and not cfg.thinking_budgets:
         return None
-    return cfg.max_thinking_tokens or cfg.max_tokens
+    return cfg.max_thinking_tokens or max(cfg.thinking_budgets or [cfg.max_tokens])
 
 
 def token_counter(tokenizer):

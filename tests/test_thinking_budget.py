@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 import evaluate
+import generation
 import thinking_budget
 from markup import BEGIN_SOLUTION, END_THOUGHT, THINK_CLOSE
 from thinking_budget import ANSWER_CUE, CLOSINGS, WAIT
@@ -126,6 +127,11 @@ def test_budget_arguments_are_checked():
             evaluate.parse_args([*hf, *flags])
     cfg = evaluate.parse_args([*hf, "--thinking-budgets", "64,8,64"])
     assert cfg.thinking_budgets == [8, 64]
+    # the engine the runs share fits the largest budget's thought, its forced end and the answer, not --max-tokens
+    characters = lambda text, add_special_tokens=False: {"input_ids": list(text)}  # noqa: E731 - one token a character
+    longest_end = max(len(closing + ANSWER_CUE) for closing in CLOSINGS.values())
+    assert generation.max_new_tokens(cfg, characters) == 64 + longest_end + cfg.max_answer_tokens
+    assert generation.max_new_tokens(evaluate.parse_args(hf), characters) == 32768  # no budget: --max-tokens
 
 
 def test_hf_stops_a_thought_at_its_end_marker(tiny_model_dir, tmp_path, monkeypatch, one_torch_thread):
