@@ -19,6 +19,7 @@ import atexit
 import multiprocessing
 import os
 import queue
+import signal
 import sys
 from typing import Iterator
 
@@ -65,29 +66,35 @@ def replica_env(size: int, tensor_parallel: int, gpus: list[str], cores: list[st
 def replica(cfg, jobs: list[dict], env: dict, chunks, results, parent: int) -> None:
     """One engine replica: build it as --data-parallel-size 1 would, then generate chunks until told to stop."""
     os.environ.update(env)  # before vLLM starts: the devices this replica may use
-    import generation
-
-    one = argparse.Namespace(**vars(cfg) | {"data_parallel_size": 1})
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stopped by the main process: still shut the engine down
     try:
-        _, generate_chunk = generation.vllm_backend(one, jobs)
-    except BaseException as e:  # noqa: BLE001 - reported to the main process, which stops the run with it
-        results.put(("error", f"{type(e).__name__}: {e}"))
-        return
-    while True:
+        import generation
+
+        one = argparse.Namespace(**vars(cfg) | {"data_parallel_size": 1})
         try:
-            item = chunks.get(timeout=RESULT_POLL_S)
-        except queue.Empty:
-            if os.getppid() != parent:  # the run was killed: do not generate for no one
-                return
-            continue
-        if item is None:
-            return
-        index, chunk = item
-        try:
-            results.put((index, list(generate_chunk(chunk))))
-        except BaseException as e:  # noqa: BLE001
+            _, generate_chunk = generation.vllm_backend(one, jobs)
+        except Exception as e:  # reported to the main process, which stops the run with it
             results.put(("error", f"{type(e).__name__}: {e}"))
             return
+        while True:
+            try:
+                item = chunks.get(timeout=RESULT_POLL_S)
+            except queue.Empty:
+                if os.getppid() != parent:  # the run was killed: do not generate for no one
+                    return
+                continue
+            if item is None:
+                return
+            index, chunk = item
+            try:
+                results.put((index, list(generate_chunk(chunk))))
+            except Exception as e:
+                results.put(("error", f"{type(e).__name__}: {e}"))
+                return
+    finally:
+        # A multiprocessing child ends with os._exit, which skips the interpreter's exit functions; vLLM shuts its
+        # engine process down in them, which would otherwise outlive this replica.
+        atexit._run_exitfuncs()
 
 
 def replicas(cfg, jobs: list[dict]):
@@ -141,8 +148,12 @@ def replicas(cfg, jobs: list[dict]):
         finally:
             if not finished:  # chunks still queued or in flight: stop the replicas rather than wait for them
                 for worker in workers:
-                    worker.terminate()
-                    worker.join(30)
+                    worker.terminate()  # SIGTERM: the replica shuts its engine down, then exits
+                for worker in workers:
+                    worker.join(60)
+                    if worker.is_alive():
+                        worker.kill()
+                        worker.join(30)
                 workers.clear()
 
     return sys.maxsize, generate_all  # one call takes every job: the replicas chunk them

@@ -425,12 +425,27 @@ def test_openai_backend_survives_a_server_restart(trained_model, task_file, serv
     assert responses(outcome["samples"]) == responses(run(tmp_path / "again", task_file, *flags))
 
 
+def engine_processes() -> set[int]:
+    """vLLM's engine-core processes on this machine, which name themselves VLLM::EngineCore."""
+    found = set()
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(b"VLLM::EngineCore"):
+                found.add(int(proc.name))
+        except OSError:  # gone meanwhile
+            pass
+    return found
+
+
 def test_two_replicas_give_the_one_engine_greedy_outputs(trained_model, task_file, engines, tmp_path):
     """--data-parallel-size 2: two real engines in processes of their own (each on one core here), sharing chunks."""
     model = ["--model", str(trained_model), "--backend", "vllm"]
     one = responses(run(tmp_path / "one", task_file, *model))
+    before = engine_processes()
     two = run(tmp_path / "two", task_file, *model, "--data-parallel-size", "2", "--chunk-size", "3")
     assert responses(two) == one
+    time.sleep(5)
+    assert engine_processes() <= before  # the replicas shut their engines down: none outlives the run
     generated = [(g["id"], g["sample"]) for g in evaluate.read_resumable(tmp_path / "two" / "generations.jsonl")]
     assert sorted(generated) == sorted((f"s{i}", 0) for i in range(len(PAIRS)))  # every sample once
 
