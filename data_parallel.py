@@ -98,45 +98,31 @@ def replica(cfg, jobs: list[dict], env: dict, chunks, results, parent: int) -> N
 
 
 def replicas(cfg, jobs: list[dict]):
-    """The vllm backend's (chunk size, generate_chunk) over --data-parallel-size replicas. The replicas start on the
-    first call and serve every later one (the runs of --thinking-budgets); one call takes every job it is given and
-    yields each chunk's samples as its replica finishes it."""
+    """The vllm backend's (chunk size, generate_chunk) over --data-parallel-size replicas. One call takes every job it
+    is given: it starts the replicas, yields each chunk's samples as its replica finishes it, and stops them (each
+    run of --thinking-budgets starts them again: minutes against the hours of generation)."""
     envs = devices(cfg.data_parallel_size, cfg.tensor_parallel_size)
     # spawn: a replica must start without this process's CUDA state or threads
     context = multiprocessing.get_context("spawn")
-    workers, queues = [], {}
-
-    def start() -> None:
-        queues.update(chunks=context.Queue(), results=context.Queue())  # fresh: nothing left from a failed call
-        for env in envs:
-            args = (cfg, jobs, env, queues["chunks"], queues["results"], os.getpid())
-            workers.append(context.Process(target=replica, args=args))  # not daemonic: vLLM starts processes
-            workers[-1].start()
-        print(f"{len(workers)} vLLM replicas: {'; '.join(map(str, envs))}", file=sys.stderr)
-        atexit.register(stop)
-
-    def stop() -> None:
-        for _ in workers:
-            queues["chunks"].put(None)  # each replica takes one stop sign, and its engine shuts down cleanly
-        for worker in workers:
-            worker.join(60)
-            if worker.is_alive():
-                worker.terminate()
-                worker.join(30)
-        workers.clear()
 
     def generate_all(all_jobs: list[dict]) -> Iterator[dict]:
-        if not workers:
-            start()
+        chunks, results = context.Queue(), context.Queue()
         pieces = [all_jobs[i : i + cfg.chunk_size] for i in range(0, len(all_jobs), cfg.chunk_size)]
         for item in enumerate(pieces):
-            queues["chunks"].put(item)
+            chunks.put(item)
+        workers = []
+        for env in envs[: len(pieces)]:
+            chunks.put(None)  # one stop sign per replica, behind the chunks
+            args = (cfg, jobs, env, chunks, results, os.getpid())
+            workers.append(context.Process(target=replica, args=args))  # not daemonic: vLLM starts processes
+            workers[-1].start()
+        print(f"{len(workers)} vLLM replicas: {'; '.join(map(str, envs[: len(workers)]))}", file=sys.stderr)
         finished = False
         try:
             for _ in pieces:
                 while True:
                     try:
-                        index, samples = queues["results"].get(timeout=RESULT_POLL_S)
+                        index, samples = results.get(timeout=RESULT_POLL_S)
                         break
                     except queue.Empty:
                         if not any(w.is_alive() for w in workers):
@@ -146,14 +132,13 @@ def replicas(cfg, jobs: list[dict]):
                 yield from samples
             finished = True
         finally:
-            if not finished:  # chunks still queued or in flight: stop the replicas rather than wait for them
-                for worker in workers:
+            for worker in workers:
+                if not finished:  # chunks still queued or in flight: stop the replicas rather than wait for them
                     worker.terminate()  # SIGTERM: the replica shuts its engine down, then exits
-                for worker in workers:
-                    worker.join(60)
-                    if worker.is_alive():
-                        worker.kill()
-                        worker.join(30)
-                workers.clear()
+            for worker in workers:  # done: each took its stop sign and shuts its engine down
+                worker.join(60)
+                if worker.is_alive():
+                    worker.kill()
+                    worker.join(30)
 
     return sys.maxsize, generate_all  # one call takes every job: the replicas chunk them
