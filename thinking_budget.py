@@ -55,7 +55,7 @@ def max_new_tokens(max_thinking: int, max_answer: int, count_tokens: Callable[[s
     return max_thinking + max(count_tokens(c + ANSWER_CUE) for c in CLOSINGS.values()) + max_answer
 
 
-@dataclass
+@dataclass(eq=False)  # a sample is itself, not any sample with the same fields
 class _Sample:
     prompt: str
     seed: int
