@@ -2,13 +2,16 @@
 
     python evaluate.py --model out/merged --tasks aime24,amc23,math500,olympiadbench,livecodebench --backend vllm
     python evaluate.py --model Qwen/Qwen2.5-32B-Instruct --adapter out/final --tasks aime24 --n 8 --temperature 0.7
-    python evaluate.py --model my-model --backend openai --base-url http://localhost:8000/v1 --tasks math500
+    python evaluate.py --model my-model --backend openai --base-url http://a:8000/v1,http://b:8000/v1 --tasks math500
     python evaluate.py --responses my_generations.jsonl --tasks math500          # score only, no model
 
 Writes DIR/samples.jsonl (one scored sample per line, with the backend's finish_reason), DIR/results.json (accuracy =
 mean pass@1 over samples, unbiased pass@k, the shares with no answer and cut off at --max-tokens, LiveCodeBench by
 difficulty, the settings used) and prints a table. Samples are written as each chunk finishes: rerun the same command
 to resume after a kill.
+Past one GPU: --data-parallel-size (vLLM replicas), several --base-url servers; a thinking budget (s1's budget
+forcing) with --max-thinking-tokens, and the test-time scaling curve with --thinking-budgets (README: "Evaluation at
+scale", "Thinking budget").
 A custom task is a JSONL file of {"id", "problem", "answer"} (maths) or {"id", "problem", "tests"[, "starter_code"]}
 (code; tests = [{"input", "output", "testtype": "stdin"|"functional"}]). Data sources: data/eval/README.md.
 A --responses record names its task as --tasks does: a built-in name, or a custom task's file stem or path.
@@ -26,17 +29,16 @@ import os
 import sys
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed, wait
+from concurrent.futures import ProcessPoolExecutor, wait
 from pathlib import Path
-from statistics import fmean
-from typing import Iterator
+from statistics import fmean, stdev
 
-import torch
 from tqdm import tqdm
 
+import generation
 import grading
 import sandbox
-import sft
+import thinking_budget
 import utils
 from markup import PROMPT_STYLES, eval_messages
 from utils import DataError
@@ -45,8 +47,8 @@ BUILTIN_TASKS = ("aime24", "amc23", "math500", "olympiadbench", "livecodebench")
 # Settings that change what a sample is: a rerun into the same folder must match them.
 # --n may differ (samples are indexed).
 GENERATION_KEYS = ("model", "adapter", "responses", "backend", "prompt_style", "chat_template", "chat_template_kwargs")
-GENERATION_KEYS += ("temperature", "top_p", "max_tokens", "seed")
-VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # max_lora_rank values vLLM accepts
+GENERATION_KEYS += ("temperature", "top_p", "max_tokens", "seed", "max_thinking_tokens", "min_thinking_tokens")
+GENERATION_KEYS += ("max_answer_tokens",)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -61,7 +63,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="vllm",
         help="vllm: fast on GPU; hf: plain transformers, works on CPU; openai: any OpenAI-compatible server",
     )
-    p.add_argument("--n", type=int, default=1, help="samples per problem; pass@k is reported for k <= n")
+    p.add_argument(
+        "--n",
+        type=int,
+        default=1,
+        help="samples per problem: pass@k for k <= n, and avg@n with its standard error (open-r1: 64 for AIME, 4 "
+        "for MATH500)",
+    )
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy, SkyThought's setting for one sample")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
     p.add_argument("--max-tokens", type=int, default=32768, help="tokens per sample; paper: 32768 (long CoT)")
@@ -91,24 +99,94 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=os.cpu_count(), help="scoring processes: sympy, sandboxed tests")
     p.add_argument("--batch-size", type=int, default=8, help="hf: sequences generated together")
     p.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm: GPUs the model is split over")
-    p.add_argument("--chunk-size", type=int, default=1024, help="vllm: samples per call; a kill loses one at most")
-    p.add_argument("--base-url", default="http://localhost:8000/v1", help="openai: server root (vllm serve's default)")
+    p.add_argument(
+        "--data-parallel-size",
+        type=int,
+        default=1,
+        help="vllm: engine replicas, each on its own --tensor-parallel-size GPUs, sharing the jobs chunk by chunk; "
+        "replicas beat one wide engine for a model that fits fewer GPUs (32B on 8: 4 x TP 2, SkyThought PR #63)",
+    )
+    p.add_argument(
+        "--chunk-size", type=int, default=1024, help="vllm: samples per call; a kill loses one at most (per replica)"
+    )
+    p.add_argument(
+        "--base-url",
+        default="http://localhost:8000/v1",
+        help="openai: server root (vllm serve's default), or several, comma-separated (one vllm serve per node): each "
+        "request goes to the least loaded; one that stops answering leaves the rotation and is tried again later",
+    )
     p.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY", "EMPTY"), help="openai: $OPENAI_API_KEY")
-    p.add_argument("--concurrency", type=int, default=32, help="openai: requests in flight; servers batch them")
-    p.add_argument("--max-retries", type=int, default=5, help="openai: retries on 429/5xx/network errors, backoff")
+    p.add_argument(
+        "--concurrency", type=int, default=32, help="openai: requests in flight per server; servers batch them"
+    )
+    p.add_argument(
+        "--max-retries",
+        type=int,
+        default=5,
+        help="openai: retries of a request after 429/5xx/network errors, on another server or after a backoff",
+    )
     p.add_argument("--request-timeout", type=float, default=3600.0, help="openai: seconds per request (long CoT)")
+    p.add_argument(
+        "--max-thinking-tokens",
+        type=int,
+        help="thinking budget (s1's budget forcing): the thought is ended at N tokens with the model's own "
+        "end-of-thought markup and 'Final Answer: ', then the answer is generated; else it runs to --max-tokens",
+    )
+    p.add_argument(
+        "--min-thinking-tokens",
+        type=int,
+        default=0,
+        help="s1's 'Wait': an end of thought before N tokens is replaced with 'Wait', so the model thinks on",
+    )
+    p.add_argument(
+        "--max-answer-tokens",
+        type=int,
+        default=2048,
+        help="with a thinking budget: tokens for the answer after the thought (enough for a boxed answer or a program)",
+    )
+    p.add_argument(
+        "--thinking-budgets",
+        type=budget_list,
+        metavar="N,N,...",
+        help="run the same problems at each thinking budget (into OUTPUT_DIR/budget-N) and write the test-time scaling "
+        "table and plot, accuracy against budget per task (s1's Figure 1): test_time_scaling.{md,json,png}",
+    )
     cfg = p.parse_args(argv)
     if (cfg.model is None) == (cfg.responses is None):
         p.error("give exactly one of --model (generate and score) or --responses (score existing generations)")
     if min(cfg.n, cfg.workers, cfg.batch_size, cfg.chunk_size, 1 if cfg.limit is None else cfg.limit) < 1:
         p.error("--n, --limit, --workers, --batch-size and --chunk-size must be at least 1")
+    if (
+        min(cfg.data_parallel_size, cfg.max_answer_tokens, cfg.max_thinking_tokens or 1) < 1
+        or cfg.min_thinking_tokens < 0
+    ):
+        p.error("--data-parallel-size, --max-answer-tokens and --max-thinking-tokens must be at least 1")
+    thinking = cfg.max_thinking_tokens or cfg.min_thinking_tokens or cfg.thinking_budgets
+    if thinking and cfg.responses:
+        p.error("--responses are scored as given: a thinking budget applies to generation (--model)")
+    if cfg.thinking_budgets and cfg.max_thinking_tokens:
+        p.error("give --thinking-budgets (several runs) or --max-thinking-tokens (one), not both")
+    if cfg.min_thinking_tokens > min([cfg.max_thinking_tokens or cfg.max_tokens, *(cfg.thinking_budgets or [])]):
+        p.error("--min-thinking-tokens is above the thinking budget: the thought could never reach it")
+    if cfg.data_parallel_size > 1 and cfg.backend != "vllm":
+        p.error("--data-parallel-size is for --backend vllm (openai: list one server per node in --base-url)")
     if cfg.adapter and cfg.backend == "openai":
         p.error("--adapter with --backend openai: load the adapter in the server and pass its served name as --model")
-    if cfg.chat_template != "model" and cfg.backend == "openai" and cfg.model:
+    if cfg.chat_template != "model" and cfg.backend == "openai" and cfg.model and not thinking:
         p.error("--chat-template with --backend openai: the server applies its own (vllm serve --chat-template FILE)")
     if cfg.model and cfg.backend == "vllm" and importlib.util.find_spec("vllm") is None:
         raise SystemExit("--backend vllm: vllm is not installed (pip install -r requirements-gpu.txt); or --backend hf")
     return cfg
+
+
+def budget_list(text: str) -> list[int]:
+    try:
+        budgets = sorted({int(b) for b in text.split(",") if b.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma list of token counts: {text!r}") from None
+    if not budgets or budgets[0] < 1:
+        raise argparse.ArgumentTypeError(f"budgets must be at least 1 token: {text!r}")
+    return budgets
 
 
 # ----------------------------------------------------------------------------- tasks and prompts
@@ -210,163 +288,8 @@ def load_responses(path: str, tasks: dict[str, list[dict]], aliases: dict[str, s
             raise DataError(f"{where}: duplicate sample {sample} of task '{task}' id '{pid}'")
         next_sample[(task, pid)] = max(next_sample.get((task, pid), 0), sample + 1)
         fields = [record.get(field) for field in ("prompt", "response", "tokens", "finish_reason")]
-        responses[(task, pid, sample)] = generation({"task": task, "id": pid, "sample": sample}, *fields)
+        responses[(task, pid, sample)] = generation.generation({"task": task, "id": pid, "sample": sample}, *fields)
     return responses
-
-
-# ----------------------------------------------------------------------------- backends
-# Each backend is set up once and returns (chunk size, generate_chunk): generate_chunk(jobs) yields a chunk's samples,
-# and the loop in generate_and_score saves each as it arrives, so a kill loses at most the chunk in flight.
-
-
-def generation(job: dict, prompt, response: str, tokens: int | None, finish_reason: str | None) -> dict:
-    """One generated sample as generations.jsonl keeps it; --responses records are read into the same shape.
-    finish_reason: "stop" (a stop token), "length" (cut off at --max-tokens), or None where the backend gives none."""
-    gen = {key: job[key] for key in ("task", "id", "sample")}
-    return gen | {"prompt": prompt, "response": response, "tokens": tokens, "finish_reason": finish_reason}
-
-
-def sampling_params(cfg) -> dict:
-    """What every backend asks for, spelled out: a value left unset lets vllm serve or transformers apply the
-    checkpoint's generation_config (Qwen2.5: top_k 20, repetition_penalty 1.05), and the backends would disagree.
-    top_k -1 = every token (vLLM's and SGLang's convention); the paper's harness ran with these vLLM defaults."""
-    return {"temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": -1, "repetition_penalty": 1.0}
-
-
-def tokenizer_source(cfg) -> str:
-    """Prefer the adapter's tokenizer: training may have changed its chat template."""
-    return cfg.adapter if cfg.adapter and (Path(cfg.adapter) / "tokenizer_config.json").exists() else cfg.model
-
-
-def prompt_text(tokenizer, messages: list[dict]) -> str:
-    """The chat prompt as the model reads it: the chat template applied, ending where the assistant begins."""
-    return sft.generation_prompt(tokenizer, messages)  # exactly what every trained reply follows
-
-
-def stop_token_ids(tokenizer, extra=()) -> list[int]:
-    """EOS plus <|im_end|>: a merged checkpoint's generation config may only know <|endoftext|>."""
-    ids = {tokenizer.eos_token_id, tokenizer.get_vocab().get("<|im_end|>"), *extra}
-    return sorted(i for i in ids if i is not None)
-
-
-def per_sample_sampler(seeds: list[int], temperature: float, top_p: float, device):
-    """Temperature and top-p sampling with one torch.Generator per batch row, seeded with that sample's seed, as vLLM
-    seeds each request: a sample does not depend on its batch, so a resumed run redraws what a kill lost. A logits
-    processor for greedy decoding: every token but the drawn one gets -inf, so argmax picks it."""
-    generators = [torch.Generator(device).manual_seed(seed) for seed in seeds]
-
-    def draw(input_ids, scores):
-        probs = torch.softmax(scores.float() / temperature, dim=-1)
-        if top_p < 1.0:  # the smallest set of most likely tokens whose mass reaches top_p (transformers' rule)
-            sorted_probs, order = probs.sort(dim=-1, descending=True)
-            sorted_probs[sorted_probs.cumsum(-1) - sorted_probs >= top_p] = 0.0
-            probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-        drawn = torch.stack([torch.multinomial(row, 1, generator=g) for row, g in zip(probs, generators)])
-        return torch.full_like(scores, -math.inf).scatter(-1, drawn, 0.0)
-
-    return draw
-
-
-def hf_backend(cfg, jobs: list[dict]):
-    from transformers import GenerationConfig
-
-    tokenizer = utils.load_tokenizer(tokenizer_source(cfg), cfg.chat_template, cfg.chat_template_kwargs)
-    tokenizer.padding_side = "left"  # generation appends on the right, so prompts must end flush
-    device = utils.pick_device()
-    model = utils.load_model(cfg.model, device, utils.pick_dtype(device), utils.pick_attention("auto", device))
-    model_eos = model.generation_config.eos_token_id
-    stops = stop_token_ids(tokenizer, model_eos if isinstance(model_eos, list) else [model_eos])
-    model.generation_config = GenerationConfig()  # the checkpoint's defaults (penalties, n-gram bans) must not apply
-    if cfg.adapter:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, cfg.adapter)
-    model.eval()
-    # Greedy decoding, over per_sample_sampler's draws when sampling.
-    fixed = {"do_sample": False, "max_new_tokens": cfg.max_tokens, "eos_token_id": stops}
-    fixed |= {"pad_token_id": tokenizer.pad_token_id, "repetition_penalty": sampling_params(cfg)["repetition_penalty"]}
-
-    def generate_batch(batch: list[dict]) -> Iterator[dict]:
-        prompts = [prompt_text(tokenizer, job["messages"]) for job in batch]
-        encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-        seeds = [job["seed"] for job in batch]
-        sampler = [per_sample_sampler(seeds, cfg.temperature, cfg.top_p, device)] if cfg.temperature > 0 else []
-        with torch.no_grad():
-            out = model.generate(**encoded, **fixed, logits_processor=sampler)
-        for job, prompt, row in zip(batch, prompts, out[:, encoded["input_ids"].shape[1] :].tolist()):
-            stop = next((i for i, t in enumerate(row) if t in stops), None)
-            length, reason = (len(row), "length") if stop is None else (stop + 1, "stop")
-            yield generation(job, prompt, tokenizer.decode(row[:length], skip_special_tokens=True), length, reason)
-
-    return cfg.batch_size, generate_batch
-
-
-def vllm_backend(cfg, jobs: list[dict]):
-    from transformers import AutoConfig
-    from vllm import LLM, SamplingParams
-
-    tokenizer = utils.load_tokenizer(tokenizer_source(cfg), cfg.chat_template, cfg.chat_template_kwargs)
-
-    def encode(chunk: list[dict]) -> tuple[list[str], list[list[int]]]:
-        prompts = [prompt_text(tokenizer, job["messages"]) for job in chunk]
-        # Token ids, not text: vLLM would add a second BOS to templates that already start with one (Llama 3).
-        return prompts, tokenizer(prompts, add_special_tokens=False)["input_ids"]
-
-    max_len = cfg.max_tokens + max(map(len, encode(jobs)[1]))
-    model_limit = getattr(AutoConfig.from_pretrained(cfg.model), "max_position_embeddings", None)
-    if model_limit and max_len > model_limit:
-        print(f"note: max_model_len {max_len} > the model's {model_limit}: samples stop there", file=sys.stderr)
-        max_len = model_limit
-    lora_request, lora_args = None, {}
-    if cfg.adapter:
-        from vllm.lora.request import LoRARequest
-
-        rank = json.loads((Path(cfg.adapter) / "adapter_config.json").read_text(encoding="utf-8"))["r"]
-        lora_args = {"enable_lora": True, "max_lora_rank": next(r for r in VLLM_LORA_RANKS if r >= rank)}
-        lora_request = LoRARequest("adapter", 1, str(Path(cfg.adapter).resolve()))
-    engine = {"tensor_parallel_size": cfg.tensor_parallel_size, "max_model_len": max_len, "seed": cfg.seed}
-    engine["dtype"] = utils.vllm_dtype()  # the trainers' rule: bf16 where the GPU has it, fp16 ("half") on a T4
-    llm = LLM(model=cfg.model, tokenizer=tokenizer_source(cfg), **engine, **lora_args)
-    shared = sampling_params(cfg) | {"stop_token_ids": stop_token_ids(tokenizer)}
-
-    def generate_chunk(chunk: list[dict]) -> Iterator[dict]:
-        prompts, prompt_ids = encode(chunk)
-        # max_tokens depends on the sample alone, not on the chunk it falls in
-        budgets = [min(cfg.max_tokens, max_len - len(ids)) for ids in prompt_ids]
-        params = [SamplingParams(**shared, max_tokens=b, seed=job["seed"]) for job, b in zip(chunk, budgets)]
-        outputs = llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params, lora_request=lora_request)
-        for job, prompt, out in zip(chunk, prompts, outputs):
-            sample = out.outputs[0]
-            yield generation(job, prompt, sample.text, len(sample.token_ids), sample.finish_reason)
-
-    return cfg.chunk_size, generate_chunk
-
-
-def openai_backend(cfg, jobs: list[dict]):
-    connection = {"api_key": cfg.api_key, "timeout": cfg.request_timeout, "retries": cfg.max_retries}
-    sampling = sampling_params(cfg) | {"max_tokens": cfg.max_tokens}
-    if cfg.chat_template_kwargs:  # an extra body field vLLM's and SGLang's servers pass to their chat template
-        sampling["chat_template_kwargs"] = cfg.chat_template_kwargs
-
-    def one(job):
-        messages = job["messages"]
-        try:
-            text, tokens, finish_reason = utils.chat_completion(
-                cfg.base_url, cfg.model, messages, **connection, **sampling, seed=job["seed"]
-            )
-        except utils.ChatCompletionError as e:  # one line naming the URL and the error (an HTML error page's too)
-            raise SystemExit(str(e)) from None
-        return generation(job, messages, text, tokens, finish_reason)
-
-    def generate_all(chunk: list[dict]) -> Iterator[dict]:
-        pool = ThreadPoolExecutor(cfg.concurrency)
-        try:
-            yield from (future.result() for future in as_completed([pool.submit(one, job) for job in chunk]))
-        finally:  # on a kill or error, drop the queued requests instead of waiting for them
-            pool.shutdown(wait=False, cancel_futures=True)
-
-    # One chunk: replies are saved as they arrive, so a kill loses only the --concurrency requests in flight.
-    return len(jobs), generate_all
 
 
 # ----------------------------------------------------------------------------- scoring and results
@@ -405,9 +328,10 @@ def exit_with_parent(parent_pid: int) -> None:
 
 
 def generate_and_score(
-    cfg, problems: dict[tuple, dict], unscored: list[dict], jobs: list[dict], out_dir: Path
+    cfg, problems: dict[tuple, dict], unscored: list[dict], jobs: list[dict], out_dir: Path, backend
 ) -> list[dict]:
-    """Score in worker processes while generation goes on; append every sample the moment it is final."""
+    """Score in worker processes while generation goes on; append every sample the moment it is final.
+    backend(jobs) -> (chunk size, generate_chunk), set up on first use (generation.py)."""
     total = len(unscored) + len(jobs)
     if total == 0:
         return []
@@ -445,8 +369,7 @@ def generate_and_score(
         for gen in unscored:
             submit(gen)
         if jobs:  # the chunk loop every backend runs in
-            backend = {"vllm": vllm_backend, "hf": hf_backend, "openai": openai_backend}[cfg.backend]
-            chunk_size, generate_chunk = backend(cfg, jobs)
+            chunk_size, generate_chunk = backend(jobs)
             chunks = (jobs[start : start + chunk_size] for start in range(0, len(jobs), chunk_size))
             stream = (gen for chunk in chunks for gen in generate_chunk(chunk))
             # Raw generations are kept apart, so a kill while scoring does not throw away GPU hours.
@@ -481,6 +404,15 @@ def summarise(problems: list[dict], samples: dict[str, list[dict]]) -> dict:
         "no_answer": fmean([s["extracted"] is None for s in flat]),
         "cut_off": fmean(finished) if finished else None,
     }
+    if n > 1:  # the spread over samples: sample index i of every problem is one run of the benchmark
+        by_sample = [fmean([c[i] for _, c in rated]) for i in range(n)]
+        summary["avg@n"] = fmean(by_sample)
+        summary["avg@n_stderr"] = stdev(by_sample) / math.sqrt(n)  # of the mean of n runs (evalchemy's error bar)
+        summary["accuracy_by_sample"] = by_sample
+    if any("thinking_tokens" in s for s in flat):  # budget-forced samples (thinking_budget.py)
+        for key in ("thinking_tokens", "answer_tokens"):
+            summary[key] = fmean([s.get(key) or 0 for s in flat])
+        summary["thought_cut"] = fmean([bool(s.get("thought_cut")) for s in flat])
     levels = {
         level: [sum(c) / len(c) for p, c in rated if p.get("difficulty") == level]
         for level in ("easy", "medium", "hard")
@@ -499,18 +431,21 @@ def results_table(results: dict) -> str:
     for r in results.values():
         shown |= {int(k) for k in r["pass@k"] if int(k) & (int(k) - 1) == 0 or int(k) == r["n"]}
     ks = sorted(shown - {1})
-    blank = [""] * (len(ks) + 2)
+    spreads = any("avg@n" in r for r in results.values())  # avg@n ± its standard error, where n > 1
+    blank = [""] * (len(ks) + 2 + spreads)
     rows = []
     for task, r in results.items():
         passes = [_percent(r["pass@k"][str(k)]) if str(k) in r["pass@k"] else "" for k in ks]
         shares = [_percent(r[key]) if r.get(key) is not None else "" for key in ("no_answer", "cut_off")]
-        rows.append([task, r["problems"], r["n"], _percent(r["accuracy"]), *shares, *passes])
+        spread = [f"{_percent(r['avg@n'])} ± {_percent(r['avg@n_stderr'])}" if "avg@n" in r else ""] if spreads else []
+        rows.append([task, r["problems"], r["n"], _percent(r["accuracy"]), *spread, *shares, *passes])
         for level, v in r.get("difficulty", {}).items():
             rows.append([f"  {level}", v["problems"], "", _percent(v["accuracy"]), *blank])
         if "difficulty_weighted_accuracy" in r:
             problems = sum(v["problems"] for v in r["difficulty"].values())
             rows.append(["  easy+medium+hard", problems, "", _percent(r["difficulty_weighted_accuracy"]), *blank])
-    header = ["task", "problems", "n", "accuracy", "no_answer", "cut_off", *(f"pass@{k}" for k in ks)]
+    header = ["task", "problems", "n", "accuracy", *(["avg@n ± se"] if spreads else []), "no_answer", "cut_off"]
+    header += [f"pass@{k}" for k in ks]
     return utils.format_table(header, rows)
 
 
@@ -542,7 +477,7 @@ def run_settings(cfg) -> dict:
     parameters the backend was sent; for --responses, the file they came from."""
     if cfg.responses:
         return {"responses": cfg.responses}
-    return {key: getattr(cfg, key) for key in GENERATION_KEYS if key != "responses"} | sampling_params(cfg)
+    return {key: getattr(cfg, key) for key in GENERATION_KEYS if key != "responses"} | generation.sampling_params(cfg)
 
 
 def main(cfg) -> dict:
@@ -575,22 +510,48 @@ def main(cfg) -> dict:
     out_dir = Path(cfg.output_dir or Path("out") / "eval" / run_name)
     out_dir.mkdir(parents=True, exist_ok=True)
     check_config(out_dir, cfg)
+    made = {}
 
+    def backend(jobs: list[dict]):  # set up once: the runs of --thinking-budgets share the engine
+        if not made:
+            made["backend"] = getattr(generation, f"{cfg.backend}_backend")(cfg, jobs)
+        return made["backend"]
+
+    if not cfg.thinking_budgets:
+        return evaluate_into(cfg, out_dir, selected, problems, wanted, responses, backend)
+    by_budget = {}
+    for budget in cfg.thinking_budgets:  # the same problems and seeds at each budget
+        budget_cfg = argparse.Namespace(**vars(cfg) | {"max_thinking_tokens": budget})
+        folder = out_dir / f"budget-{budget}"
+        folder.mkdir(exist_ok=True)
+        check_config(folder, budget_cfg)
+        print(f"thinking budget {budget}:", file=sys.stderr)
+        by_budget[budget] = evaluate_into(budget_cfg, folder, selected, problems, wanted, responses, backend)
+    thinking_budget.write_scaling(out_dir, by_budget)
+    print(thinking_budget.scaling_table(by_budget))
+    print(f"wrote {out_dir / 'test_time_scaling.png'} and test_time_scaling.{{md,json}}")
+    return by_budget
+
+
+def evaluate_into(cfg, out_dir: Path, selected, problems, wanted, responses, backend) -> dict:
+    """Generate what out_dir lacks, score it, and write results.json."""
     if responses is not None:
         generated = responses
     else:
         generated = {(g["task"], g["id"], g["sample"]): g for g in read_resumable(out_dir / "generations.jsonl")}
     done = {(r["task"], r["id"], r["sample"]): r for r in read_resumable(out_dir / "samples.jsonl")}
     unscored = [generated[key] for key in wanted if key not in done and key in generated]
+    budget = {} if generation.job_budget(cfg) is None else {"max_thinking_tokens": generation.job_budget(cfg)}
     jobs = [
         {"task": t, "id": pid, "sample": s, "seed": sample_seed(cfg.seed, t, pid, s)}
         | {"messages": eval_messages(problems[(t, pid)], cfg.prompt_style)}
+        | budget
         for t, pid, s in wanted
         if (t, pid, s) not in done and (t, pid, s) not in generated
     ]
     finished = len(wanted) - len(unscored) - len(jobs)
     print(f"{len(wanted)} samples: {finished} done, {len(unscored)} to score, {len(jobs)} to generate", file=sys.stderr)
-    for record in generate_and_score(cfg, problems, unscored, jobs, out_dir):
+    for record in generate_and_score(cfg, problems, unscored, jobs, out_dir, backend):
         done[(record["task"], record["id"], record["sample"])] = record
 
     scored = {name: {} for name in selected}

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import evaluate
+import generation
 from markup import FUNCTIONAL_INSTRUCTION, SKY_T1_SYSTEM_PROMPT, STDIN_INSTRUCTION, eval_messages
 
 REPO = Path(__file__).resolve().parents[1]
@@ -152,6 +153,24 @@ def test_results_table_shows_powers_of_two_n_and_difficulty_levels():
     ]
 
 
+def test_avg_at_n_gives_the_spread_over_samples():
+    """Sample index i of every problem is one run of the benchmark: avg@n is the mean of the n runs' accuracies and
+    its standard error that of a mean of n runs; problems keep their pass@k."""
+    problems = [{"id": str(i)} for i in range(4)]
+    correct = {"0": [1, 1, 1, 0], "1": [0, 1, 0, 0], "2": [1, 1, 1, 1], "3": [0, 0, 0, 0]}
+    samples = {pid: [{"correct": bool(c), "extracted": "x"} for c in cs] for pid, cs in correct.items()}
+    summary = evaluate.summarise(problems, samples)
+    assert summary["accuracy_by_sample"] == [0.5, 0.75, 0.5, 0.25]
+    assert summary["avg@n"] == summary["accuracy"] == 0.5
+    # runs 0.5, 0.75, 0.5, 0.25: sample standard deviation sqrt(1/24), over sqrt(4)
+    assert summary["avg@n_stderr"] == pytest.approx((1 / 24) ** 0.5 / 2)
+    table = evaluate.results_table({"t": summary}).splitlines()
+    assert table[0].split()[:7] == ["task", "problems", "n", "accuracy", "avg@n", "±", "se"]
+    assert "50.0 ± 10.2" in table[1]
+    one = evaluate.summarise(problems, {pid: s[:1] for pid, s in samples.items()})
+    assert "avg@n" not in one and "avg@n" not in evaluate.results_table({"t": one})
+
+
 def test_builtin_tasks_ids_and_prompts():
     """Built-in records load with stable ids, and into the shape markup.eval_messages prompts from."""
     sizes = {"aime24": 30, "amc23": 40, "math500": 500, "olympiadbench": 675, "livecodebench": 879}
@@ -201,14 +220,14 @@ def test_hf_backend_end_to_end_and_resume(tiny_model_dir, tmp_path, monkeypatch)
     assert (settings["top_k"], settings["repetition_penalty"], settings["chat_template"]) == (-1, 1.0, "model")
     assert json.loads((out / "config.json").read_text())["temperature"] == 0.7
 
-    real_backend = evaluate.hf_backend
+    real_backend = generation.hf_backend
     generated = []
 
     def counting_backend(cfg, jobs):
         generated.extend((j["id"], j["sample"]) for j in jobs)
         return real_backend(cfg, jobs)
 
-    monkeypatch.setattr(evaluate, "hf_backend", counting_backend)
+    monkeypatch.setattr(generation, "hf_backend", counting_backend)
     run(args)  # everything is done: nothing is generated or appended
     assert generated == [] and len(read_jsonl(out / "samples.jsonl")) == 4
 
@@ -244,7 +263,7 @@ def test_hf_chunks_resume_after_a_kill_with_the_same_samples(tiny_model_dir, tmp
     straight = {(s["id"], s["sample"]): s["response"] for s in read_jsonl(tmp_path / "straight" / "samples.jsonl")}
     assert len(set(straight.values())) > 3  # sampled, one seed per sample
 
-    real_backend, chunks, killed = evaluate.hf_backend, [], []
+    real_backend, chunks, killed = generation.hf_backend, [], []
 
     def killed_in_second_chunk(cfg, jobs):
         chunk_size, generate_chunk = real_backend(cfg, jobs)
@@ -258,7 +277,7 @@ def test_hf_chunks_resume_after_a_kill_with_the_same_samples(tiny_model_dir, tmp
 
         return chunk_size, generate
 
-    monkeypatch.setattr(evaluate, "hf_backend", killed_in_second_chunk)
+    monkeypatch.setattr(generation, "hf_backend", killed_in_second_chunk)
     out = tmp_path / "killed"
     with pytest.raises(RuntimeError, match="killed"):
         run([*args, "--batch-size", "2", "--output-dir", str(out)])
@@ -274,7 +293,7 @@ def test_hf_chunks_resume_after_a_kill_with_the_same_samples(tiny_model_dir, tmp
 
 def test_per_sample_sampler_draws_by_seed_within_top_p():
     scores = torch.log(torch.tensor([[0.5, 0.3, 0.2]] * 2))
-    draw = evaluate.per_sample_sampler([7, 7], temperature=1.0, top_p=0.6, device="cpu")  # two rows, one seed
+    draw = generation.per_sample_sampler([7, 7], temperature=1.0, top_p=0.6, device="cpu")  # two rows, one seed
     picks = []
     for _ in range(400):
         out = draw(None, scores)
@@ -283,7 +302,7 @@ def test_per_sample_sampler_draws_by_seed_within_top_p():
     assert all(a == b for a, b in picks)  # the same seed draws the same, whatever the row
     firsts = [a for a, _ in picks]
     assert set(firsts) == {0, 1} and 0.55 < firsts.count(0) / 400 < 0.70  # 0.2 is outside top_p; 0.5 / 0.8 = 0.625
-    other = evaluate.per_sample_sampler([8], temperature=1.0, top_p=0.6, device="cpu")
+    other = generation.per_sample_sampler([8], temperature=1.0, top_p=0.6, device="cpu")
     assert [other(None, scores[:1]).argmax().item() for _ in range(50)] != firsts[:50]
 
 

@@ -425,7 +425,7 @@ def test_chat_completion_gives_up_after_its_retries_and_rejects_non_completions(
             utils.chat_completion(server.url, "m", MESSAGES, retries=2)
     assert len(server.requests) == 3 and sleeps == [1.0, 2.0]
     with FakeServer([(200, {"object": "error"})]) as server:
-        with pytest.raises(utils.ChatCompletionError, match="not a chat completion reply"):
+        with pytest.raises(utils.ChatCompletionError, match="not a completion reply"):
             utils.chat_completion(server.url, "m", MESSAGES)
     with FakeServer([(200, {"choices": [{"message": {"content": None}}]})]) as server:
         assert utils.chat_completion(server.url, "m", MESSAGES) == (

@@ -29,9 +29,11 @@ import torch  # noqa: E402
 import vllm  # noqa: E402
 
 import evaluate  # noqa: E402
+import generation  # noqa: E402
 import tiny_model  # noqa: E402
 import train_lora  # noqa: E402
 import utils  # noqa: E402
+from thinking_budget import ANSWER_CUE, CLOSINGS, WAIT  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PAIRS = [(3, 7), (12, 5), (21, 34), (8, 9), (40, 2), (17, 26), (6, 6), (30, 11)]
@@ -51,7 +53,7 @@ def train_on(model, tokenizer, replies: dict[str, str], steps: int, lr: float) -
     """Full-batch Adam on the chat-formatted pairs (loss on the reply and its end-of-turn only) until memorised."""
     rows, masks = [], []
     for question, reply in replies.items():
-        prompt = evaluate.prompt_text(tokenizer, [{"role": "user", "content": question}])
+        prompt = generation.prompt_text(tokenizer, [{"role": "user", "content": question}])
         ids = tokenizer(prompt + reply + "<|im_end|>", add_special_tokens=False)["input_ids"]
         start = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
         rows.append(ids)
@@ -421,3 +423,103 @@ def test_openai_backend_survives_a_server_restart(trained_model, task_file, serv
     assert len(outcome["samples"]) == 16
     monkeypatch.setattr(utils, "chat_completion", real_completion)
     assert responses(outcome["samples"]) == responses(run(tmp_path / "again", task_file, *flags))
+
+
+def engine_processes() -> set[int]:
+    """vLLM's engine-core processes on this machine, which name themselves VLLM::EngineCore."""
+    found = set()
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(b"VLLM::EngineCore"):
+                found.add(int(proc.name))
+        except OSError:  # gone meanwhile
+            pass
+    return found
+
+
+def test_two_replicas_give_the_one_engine_greedy_outputs(trained_model, task_file, engines, tmp_path):
+    """--data-parallel-size 2: two real engines in processes of their own (each on one core here), sharing chunks."""
+    model = ["--model", str(trained_model), "--backend", "vllm"]
+    one = responses(run(tmp_path / "one", task_file, *model))
+    before = engine_processes()
+    two = run(tmp_path / "two", task_file, *model, "--data-parallel-size", "2", "--chunk-size", "3")
+    assert responses(two) == one
+    time.sleep(5)
+    assert engine_processes() <= before  # the replicas shut their engines down: none outlives the run
+    generated = [(g["id"], g["sample"]) for g in evaluate.read_resumable(tmp_path / "two" / "generations.jsonl")]
+    assert sorted(generated) == sorted((f"s{i}", 0) for i in range(len(PAIRS)))  # every sample once
+
+
+def test_two_servers_with_one_killed_mid_run_give_every_sample_once(trained_model, task_file, server, tmp_path, capsys):
+    """--base-url A,B: B is killed (SIGKILL) after its first replies; its requests go to A, every sample is written
+    once, and the greedy samples equal a run against A alone."""
+    second = Server(trained_model, tmp_path / "second.log")
+    second.start()
+    flags = ["--model", str(trained_model), "--backend", "openai", "--concurrency", "1"]
+    real_completion, served = utils.chat_completion, []
+
+    def paced(base_url, *args, **kwargs):  # the tiny model answers in milliseconds: leave time to kill B mid-run
+        time.sleep(0.5)
+        reply = real_completion(base_url, *args, **kwargs)
+        served.append(base_url)
+        return reply
+
+    out, outcome = tmp_path / "two", {}
+
+    def evaluate_in_background():
+        try:
+            outcome["samples"] = run(out, task_file, *flags, "--base-url", f"{server.base_url},{second.base_url}")
+        except BaseException as e:  # noqa: B036 - SystemExit included: reported by the assertion below
+            outcome["error"] = e
+
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(utils, "chat_completion", paced)
+            worker = threading.Thread(target=evaluate_in_background, daemon=True)
+            worker.start()
+            deadline = time.monotonic() + 120
+            while served.count(second.base_url) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            os.killpg(second.process.pid, signal.SIGKILL)
+            second.process.wait(60)
+            worker.join(STARTUP_S)
+    finally:
+        second.stop()
+    assert not worker.is_alive() and "error" not in outcome, outcome
+    assert 2 <= served.count(second.base_url) < len(PAIRS)
+    generated = [(g["id"], g["sample"]) for g in evaluate.read_resumable(out / "generations.jsonl")]
+    assert sorted(generated) == sorted((f"s{i}", 0) for i in range(len(PAIRS)))  # every sample once
+    assert capsys.readouterr().err.count(f"server {second.base_url} left the rotation") == 1
+    alone = run(tmp_path / "one", task_file, *flags, "--base-url", server.base_url)
+    assert responses(outcome["samples"]) == responses(alone)
+
+
+def test_a_thinking_budget_ends_thoughts_alike_on_vllm_hf_and_openai(
+    trained_model, task_file, engines, server, tmp_path
+):
+    """Budget forcing on the three backends: thoughts of at most N tokens, each ended with the end-of-thought markup
+    (R1's, for the bare prompt) and the answer cue, then an answer; the same greedy samples everywhere. Then "Wait":
+    the model ends its reply after ~20 tokens, and a minimum of 30 makes it think on."""
+    model = ["--model", str(trained_model)]
+    backends = {"hf": [], "vllm": [], "openai": ["--base-url", server.base_url]}
+
+    def each(name: str, *flags: str) -> dict[str, dict]:
+        return {
+            backend: run(tmp_path / f"{name}-{backend}", task_file, *model, "--backend", backend, *extra, *flags)
+            for backend, extra in backends.items()
+        }
+
+    cut = each("cut", "--max-thinking-tokens", "8", "--max-answer-tokens", "16")
+    for samples in cut.values():
+        for sample in samples.values():
+            assert sample["thinking_tokens"] <= 8 and sample["thought_cut"] and sample["answer_tokens"] > 0
+            thought, closed, answer = sample["response"].partition(CLOSINGS["r1"] + ANSWER_CUE)
+            assert thought and closed and answer.strip()
+    assert responses(cut["hf"]) == responses(cut["vllm"]) == responses(cut["openai"])
+    counts = {b: sorted((k, s["thinking_tokens"], s["answer_tokens"]) for k, s in v.items()) for b, v in cut.items()}
+    assert counts["hf"] == counts["vllm"] == counts["openai"]
+
+    extended = each("wait", "--min-thinking-tokens", "30", "--max-thinking-tokens", "40", "--max-answer-tokens", "8")
+    for samples in extended.values():
+        assert all(s["waits"] >= 1 and WAIT in s["response"] and s["thinking_tokens"] <= 40 for s in samples.values())
+    assert responses(extended["hf"]) == responses(extended["vllm"]) == responses(extended["openai"])
