@@ -21,6 +21,7 @@ a comma separates list items or thousands, never decimals; an inequality and its
 
 import functools
 import json
+import math
 import os
 import re
 import select
@@ -28,13 +29,14 @@ import signal
 import subprocess
 import sys
 import threading
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 
 from answer_extraction import all_boxes, answer_parts, extract_answer, extract_boxed, tidy  # noqa: F401 (API)
 from markup import solution_part
 
-MAX_ANSWER_CHARS = 2000  # longer "answers" are judged wrong unread: some regexes are quadratic in length
+MAX_ANSWER_CHARS = 2000  # longer answers and golds are judged wrong unread: some regexes are quadratic in length,
+# and it keeps every run of digits under int()'s limit of 4,300
 MAX_SYMBOLIC_CHARS = 1000  # the longest bundled gold is ~300 chars; longer predictions are rambling, not answers
 MAX_SYMBOLIC_PAIRS = 24  # element pairs of a list sent to sympy one by one; beyond that the list is wrong
 HELPER_STARTUP_S = 120  # importing sympy on a loaded CI machine can take many seconds
@@ -53,6 +55,7 @@ _UNICODE = str.maketrans(
         "¾": r"\frac{3}{4}", "⅓": r"\frac{1}{3}", "⅔": r"\frac{2}{3}", "…": r"\dots ", "′": "'",
         "\u00a0": " ", "\u2009": " ", "\u202f": " ",
     }
+    | {c: " " for c in [*range(32), *range(127, 160)] if not chr(c).isspace()}  # control characters: noise
 )  # fmt: skip
 _SUPERSCRIPT_RE = re.compile("[⁰¹²³⁴⁵⁶⁷⁸⁹⁻⁺]+")
 _SUPERSCRIPT_DIGITS = str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹⁻⁺", "0123456789-+")
@@ -124,9 +127,12 @@ _UNIT_TAIL_RE = re.compile(  # km/s, kcal m^{-2}, meters per second: words with 
 _CURRENCY_RE = re.compile(r"^(?:\\?\$|€|£|¥)\s*|\s*(?:\\?%|\\?\$|€)$")
 _SPACE_THOUSANDS_RE = re.compile(r"[+-]?\d{1,3}(?: \d{3})+(?:\.\d+)?")
 _THOUSANDS_RE = re.compile(r"[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
-_DECIMAL_RE = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
-_SCIENTIFIC_RE = re.compile(r"([+-]?(?:\d+\.?\d*|\.\d+))(?:\\times|\\cdot|\*)10\^\{?([+-]?\d{1,3})\}?")
-_POWER_OF_TEN_RE = re.compile(r"([+-]?)10\^\{?([+-]?\d{1,3})\}?")
+# Exponents of at most 3 digits: the exact value of 1e999999999 is a 415 MB integer. Larger ones are left to sympy,
+# which works under a deadline in its helper process.
+_EXPONENT = r"[+-]?\d{1,3}"
+_DECIMAL_RE = re.compile(rf"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE]{_EXPONENT})?")
+_SCIENTIFIC_RE = re.compile(rf"([+-]?(?:\d+\.?\d*|\.\d+))(?:\\times|\\cdot|\*)10\^\{{?({_EXPONENT})\}}?")
+_POWER_OF_TEN_RE = re.compile(rf"([+-]?)10\^\{{?({_EXPONENT})\}}?")
 _FRACTION_RE = re.compile(r"([+-]?\d+)/(\d+)")
 _LATEX_FRACTION_RE = re.compile(r"([+-]?)(\d*)\\frac\{([+-]?\d+\.?\d*)\}\{(\d+\.?\d*)\}")
 
@@ -320,11 +326,18 @@ def _numbers_equal(pred: tuple, gold: tuple) -> bool:
     if g_decimals is not None and g_digits >= 3 and p_decimals != 0 and abs(p - g) <= abs(g) * Fraction(1, 10**4):
         return True  # the relative tolerance of the paper's harness (Qwen2.5-Math), 6630.65 for 6630; 32347 is a count
     if g_decimals is not None and g_digits >= (3 if g_decimals else 4):
-        step = Decimal(1).scaleb(-g_decimals)
-        return Fraction((Decimal(p.numerator) / Decimal(p.denominator)).quantize(step, ROUND_HALF_UP)) == g
+        return _round_half_up(p, g_decimals) == g
     if g_decimals is None and p_decimals is not None and p_digits >= 6:
         return abs(p - g) <= Fraction(1, 10**p_decimals)
     return False
+
+
+def _round_half_up(x: Fraction, decimals: int) -> Fraction:
+    """x rounded to `decimals` places, halves away from zero, exactly: Decimal.quantize would need a context as
+    precise as the longest prediction (it raises on 123456789012345678901234567890123 rounded to 2 places)."""
+    scale = 10**decimals
+    rounded = Fraction(math.floor(abs(x) * scale + Fraction(1, 2)), scale)
+    return -rounded if x < 0 else rounded
 
 
 # ---------------------------------------------------------------- fast comparison
@@ -382,15 +395,22 @@ def _symbolic(pred: str, gold: str, timeout: float | None) -> bool | None:
     return _symbolic_equal(pred, gold, timeout)
 
 
-def _match(pred_items: list[str], gold_items: list[str], unordered: bool, timeout: float | None) -> bool:
+def _match(pred_items: list[str], gold_items: list[str], unordered: bool, timeout: float | None) -> bool | None:
     """Element-wise (ordered) or as multisets; a prediction that repeats an answer is read once unless the gold
-    repeats answers too. Elements the fast rules cannot settle go to sympy one pair at a time."""
+    repeats answers too. Elements the fast rules cannot settle go to sympy one pair at a time, at most
+    MAX_SYMBOLIC_PAIRS of them (without a `timeout`: None)."""
     if unordered and len(set(map(_squeeze, gold_items))) == len(gold_items):
         pred_items = list({_squeeze(p): p for p in pred_items}.values())
     if len(pred_items) != len(gold_items):
         return False
     if not unordered:
-        return all(_compare_item(p, g, timeout) for p, g in zip(pred_items, gold_items))
+        verdicts = [_compare_item(p, g) for p, g in zip(pred_items, gold_items)]
+        pending = [(p, g) for p, g, verdict in zip(pred_items, gold_items, verdicts) if verdict is None]
+        if False in verdicts or len(pending) > MAX_SYMBOLIC_PAIRS:
+            return False
+        if pending and timeout is None:
+            return None
+        return all(_compare_item(p, g, timeout) for p, g in pending)
     unmatched, pending = list(pred_items), []
     for gold in gold_items:  # greedy matching is exact because equality is transitive
         verdicts = [_compare_item(p, gold) for p in unmatched]
@@ -402,6 +422,8 @@ def _match(pred_items: list[str], gold_items: list[str], unordered: bool, timeou
             return False
     if len(pending) * len(unmatched) > MAX_SYMBOLIC_PAIRS:
         return False
+    if pending and timeout is None:
+        return None
     for gold in pending:
         found = next((i for i, p in enumerate(unmatched) if _compare_item(p, gold, timeout)), None)
         if found is None:
@@ -538,14 +560,25 @@ def _symbolic_equal(pred: str, gold: str, timeout: float) -> bool:
 # ---------------------------------------------------------------- public API
 
 
-def _gold_text(gold) -> str | list[str]:
-    if isinstance(gold, list):
-        return [_gold_text(item) for item in gold]
+def _gold_text(gold, in_list: bool = False) -> str | list[str]:
+    if isinstance(gold, list) and not in_list:
+        return [_gold_text(item, in_list=True) for item in gold]
     if isinstance(gold, float):  # amc23 stores 27.0 for "27"
         return str(int(gold)) if gold.is_integer() else repr(gold)
     if isinstance(gold, (int, str)):
         return str(gold)
-    raise TypeError(f"grading.py: gold answer must be str, int, float or list, got {type(gold).__name__}")
+    raise TypeError(f"grading.py: gold answer must be str, int, float or a list of them, got {type(gold).__name__}")
+
+
+def _gold_answer(gold) -> str | None:
+    """The gold as one text (several answers joined as the list "a, b, c"); None for an empty gold, or one longer than
+    MAX_ANSWER_CHARS, which no prediction can match."""
+    gold = _gold_text(gold)
+    if sum(map(len, gold if isinstance(gold, list) else [gold])) > MAX_ANSWER_CHARS:
+        return None
+    if isinstance(gold, list):
+        gold = ", ".join(_clean(item) for item in gold if item.strip())
+    return gold or None
 
 
 def answer_from_record(record: dict) -> str | list[str]:
@@ -564,10 +597,8 @@ def math_equal(pred: str | None, gold, timeout: float = 5.0) -> bool:
     Symbolic comparisons take at most `timeout` + HELPER_KILL_GRACE_S seconds each."""
     if pred is None or not pred.strip() or len(pred) > MAX_ANSWER_CHARS:
         return False
-    gold = _gold_text(gold)
-    if isinstance(gold, list):  # several answers, any order: the list "a, b, c"
-        gold = ", ".join(_clean(item) for item in gold if item.strip())
-    return bool(gold) and bool(_compare(_clean(pred), _clean(gold), timeout))
+    gold = _gold_answer(gold)  # several answers, any order: the list "a, b, c"
+    return gold is not None and bool(_compare(_clean(pred), _clean(gold), timeout))
 
 
 def grade_math(response: str | None, gold, timeout: float = 5.0, finish_reason: str | None = None) -> dict:
@@ -578,7 +609,7 @@ def grade_math(response: str | None, gold, timeout: float = 5.0, finish_reason: 
     parts, labelled = answer_parts(response or "")
     extracted = ", ".join(parts) or None
     correct = math_equal(extracted, gold, timeout)
-    if extracted is None or correct:
+    if extracted is None or correct or _gold_answer(gold) is None:
         return {"extracted": extracted, "correct": correct}
     wanted = len(gold) if isinstance(gold, list) else len(_items(_clean(_gold_text(gold))))
     candidates = []

@@ -431,6 +431,35 @@ def test_gold_types():
     assert math_equal("3, 2", ["2", "3"]) and not math_equal("3", ["2", "3"])
     with pytest.raises(TypeError, match="gold answer must be"):
         math_equal("1", {"answer": 1})
+    with pytest.raises(TypeError, match="gold answer must be str, int, float or a list of them, got list"):
+        math_equal("1", [["1"]])  # was AttributeError: 'list' object has no attribute 'strip'
+
+
+ODD_INPUTS = [  # (response, gold, correct): each raised, hung or blew up memory before issue 26
+    (r"The answer is \boxed{123456789012345678901234567890123}", "1.25", False),  # decimal.InvalidOperation
+    (r"\boxed{-0.12550000000000000000000000000000001}", "-0.126", True),  # rounded exactly, half away from 0
+    (r"\boxed{1e999999999}", "5", False),  # a 415 MB integer: minutes and gigabytes
+    (r"\boxed{1.5e-999999999}", "0.001", False),
+    (r"\boxed{3}", "1e-99999999", False),
+    (r"\boxed{1e999}", "10^{999}", True),  # exponents of up to 3 digits are still exact
+    (r"\boxed{0.5}", "1/" + "7" * 5000, False),  # ValueError: int() of more than 4,300 digits
+    (r"\boxed{10^{10^{10}}}", "1.25", False),
+    ("\\boxed{\x00 3\x1b}", "3", True),  # control characters are spaces
+    ("\\boxed{3} \ud800", "3", True),  # a lone surrogate
+    (r"\boxed{٣}", "3", True),
+    (r"\boxed{−3}", "-3", True),
+    (r"\boxed{" + r"\frac{" * 3000 + "1", "1", False),
+    # tests/test_grading_fuzz.py: minutes in the concluding-sentence rule (one copula scan per "so", each to the end)
+    ("so the result is −\u202f0.74140685482E0−٨３٩३.402E-506\ud800\x00–^" * 600, "5", False),
+]
+
+
+@pytest.mark.parametrize("response, gold_answer, correct", ODD_INPUTS, ids=range(len(ODD_INPUTS)))
+def test_odd_inputs_do_not_raise(response, gold_answer, correct):
+    math_equal(r"\sqrt{2}", r"\sqrt{2}")  # start the helper outside the timed region
+    start = time.monotonic()
+    assert grade_math(response, gold_answer, timeout=1)["correct"] is correct
+    assert time.monotonic() - start < 15
 
 
 # ---------------------------------------------------------------- timeouts
