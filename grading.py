@@ -12,26 +12,18 @@ rescaling, ordinals, thousands separators, LaTeX spacing, unicode, \dfrac, e-not
      order with their brackets, inequalities as intervals; exact rational values, and a value that rounds to a gold
      stated to 3+ significant digits (4210.35 for 4210, 7.78 for 70/9);
   2. anything undecided goes to math-verify (sympy, plus an exp-rewrite for hyperbolic forms) in a helper process
-     with a hard deadline of `timeout` + 1 s: math-verify's signal.alarm cannot interrupt a big-integer power running
-     in C, a separate process can always be killed. Each process (thread or daemonic pool worker alike) starts its
-     own helper. Answers longer than MAX_SYMBOLIC_CHARS never reach sympy.
+     with a hard deadline of `timeout` + 1 s (symbolic.py). Answers longer than MAX_SYMBOLIC_CHARS never reach sympy.
 Rules chosen against a peer on purpose (bench/RESULTS.md lists the cases): no last-number fallback; "50%" is not 0.5;
 a comma separates list items or thousands, never decimals; an inequality and its interval are equal both ways.
 """
 
 import functools
-import json
 import math
-import os
 import re
-import select
-import signal
-import subprocess
-import sys
-import threading
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 
+import symbolic
 from answer_extraction import all_boxes, answer_parts, extract_answer, extract_boxed, tidy  # noqa: F401 (API)
 from markup import solution_part
 
@@ -39,9 +31,6 @@ MAX_ANSWER_CHARS = 2000  # longer answers and golds are judged wrong unread: som
 # and it keeps every run of digits under int()'s limit of 4,300
 MAX_SYMBOLIC_CHARS = 1000  # the longest bundled gold is ~300 chars; longer predictions are rambling, not answers
 MAX_SYMBOLIC_PAIRS = 24  # element pairs of a list sent to sympy one by one; beyond that the list is wrong
-HELPER_STARTUP_S = 120  # importing sympy on a loaded CI machine can take many seconds
-HELPER_KILL_GRACE_S = 1.0  # the helper stops itself at `timeout`; the kill is for code that ignores signals
-HELPER_MEMORY_BYTES = 4 << 30  # a runaway 9^{9^{9}} should fail with MemoryError, not swap the machine
 
 # ---------------------------------------------------------------- normalisation
 
@@ -392,7 +381,7 @@ def _symbolic(pred: str, gold: str, timeout: float | None) -> bool | None:
     pred, gold = (_BARE_LETTER_RE.sub(r"{\1}", _squeeze(x)) for x in (pred, gold))
     if len(pred) + len(gold) > MAX_SYMBOLIC_CHARS or _PROSE_RE.search(pred + " " + gold):
         return False  # math-verify would salvage some fragment of prose, e.g. the 0 of "... with f(a)=0"
-    return _symbolic_equal(pred, gold, timeout)
+    return symbolic.symbolic_equal(pred, gold, timeout)
 
 
 def _match(pred_items: list[str], gold_items: list[str], unordered: bool, timeout: float | None) -> bool | None:
@@ -452,111 +441,6 @@ def _compare(pred: str, gold: str, timeout: float | None = None) -> bool | None:
     return _match(pred_items, gold_items, True, timeout)
 
 
-# ---------------------------------------------------------------- symbolic comparison (helper process)
-
-
-class _SymbolicTimeout(BaseException):  # not Exception: sympy's and math-verify's `except Exception` would swallow it
-    pass
-
-
-def _serve_symbolic() -> None:
-    """Helper-process loop: one JSON [pred, gold, timeout] per stdin line, '1' or '0' per stdout line."""
-    import logging
-    import resource
-
-    import sympy
-    from math_verify import parse, verify
-
-    hyperbolic = (sympy.sinh, sympy.cosh, sympy.tanh, sympy.coth, sympy.sech, sympy.csch)
-
-    @functools.lru_cache(maxsize=4096)  # a gold is compared with every sample drawn for its problem
-    def parse_latex(text):
-        return parse(f"${text}$", parsing_timeout=None)
-
-    def equal(pred, gold):
-        gold_parsed, pred_parsed = parse_latex(gold), parse_latex(pred)
-        if verify(gold_parsed, pred_parsed, timeout_seconds=None):
-            return True
-        a, b = (gold_parsed or [None])[0], (pred_parsed or [None])[0]
-        if not (isinstance(a, sympy.Expr) and isinstance(b, sympy.Expr) and (a.has(*hyperbolic) or b.has(*hyperbolic))):
-            return False
-        return sympy.simplify((a - b).rewrite(sympy.exp)) == 0  # sinh(at)/a against (e^{at}-e^{-at})/(2a)
-
-    logging.getLogger("math_verify").setLevel(logging.CRITICAL)  # it warns about the timeouts we disable
-    resource.setrlimit(resource.RLIMIT_AS, (HELPER_MEMORY_BYTES, HELPER_MEMORY_BYTES))
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the parent, which closes our stdin
-
-    def on_alarm(signum, frame):
-        raise _SymbolicTimeout
-
-    signal.signal(signal.SIGALRM, on_alarm)
-    replies = os.fdopen(os.dup(1), "w")
-    os.dup2(2, 1)  # a stray print from sympy must not corrupt the one-line-per-request protocol
-    print("ready", file=replies, flush=True)
-    for line in sys.stdin:
-        pred, gold, timeout = json.loads(line)
-        verdict = False
-        try:
-            signal.setitimer(signal.ITIMER_REAL, timeout)
-            verdict = equal(pred, gold)
-        except (Exception, _SymbolicTimeout):
-            pass
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-        print("1" if verdict else "0", file=replies, flush=True)
-
-
-class _SymbolicHelper:
-    """One math-verify helper process per parent process, shared by its threads under a lock."""
-
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.proc = None
-
-    def _readline(self, timeout: float) -> str | None:
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        return self.proc.stdout.readline().strip() if ready else None
-
-    def _stop(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
-        self.proc = None
-
-    def _start(self) -> None:
-        here = os.path.dirname(os.path.abspath(__file__))
-        code = f"import sys; sys.path.insert(0, {here!r}); import grading; grading._serve_symbolic()"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-        )
-        if self._readline(HELPER_STARTUP_S) != "ready":
-            self._stop()
-            raise RuntimeError(
-                "grading.py: the math-verify helper process did not start "
-                "(is math-verify installed? see its stderr above)"
-            )
-
-    def equal(self, pred: str, gold: str, timeout: float) -> bool:
-        with self.lock:
-            if self.proc is None or self.proc.poll() is not None:
-                self._start()
-            try:
-                self.proc.stdin.write(json.dumps([pred, gold, timeout]) + "\n")
-                self.proc.stdin.flush()
-                reply = self._readline(timeout + HELPER_KILL_GRACE_S)
-            except OSError:  # the helper died, e.g. killed by the OOM killer
-                reply = None
-            if reply not in ("0", "1"):
-                self._stop()
-            return reply == "1"
-
-
-_helpers: dict[int, _SymbolicHelper] = {}  # keyed by pid: a forked child must not share its parent's pipes
-
-
-def _symbolic_equal(pred: str, gold: str, timeout: float) -> bool:
-    return _helpers.setdefault(os.getpid(), _SymbolicHelper()).equal(pred, gold, timeout)
-
-
 # ---------------------------------------------------------------- public API
 
 
@@ -594,7 +478,7 @@ def answer_from_record(record: dict) -> str | list[str]:
 
 def math_equal(pred: str | None, gold, timeout: float = 5.0) -> bool:
     """Whether `pred` equals `gold` (str, int, float, or list = all of several answers, any order).
-    Symbolic comparisons take at most `timeout` + HELPER_KILL_GRACE_S seconds each."""
+    Symbolic comparisons take at most `timeout` + symbolic.HELPER_KILL_GRACE_S seconds each."""
     if pred is None or not pred.strip() or len(pred) > MAX_ANSWER_CHARS:
         return False
     gold = _gold_answer(gold)  # several answers, any order: the list "a, b, c"

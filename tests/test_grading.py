@@ -19,7 +19,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import grading  # noqa: E402
+import symbolic  # noqa: E402
 from grading import answer_from_record, extract_answer, extract_boxed, grade_math, math_equal  # noqa: E402
 
 EVAL_DIR = ROOT / "data" / "eval"
@@ -505,12 +505,12 @@ def test_symbolic_path_in_daemonic_pool_worker():
 
 def test_stuck_helper_is_killed_and_replaced():
     assert math_equal(r"\sqrt{12}", r"2\sqrt{3}")
-    helper = grading._helpers[os.getpid()]
+    helper = symbolic._helpers[os.getpid()]
     stuck_pid = helper.proc.pid
     os.kill(stuck_pid, signal.SIGSTOP)  # ignores every signal but SIGKILL, like code stuck inside C
     start = time.monotonic()
     assert not math_equal(r"\sqrt{8}", r"2\sqrt{2}", timeout=1)
-    assert time.monotonic() - start < 1 + grading.HELPER_KILL_GRACE_S + 5  # generous: CI machines are loaded
+    assert time.monotonic() - start < 1 + symbolic.HELPER_KILL_GRACE_S + 5  # generous: CI machines are loaded
     assert helper.proc is None
     assert math_equal(r"\sqrt{8}", r"2\sqrt{2}")  # a fresh helper answers
     assert helper.proc.pid != stuck_pid

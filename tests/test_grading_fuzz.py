@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import grading  # noqa: E402
 import sandbox  # noqa: E402
+import symbolic  # noqa: E402
 
 SCALE = int(os.environ.get("FUZZ_EXAMPLES", "1"))  # > 1: more examples and a random seed, to look for new failures
 FUZZ = settings(
@@ -154,7 +155,7 @@ def timed(call, *args, **kwargs):
 @settings(FUZZ, max_examples=9000 * SCALE)
 @given(response=RESPONSES, gold=GOLDS, finish=st.sampled_from([None, "stop", "length"]))
 def test_grade_math_never_raises(response, gold, finish):
-    with mock.patch.object(grading, "_symbolic_equal", stub_symbolic):
+    with mock.patch.object(symbolic, "symbolic_equal", stub_symbolic):
         result, seconds = timed(grading.grade_math, response, gold, timeout=SYMBOLIC_TIMEOUT, finish_reason=finish)
     assert isinstance(result["correct"], bool) and isinstance(result["extracted"], (str, type(None)))
     assert seconds < FAST_PATH_S, (seconds, response[:200], gold)
@@ -163,7 +164,7 @@ def test_grade_math_never_raises(response, gold, finish):
 @settings(FUZZ, max_examples=1000 * SCALE)
 @given(pred=st.one_of(ANSWERS, NUMBERS, NESTED), gold=GOLDS)
 def test_math_equal_never_raises_either_way_round(pred, gold):
-    with mock.patch.object(grading, "_symbolic_equal", stub_symbolic):
+    with mock.patch.object(symbolic, "symbolic_equal", stub_symbolic):
         for a, b in [(pred, gold)] + ([(gold, pred)] if isinstance(gold, str) else []):
             result, seconds = timed(grading.math_equal, a, b, timeout=SYMBOLIC_TIMEOUT)
             assert isinstance(result, bool) and seconds < FAST_PATH_S, (seconds, a[:200], b)
@@ -174,7 +175,7 @@ def test_math_equal_never_raises_either_way_round(pred, gold):
 def test_symbolic_comparisons_end_within_their_timeout(pred, gold):
     """The real helper process: each comparison it gets ends within its timeout and the kill grace, however hard
     (a helper killed for overrunning is restarted by the next comparison; its start-up is not counted)."""
-    compare, start_helper = grading._symbolic_equal, grading._SymbolicHelper._start
+    compare, start_helper = symbolic.symbolic_equal, symbolic.SymbolicHelper._start
     slowest, startup = [], []
 
     def timed_compare(*args):
@@ -187,11 +188,11 @@ def test_symbolic_comparisons_end_within_their_timeout(pred, gold):
         startup.append(timed(start_helper, helper)[1])
 
     with (
-        mock.patch.object(grading, "_symbolic_equal", timed_compare),
-        mock.patch.object(grading._SymbolicHelper, "_start", timed_start),
+        mock.patch.object(symbolic, "symbolic_equal", timed_compare),
+        mock.patch.object(symbolic.SymbolicHelper, "_start", timed_start),
     ):
         assert isinstance(grading.math_equal(pred, gold, timeout=SYMBOLIC_TIMEOUT), bool)
-    limit = SYMBOLIC_TIMEOUT + grading.HELPER_KILL_GRACE_S + SYMBOLIC_MARGIN_S
+    limit = SYMBOLIC_TIMEOUT + symbolic.HELPER_KILL_GRACE_S + SYMBOLIC_MARGIN_S
     assert max(slowest, default=0) < limit, (slowest, pred[:200], gold[:200])
 
 
@@ -208,7 +209,7 @@ MEGABYTE_RESPONSES = {  # the first four were quadratic in answer extraction (ho
 @pytest.mark.parametrize("name", MEGABYTE_RESPONSES)
 def test_megabyte_responses_are_graded_in_linear_time(name):
     response = MEGABYTE_RESPONSES[name]
-    with mock.patch.object(grading, "_symbolic_equal", stub_symbolic):
+    with mock.patch.object(symbolic, "symbolic_equal", stub_symbolic):
         result, seconds = timed(grading.grade_math, response, "3")
     assert isinstance(result["correct"], bool)
     assert sandbox.extract_code(response) is None  # no closed code block in any of them
