@@ -32,6 +32,11 @@ from typing import NamedTuple
 from markup import markup_of, solution_part
 
 BOX_GAP_CHARS = 40  # boxes this close, with no sentence break between them, are parts of one answer
+# A degenerate response ("so so so ..." for a megabyte) must not take hours: an answer is read within this many
+# characters after its phrase or copula, and only the last ANSWER_CANDIDATES phrases (or conclusion words of a
+# sentence) are tried.
+ANSWER_WINDOW_CHARS = 2000
+ANSWER_CANDIDATES = 100
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![a-zA-Z])")
 _BOX_TOKEN_RE = re.compile(r"\s+([^\s$]+)")  # the \boxed 5 form
@@ -39,9 +44,11 @@ _SPACES_RE = re.compile(r"\s*")
 _BRACE_TOKEN_RE = re.compile(r"\\.|[{}]", re.S)
 _COMMANDS = r"boxed|fbox|[dtc]?frac|sqrt|left|right|text|mathrm|pi|infty|cdot|times|le|ge|leq|geq|neq|pm|circ"
 _DOUBLE_ESCAPED_RE = re.compile(rf"(?<!\\)\\\\(?=(?:{_COMMANDS})(?![a-zA-Z]))")  # \\frac: a JSON-escaping slip
-_CHAT_TAIL_RE = re.compile(r"\s*(?:<\|(?:im_start|im_end|endoftext|eot_id|end_of_text)\|>|</s>).*\Z", re.S)
+_CHAT_TAIL_RE = re.compile(r"(?<!\s)\s*(?:<\|(?:im_start|im_end|endoftext|eot_id|end_of_text)\|>|</s>).*\Z", re.S)
 _SENTENCE_BREAK_RE = re.compile(r"[.!?]\s+[A-Z]|\n\s*\n")
-_MATH_RE = re.compile(r"\$\$(.+?)\$\$|(?<!\\)\$(.+?)(?<!\\)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.S)
+_MATH_RE = re.compile(  # \( and \[ do not nest: an unclosed one ends at the next, not at the end of the text
+    r"\$\$(.+?)\$\$|(?<!\\)\$(.+?)(?<!\\)\$|\\\(((?:(?!\\\().)+?)\\\)|\\\[((?:(?!\\\[).)+?)\\\]", re.S
+)
 _JOIN_RE = re.compile(r"\s*(?:,|;|\band\b|\bor\b)\s*")
 _PHRASE_RE = re.compile(
     r"\b(?:final\s+)?answers?\s*(?:(?:is|are|was|would\s+be|should\s+be|will\s+be)\b|:|\*\*|\n|(?=\$|\\[(\[]))",
@@ -136,13 +143,14 @@ def _box_answer(text: str) -> Found | None:
     boxes = all_boxes(text)
     if not boxes:
         return None
-    group, gaps = [boxes[-1]], []
+    group, gaps = [boxes[-1]], []  # from the last box backwards
     for box in reversed(boxes[:-1]):
-        gap = text[box[1] : group[0][0]]
+        gap = text[box[1] : group[-1][0]]
         if len(gap) > BOX_GAP_CHARS or _SENTENCE_BREAK_RE.search(gap):
             break
-        group.insert(0, box)
+        group.append(box)
         gaps.append(gap)
+    group.reverse()
     labelled = any(_LABEL_RE.search(gap) for gap in gaps)
     return Found(list(dict.fromkeys(content for _, _, content in group)), boxes[-1][1], labelled)
 
@@ -240,11 +248,12 @@ def _listed_parts(tail: str) -> list[str] | None:
 
 
 def _phrase_answer(region: str) -> Found | None:
-    for m in reversed(list(_PHRASE_RE.finditer(region))):
-        parts = _listed_parts(region[m.end() :])
+    for m in reversed(list(_PHRASE_RE.finditer(region))[-ANSWER_CANDIDATES:]):
+        rest = region[m.end() : m.end() + ANSWER_WINDOW_CHARS]
+        parts = _listed_parts(rest)
         if parts:
             return Found(parts, len(region), labelled=True)
-        span = _answer_span(_ITEM_LABEL_RE.sub("", region[m.end() :].lstrip(" \t\n*:")), words=True)
+        span = _answer_span(_ITEM_LABEL_RE.sub("", rest.lstrip(" \t\n*:")), words=True)
         if span and not span.endswith(":"):
             return Found([span], _sentence_end(region, m.end() + 1))
     return None
@@ -319,14 +328,18 @@ def _conclusion_answer(region: str) -> Found | None:
         return None
     closing = [(offset, sentence) for offset, sentence in closing if not _goes_on(sentence)]
     for offset, sentence in reversed(closing):
-        for m in reversed(list(_CONCLUSION_RE.finditer(sentence))):
+        opening = len(sentence) - len(sentence.lstrip(" *"))
+        for m in reversed(list(_CONCLUSION_RE.finditer(sentence))[-ANSWER_CANDIDATES:]):
             # "..., so we check 3 cases" is no conclusion; a sentence that opens with "Therefore" may be one.
-            span = _answer_span(sentence[m.end() :], words=False, sole=not sentence[: m.start()].strip(" *"))
+            rest = sentence[m.end() : m.end() + ANSWER_WINDOW_CHARS]
+            span = _answer_span(rest, words=False, sole=m.start() <= opening)
             if span:
                 return Found([span], offset + len(sentence))
     if closing:
         offset, sentence = closing[-1]
         for start in _copulas(sentence, _WORD_COPULA_RE):
+            if len(sentence) - start > ANSWER_WINDOW_CHARS:
+                continue  # the value cannot end the sentence
             rest = sentence[start:].lstrip(" *:")
             span = (
                 _bold_value(rest)

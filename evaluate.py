@@ -97,6 +97,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output-dir", help="default out/eval/<model or responses name>; rerun into it to resume")
     p.add_argument("--limit", type=int, help="only the first N problems of each task, for quick checks")
     p.add_argument("--workers", type=int, default=os.cpu_count(), help="scoring processes: sympy, sandboxed tests")
+    p.add_argument(
+        "--regrade-errors",
+        action="store_true",
+        help="score again the samples whose grading failed (field grader_error in samples.jsonl), e.g. after fixing "
+        "the grader; a rerun otherwise keeps them, counted as wrong",
+    )
     p.add_argument("--batch-size", type=int, default=8, help="hf: sequences generated together")
     p.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm: GPUs the model is split over")
     p.add_argument(
@@ -327,6 +333,15 @@ def exit_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
+def score_sample(grade, *args, **kwargs) -> dict:
+    """Run in a scoring worker: grade one sample. An exception from the grader is that sample's `grader_error` (type
+    and message, one line) and the sample counts as wrong: one odd response must not end a run of thousands."""
+    try:
+        return grade(*args, **kwargs)
+    except Exception as e:
+        return {"extracted": None, "correct": False, "grader_error": " ".join(f"{type(e).__name__}: {e}".split())[:500]}
+
+
 def generate_and_score(
     cfg, problems: dict[tuple, dict], unscored: list[dict], jobs: list[dict], out_dir: Path, backend
 ) -> list[dict]:
@@ -351,16 +366,20 @@ def generate_and_score(
         if problem["kind"] == "math":
             # A response cut off at --max-tokens has no answer, whatever number stands near its end.
             finish = gen.get("finish_reason")  # absent from generations.jsonl files of older versions
-            pending[pool.submit(grading.grade_math, gen["response"], problem["answer"], finish_reason=finish)] = gen
+            args = (grading.grade_math, gen["response"], problem["answer"])
+            pending[pool.submit(score_sample, *args, finish_reason=finish)] = gen
         else:
-            pending[pool.submit(sandbox.grade_code, gen["response"], problem["tests"], problem["starter_code"])] = gen
+            args = (sandbox.grade_code, gen["response"], problem["tests"], problem["starter_code"])
+            pending[pool.submit(score_sample, *args)] = gen
 
     def collect(block: bool) -> None:
         for future in wait(pending, timeout=None if block else 0).done:
             gen, result = pending.pop(future), future.result()
             record = {**gen, "extracted": result["extracted"], "correct": bool(result["correct"])}
-            if "verdicts" in result:
-                record["verdicts"] = result["verdicts"]
+            record |= {key: result[key] for key in ("verdicts", "grader_error") if key in result}
+            if "grader_error" in record:
+                where = f"{gen['task']} id {gen['id']} sample {gen['sample']}"
+                tqdm.write(f"grader error, counted as wrong: {where}: {record['grader_error']}", file=sys.stderr)
             utils.append_jsonl(samples_file, record)
             scored.append(record)
             bar.update()
@@ -391,7 +410,8 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 def summarise(problems: list[dict], samples: dict[str, list[dict]]) -> dict:
     """Per-task numbers from the scored samples of each problem id; problems may have different sample counts
     (--responses), so n is the smallest. no_answer and cut_off (the shares of samples with no extracted answer and
-    cut off at the token limit, of those whose finish_reason is known) explain a low score."""
+    cut off at the token limit, of those whose finish_reason is known) explain a low score; grader_errors counts the
+    samples whose grading failed (counted as wrong; their extraction is unknown, so not as no_answer)."""
     rated = [(p, [s["correct"] for s in samples[p["id"]]]) for p in problems if samples.get(p["id"])]
     flat = [s for p, _ in rated for s in samples[p["id"]]]
     finished = [s["finish_reason"] == "length" for s in flat if s.get("finish_reason") is not None]
@@ -401,8 +421,9 @@ def summarise(problems: list[dict], samples: dict[str, list[dict]]) -> dict:
         "n": n,
         "accuracy": fmean([sum(c) / len(c) for _, c in rated]),
         "pass@k": {str(k): fmean([pass_at_k(len(c), sum(c), k) for _, c in rated]) for k in range(1, n + 1)},
-        "no_answer": fmean([s["extracted"] is None for s in flat]),
+        "no_answer": fmean([s["extracted"] is None and "grader_error" not in s for s in flat]),
         "cut_off": fmean(finished) if finished else None,
+        "grader_errors": sum("grader_error" in s for s in flat),
     }
     if n > 1:  # the spread over samples: sample index i of every problem is one run of the benchmark
         by_sample = [fmean([c[i] for _, c in rated]) for i in range(n)]
@@ -426,7 +447,8 @@ def summarise(problems: list[dict], samples: dict[str, list[dict]]) -> dict:
 
 def results_table(results: dict) -> str:
     """The printed summary: per task its problems, n, accuracy, the shares with no answer and cut off, and pass@k for
-    the powers of two and n (results.json has every k <= n), then LiveCodeBench's difficulty levels under it."""
+    the powers of two and n (results.json has every k <= n), then LiveCodeBench's difficulty levels under it; a line
+    under the table counts the samples whose grading failed, if any."""
     shown = set()
     for r in results.values():
         shown |= {int(k) for k in r["pass@k"] if int(k) & (int(k) - 1) == 0 or int(k) == r["n"]}
@@ -446,7 +468,11 @@ def results_table(results: dict) -> str:
             rows.append(["  easy+medium+hard", problems, "", _percent(r["difficulty_weighted_accuracy"]), *blank])
     header = ["task", "problems", "n", "accuracy", *(["avg@n ± se"] if spreads else []), "no_answer", "cut_off"]
     header += [f"pass@{k}" for k in ks]
-    return utils.format_table(header, rows)
+    errors = [f"{task} {r['grader_errors']}" for task, r in results.items() if r.get("grader_errors")]
+    if not errors:
+        return utils.format_table(header, rows)
+    note = "grader errors (counted as wrong; field grader_error of samples.jsonl; --regrade-errors retries them): "
+    return utils.format_table(header, rows) + "\n" + note + ", ".join(errors)
 
 
 def _percent(fraction: float) -> str:
@@ -540,6 +566,9 @@ def evaluate_into(cfg, out_dir: Path, selected, problems, wanted, responses, bac
     else:
         generated = {(g["task"], g["id"], g["sample"]): g for g in read_resumable(out_dir / "generations.jsonl")}
     done = {(r["task"], r["id"], r["sample"]): r for r in read_resumable(out_dir / "samples.jsonl")}
+    if cfg.regrade_errors and any("grader_error" in r for r in done.values()):
+        done = {key: r for key, r in done.items() if "grader_error" not in r}  # their new scores replace them
+        utils.write_jsonl(out_dir / "samples.jsonl", done.values())
     unscored = [generated[key] for key in wanted if key not in done and key in generated]
     budget = {} if generation.job_budget(cfg) is None else {"max_thinking_tokens": generation.job_budget(cfg)}
     jobs = [

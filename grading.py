@@ -12,34 +12,25 @@ rescaling, ordinals, thousands separators, LaTeX spacing, unicode, \dfrac, e-not
      order with their brackets, inequalities as intervals; exact rational values, and a value that rounds to a gold
      stated to 3+ significant digits (4210.35 for 4210, 7.78 for 70/9);
   2. anything undecided goes to math-verify (sympy, plus an exp-rewrite for hyperbolic forms) in a helper process
-     with a hard deadline of `timeout` + 1 s: math-verify's signal.alarm cannot interrupt a big-integer power running
-     in C, a separate process can always be killed. Each process (thread or daemonic pool worker alike) starts its
-     own helper. Answers longer than MAX_SYMBOLIC_CHARS never reach sympy.
+     with a hard deadline of `timeout` + 1 s (symbolic.py). Answers longer than MAX_SYMBOLIC_CHARS never reach sympy.
 Rules chosen against a peer on purpose (bench/RESULTS.md lists the cases): no last-number fallback; "50%" is not 0.5;
 a comma separates list items or thousands, never decimals; an inequality and its interval are equal both ways.
 """
 
 import functools
-import json
-import os
+import math
 import re
-import select
-import signal
-import subprocess
-import sys
-import threading
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 
+import symbolic
 from answer_extraction import all_boxes, answer_parts, extract_answer, extract_boxed, tidy  # noqa: F401 (API)
 from markup import solution_part
 
-MAX_ANSWER_CHARS = 2000  # longer "answers" are judged wrong unread: some regexes are quadratic in length
+MAX_ANSWER_CHARS = 2000  # longer answers and golds are judged wrong unread: some regexes are quadratic in length,
+# and it keeps every run of digits under int()'s limit of 4,300
 MAX_SYMBOLIC_CHARS = 1000  # the longest bundled gold is ~300 chars; longer predictions are rambling, not answers
 MAX_SYMBOLIC_PAIRS = 24  # element pairs of a list sent to sympy one by one; beyond that the list is wrong
-HELPER_STARTUP_S = 120  # importing sympy on a loaded CI machine can take many seconds
-HELPER_KILL_GRACE_S = 1.0  # the helper stops itself at `timeout`; the kill is for code that ignores signals
-HELPER_MEMORY_BYTES = 4 << 30  # a runaway 9^{9^{9}} should fail with MemoryError, not swap the machine
 
 # ---------------------------------------------------------------- normalisation
 
@@ -53,6 +44,7 @@ _UNICODE = str.maketrans(
         "¾": r"\frac{3}{4}", "⅓": r"\frac{1}{3}", "⅔": r"\frac{2}{3}", "…": r"\dots ", "′": "'",
         "\u00a0": " ", "\u2009": " ", "\u202f": " ",
     }
+    | {c: " " for c in [*range(32), *range(127, 160)] if not chr(c).isspace()}  # control characters: noise
 )  # fmt: skip
 _SUPERSCRIPT_RE = re.compile("[⁰¹²³⁴⁵⁶⁷⁸⁹⁻⁺]+")
 _SUPERSCRIPT_DIGITS = str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹⁻⁺", "0123456789-+")
@@ -124,9 +116,12 @@ _UNIT_TAIL_RE = re.compile(  # km/s, kcal m^{-2}, meters per second: words with 
 _CURRENCY_RE = re.compile(r"^(?:\\?\$|€|£|¥)\s*|\s*(?:\\?%|\\?\$|€)$")
 _SPACE_THOUSANDS_RE = re.compile(r"[+-]?\d{1,3}(?: \d{3})+(?:\.\d+)?")
 _THOUSANDS_RE = re.compile(r"[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
-_DECIMAL_RE = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
-_SCIENTIFIC_RE = re.compile(r"([+-]?(?:\d+\.?\d*|\.\d+))(?:\\times|\\cdot|\*)10\^\{?([+-]?\d{1,3})\}?")
-_POWER_OF_TEN_RE = re.compile(r"([+-]?)10\^\{?([+-]?\d{1,3})\}?")
+# Exponents of at most 3 digits: the exact value of 1e999999999 is a 415 MB integer. Larger ones are left to sympy,
+# which works under a deadline in its helper process.
+_EXPONENT = r"[+-]?\d{1,3}"
+_DECIMAL_RE = re.compile(rf"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE]{_EXPONENT})?")
+_SCIENTIFIC_RE = re.compile(rf"([+-]?(?:\d+\.?\d*|\.\d+))(?:\\times|\\cdot|\*)10\^\{{?({_EXPONENT})\}}?")
+_POWER_OF_TEN_RE = re.compile(rf"([+-]?)10\^\{{?({_EXPONENT})\}}?")
 _FRACTION_RE = re.compile(r"([+-]?\d+)/(\d+)")
 _LATEX_FRACTION_RE = re.compile(r"([+-]?)(\d*)\\frac\{([+-]?\d+\.?\d*)\}\{(\d+\.?\d*)\}")
 
@@ -320,11 +315,18 @@ def _numbers_equal(pred: tuple, gold: tuple) -> bool:
     if g_decimals is not None and g_digits >= 3 and p_decimals != 0 and abs(p - g) <= abs(g) * Fraction(1, 10**4):
         return True  # the relative tolerance of the paper's harness (Qwen2.5-Math), 6630.65 for 6630; 32347 is a count
     if g_decimals is not None and g_digits >= (3 if g_decimals else 4):
-        step = Decimal(1).scaleb(-g_decimals)
-        return Fraction((Decimal(p.numerator) / Decimal(p.denominator)).quantize(step, ROUND_HALF_UP)) == g
+        return _round_half_up(p, g_decimals) == g
     if g_decimals is None and p_decimals is not None and p_digits >= 6:
         return abs(p - g) <= Fraction(1, 10**p_decimals)
     return False
+
+
+def _round_half_up(x: Fraction, decimals: int) -> Fraction:
+    """x rounded to `decimals` places, halves away from zero, exactly: Decimal.quantize would need a context as
+    precise as the longest prediction (it raises on 123456789012345678901234567890123 rounded to 2 places)."""
+    scale = 10**decimals
+    rounded = Fraction(math.floor(abs(x) * scale + Fraction(1, 2)), scale)
+    return -rounded if x < 0 else rounded
 
 
 # ---------------------------------------------------------------- fast comparison
@@ -379,18 +381,25 @@ def _symbolic(pred: str, gold: str, timeout: float | None) -> bool | None:
     pred, gold = (_BARE_LETTER_RE.sub(r"{\1}", _squeeze(x)) for x in (pred, gold))
     if len(pred) + len(gold) > MAX_SYMBOLIC_CHARS or _PROSE_RE.search(pred + " " + gold):
         return False  # math-verify would salvage some fragment of prose, e.g. the 0 of "... with f(a)=0"
-    return _symbolic_equal(pred, gold, timeout)
+    return symbolic.symbolic_equal(pred, gold, timeout)
 
 
-def _match(pred_items: list[str], gold_items: list[str], unordered: bool, timeout: float | None) -> bool:
+def _match(pred_items: list[str], gold_items: list[str], unordered: bool, timeout: float | None) -> bool | None:
     """Element-wise (ordered) or as multisets; a prediction that repeats an answer is read once unless the gold
-    repeats answers too. Elements the fast rules cannot settle go to sympy one pair at a time."""
+    repeats answers too. Elements the fast rules cannot settle go to sympy one pair at a time, at most
+    MAX_SYMBOLIC_PAIRS of them (without a `timeout`: None)."""
     if unordered and len(set(map(_squeeze, gold_items))) == len(gold_items):
         pred_items = list({_squeeze(p): p for p in pred_items}.values())
     if len(pred_items) != len(gold_items):
         return False
     if not unordered:
-        return all(_compare_item(p, g, timeout) for p, g in zip(pred_items, gold_items))
+        verdicts = [_compare_item(p, g) for p, g in zip(pred_items, gold_items)]
+        pending = [(p, g) for p, g, verdict in zip(pred_items, gold_items, verdicts) if verdict is None]
+        if False in verdicts or len(pending) > MAX_SYMBOLIC_PAIRS:
+            return False
+        if pending and timeout is None:
+            return None
+        return all(_compare_item(p, g, timeout) for p, g in pending)
     unmatched, pending = list(pred_items), []
     for gold in gold_items:  # greedy matching is exact because equality is transitive
         verdicts = [_compare_item(p, gold) for p in unmatched]
@@ -402,6 +411,8 @@ def _match(pred_items: list[str], gold_items: list[str], unordered: bool, timeou
             return False
     if len(pending) * len(unmatched) > MAX_SYMBOLIC_PAIRS:
         return False
+    if pending and timeout is None:
+        return None
     for gold in pending:
         found = next((i for i, p in enumerate(unmatched) if _compare_item(p, gold, timeout)), None)
         if found is None:
@@ -430,122 +441,28 @@ def _compare(pred: str, gold: str, timeout: float | None = None) -> bool | None:
     return _match(pred_items, gold_items, True, timeout)
 
 
-# ---------------------------------------------------------------- symbolic comparison (helper process)
-
-
-class _SymbolicTimeout(BaseException):  # not Exception: sympy's and math-verify's `except Exception` would swallow it
-    pass
-
-
-def _serve_symbolic() -> None:
-    """Helper-process loop: one JSON [pred, gold, timeout] per stdin line, '1' or '0' per stdout line."""
-    import logging
-    import resource
-
-    import sympy
-    from math_verify import parse, verify
-
-    hyperbolic = (sympy.sinh, sympy.cosh, sympy.tanh, sympy.coth, sympy.sech, sympy.csch)
-
-    @functools.lru_cache(maxsize=4096)  # a gold is compared with every sample drawn for its problem
-    def parse_latex(text):
-        return parse(f"${text}$", parsing_timeout=None)
-
-    def equal(pred, gold):
-        gold_parsed, pred_parsed = parse_latex(gold), parse_latex(pred)
-        if verify(gold_parsed, pred_parsed, timeout_seconds=None):
-            return True
-        a, b = (gold_parsed or [None])[0], (pred_parsed or [None])[0]
-        if not (isinstance(a, sympy.Expr) and isinstance(b, sympy.Expr) and (a.has(*hyperbolic) or b.has(*hyperbolic))):
-            return False
-        return sympy.simplify((a - b).rewrite(sympy.exp)) == 0  # sinh(at)/a against (e^{at}-e^{-at})/(2a)
-
-    logging.getLogger("math_verify").setLevel(logging.CRITICAL)  # it warns about the timeouts we disable
-    resource.setrlimit(resource.RLIMIT_AS, (HELPER_MEMORY_BYTES, HELPER_MEMORY_BYTES))
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the parent, which closes our stdin
-
-    def on_alarm(signum, frame):
-        raise _SymbolicTimeout
-
-    signal.signal(signal.SIGALRM, on_alarm)
-    replies = os.fdopen(os.dup(1), "w")
-    os.dup2(2, 1)  # a stray print from sympy must not corrupt the one-line-per-request protocol
-    print("ready", file=replies, flush=True)
-    for line in sys.stdin:
-        pred, gold, timeout = json.loads(line)
-        verdict = False
-        try:
-            signal.setitimer(signal.ITIMER_REAL, timeout)
-            verdict = equal(pred, gold)
-        except (Exception, _SymbolicTimeout):
-            pass
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-        print("1" if verdict else "0", file=replies, flush=True)
-
-
-class _SymbolicHelper:
-    """One math-verify helper process per parent process, shared by its threads under a lock."""
-
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.proc = None
-
-    def _readline(self, timeout: float) -> str | None:
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        return self.proc.stdout.readline().strip() if ready else None
-
-    def _stop(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
-        self.proc = None
-
-    def _start(self) -> None:
-        here = os.path.dirname(os.path.abspath(__file__))
-        code = f"import sys; sys.path.insert(0, {here!r}); import grading; grading._serve_symbolic()"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-        )
-        if self._readline(HELPER_STARTUP_S) != "ready":
-            self._stop()
-            raise RuntimeError(
-                "grading.py: the math-verify helper process did not start "
-                "(is math-verify installed? see its stderr above)"
-            )
-
-    def equal(self, pred: str, gold: str, timeout: float) -> bool:
-        with self.lock:
-            if self.proc is None or self.proc.poll() is not None:
-                self._start()
-            try:
-                self.proc.stdin.write(json.dumps([pred, gold, timeout]) + "\n")
-                self.proc.stdin.flush()
-                reply = self._readline(timeout + HELPER_KILL_GRACE_S)
-            except OSError:  # the helper died, e.g. killed by the OOM killer
-                reply = None
-            if reply not in ("0", "1"):
-                self._stop()
-            return reply == "1"
-
-
-_helpers: dict[int, _SymbolicHelper] = {}  # keyed by pid: a forked child must not share its parent's pipes
-
-
-def _symbolic_equal(pred: str, gold: str, timeout: float) -> bool:
-    return _helpers.setdefault(os.getpid(), _SymbolicHelper()).equal(pred, gold, timeout)
-
-
 # ---------------------------------------------------------------- public API
 
 
-def _gold_text(gold) -> str | list[str]:
-    if isinstance(gold, list):
-        return [_gold_text(item) for item in gold]
+def _gold_text(gold, in_list: bool = False) -> str | list[str]:
+    if isinstance(gold, list) and not in_list:
+        return [_gold_text(item, in_list=True) for item in gold]
     if isinstance(gold, float):  # amc23 stores 27.0 for "27"
         return str(int(gold)) if gold.is_integer() else repr(gold)
     if isinstance(gold, (int, str)):
         return str(gold)
-    raise TypeError(f"grading.py: gold answer must be str, int, float or list, got {type(gold).__name__}")
+    raise TypeError(f"grading.py: gold answer must be str, int, float or a list of them, got {type(gold).__name__}")
+
+
+def _gold_answer(gold) -> str | None:
+    """The gold as one text (several answers joined as the list "a, b, c"); None for an empty gold, or one longer than
+    MAX_ANSWER_CHARS, which no prediction can match."""
+    gold = _gold_text(gold)
+    if sum(map(len, gold if isinstance(gold, list) else [gold])) > MAX_ANSWER_CHARS:
+        return None
+    if isinstance(gold, list):
+        gold = ", ".join(_clean(item) for item in gold if item.strip())
+    return gold or None
 
 
 def answer_from_record(record: dict) -> str | list[str]:
@@ -561,13 +478,11 @@ def answer_from_record(record: dict) -> str | list[str]:
 
 def math_equal(pred: str | None, gold, timeout: float = 5.0) -> bool:
     """Whether `pred` equals `gold` (str, int, float, or list = all of several answers, any order).
-    Symbolic comparisons take at most `timeout` + HELPER_KILL_GRACE_S seconds each."""
+    Symbolic comparisons take at most `timeout` + symbolic.HELPER_KILL_GRACE_S seconds each."""
     if pred is None or not pred.strip() or len(pred) > MAX_ANSWER_CHARS:
         return False
-    gold = _gold_text(gold)
-    if isinstance(gold, list):  # several answers, any order: the list "a, b, c"
-        gold = ", ".join(_clean(item) for item in gold if item.strip())
-    return bool(gold) and bool(_compare(_clean(pred), _clean(gold), timeout))
+    gold = _gold_answer(gold)  # several answers, any order: the list "a, b, c"
+    return gold is not None and bool(_compare(_clean(pred), _clean(gold), timeout))
 
 
 def grade_math(response: str | None, gold, timeout: float = 5.0, finish_reason: str | None = None) -> dict:
@@ -578,7 +493,7 @@ def grade_math(response: str | None, gold, timeout: float = 5.0, finish_reason: 
     parts, labelled = answer_parts(response or "")
     extracted = ", ".join(parts) or None
     correct = math_equal(extracted, gold, timeout)
-    if extracted is None or correct:
+    if extracted is None or correct or _gold_answer(gold) is None:
         return {"extracted": extracted, "correct": correct}
     wanted = len(gold) if isinstance(gold, list) else len(_items(_clean(_gold_text(gold))))
     candidates = []

@@ -106,6 +106,12 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _json_line(record: dict) -> str:
+    """One JSONL line, non-ASCII text kept readable. A lone surrogate (JSON allows "\\ud800", and some model outputs
+    hold one) has no UTF-8 form and would stop the write: it goes back to that escape, which reads back the same."""
+    return json.dumps(record, ensure_ascii=False).encode("utf-8", "backslashreplace").decode("utf-8") + "\n"
+
+
 def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> int:
     """Atomically write records as JSONL; returns how many were written."""
     path = Path(path)
@@ -114,7 +120,7 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> int:
     n = 0
     with open(tmp, "w", encoding="utf-8") as f:
         for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            f.write(_json_line(record))
             n += 1
     os.replace(tmp, path)
     return n
@@ -122,7 +128,7 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> int:
 
 def append_jsonl(f, record: dict) -> None:
     """Append one record and flush, so a killed run keeps every finished line."""
-    f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    f.write(_json_line(record))
     f.flush()
 
 

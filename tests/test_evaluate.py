@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import types
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
@@ -112,7 +113,14 @@ def test_scoring_real_benchmark_records(tmp_path):
     assert (amc["n"], amc["accuracy"], amc["no_answer"], amc["cut_off"]) == pytest.approx((3, 1 / 3, 1 / 3, 1.0))
     assert amc["pass@k"] == pytest.approx({"1": 1 / 3, "2": 2 / 3, "3": 1.0})
     math500 = {key: value for key, value in results["math500"].items() if key != "settings"}
-    assert math500 == {"problems": 2, "n": 1, "accuracy": 0.5, "pass@k": {"1": 0.5}, "no_answer": 0.0, "cut_off": None}
+    assert math500 == {
+        "problems": 2,
+        "n": 1,
+        "accuracy": 0.5,
+        "pass@k": {"1": 0.5},
+        "no_answer": 0.0,
+        "cut_off": None,
+    } | {"grader_errors": 0}
     assert results["olympiadbench"]["accuracy"] == 0.5
     lcb = results["livecodebench"]
     assert (lcb["problems"], lcb["n"]) == (3, 2)
@@ -133,6 +141,59 @@ def test_scoring_real_benchmark_records(tmp_path):
     assert samples[("livecodebench", "1883_B", 0)]["extracted"] is None
     fields = {"task", "id", "sample", "prompt", "response", "extracted", "correct", "tokens", "finish_reason"}
     assert set(samples[("math500", "test/precalculus/807.json", 0)]) >= fields
+
+
+def test_a_sample_the_grader_fails_on_is_recorded_and_kept_until_regraded(tmp_path, monkeypatch, capsys):
+    """An exception from the grader is that sample's grader_error (one line; the sample is wrong; counted in
+    results.json and under the table) and scoring goes on; a rerun keeps it, --regrade-errors scores it again. With
+    the response that used to stop scoring (decimal.InvalidOperation, issue 26) and a lone surrogate, which JSON allows
+    and which used to stop the writing of samples.jsonl."""
+    monkeypatch.chdir(tmp_path)
+    write_jsonl(
+        tmp_path / "decimals.jsonl", [{"id": i, "problem": "?", "answer": a} for i, a in enumerate(["1.25", "7", "2"])]
+    )
+    lines = [
+        {"task": "decimals", "id": 0, "response": boxed("123456789012345678901234567890123")},
+        {"task": "decimals", "id": 1, "response": boxed("7") + " \ud800"},
+        {"task": "decimals", "id": 2, "response": boxed("2") + " FAILS"},
+    ]
+    responses = write_jsonl(tmp_path / "responses.jsonl", lines)
+    args = ["--responses", str(responses), "--tasks", "decimals.jsonl", "--output-dir", "out", "--workers", "1"]
+    real_grade, graded = evaluate.grading.grade_math, []
+
+    def failing_grade(response, *rest, **options):
+        graded.append(response)
+        if "FAILS" in response:
+            raise ValueError("a bug\nin the grader")
+        return real_grade(response, *rest, **options)
+
+    monkeypatch.setattr(
+        evaluate, "ProcessPoolExecutor", lambda workers, **_: ThreadPoolExecutor(workers)
+    )  # sees patches
+    monkeypatch.setattr(evaluate.grading, "grade_math", failing_grade)
+    results = run(args)
+    assert results == json.loads((tmp_path / "out" / "results.json").read_text())
+    assert (results["decimals"]["accuracy"], results["decimals"]["grader_errors"]) == (pytest.approx(1 / 3), 1)
+    assert results["decimals"]["no_answer"] == 0.0  # a failed sample's extraction is unknown
+    samples = {r["id"]: r for r in read_jsonl(tmp_path / "out" / "samples.jsonl")}
+    assert (
+        samples["2"] | {"grader_error": "ValueError: a bug in the grader", "correct": False, "extracted": None}
+        == samples["2"]
+    )
+    assert "grader_error" not in samples["0"] and samples["0"]["correct"] is False  # the former crash: just wrong
+    assert samples["1"]["correct"] is True and samples["1"]["response"] == lines[1]["response"]
+    out, err = capsys.readouterr()
+    assert out.splitlines()[2].startswith("grader errors (counted as wrong; field grader_error of samples.jsonl;")
+    assert out.splitlines()[2].endswith("--regrade-errors retries them): decimals 1")
+    assert "grader error, counted as wrong: decimals id 2 sample 0: ValueError: a bug in the grader" in err
+
+    graded.clear()  # a rerun keeps the failed sample as it is
+    assert run(args)["decimals"]["grader_errors"] == 1 and graded == []
+    monkeypatch.setattr(evaluate.grading, "grade_math", real_grade)
+    results = run([*args, "--regrade-errors"])
+    assert (results["decimals"]["accuracy"], results["decimals"]["grader_errors"]) == (pytest.approx(2 / 3), 0)
+    rescored = read_jsonl(tmp_path / "out" / "samples.jsonl")  # one line per sample: the failed one replaced
+    assert sorted(r["id"] for r in rescored) == ["0", "1", "2"] and all("grader_error" not in r for r in rescored)
 
 
 def test_results_table_shows_powers_of_two_n_and_difficulty_levels():

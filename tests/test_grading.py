@@ -19,7 +19,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import grading  # noqa: E402
+import symbolic  # noqa: E402
 from grading import answer_from_record, extract_answer, extract_boxed, grade_math, math_equal  # noqa: E402
 
 EVAL_DIR = ROOT / "data" / "eval"
@@ -431,6 +431,35 @@ def test_gold_types():
     assert math_equal("3, 2", ["2", "3"]) and not math_equal("3", ["2", "3"])
     with pytest.raises(TypeError, match="gold answer must be"):
         math_equal("1", {"answer": 1})
+    with pytest.raises(TypeError, match="gold answer must be str, int, float or a list of them, got list"):
+        math_equal("1", [["1"]])  # was AttributeError: 'list' object has no attribute 'strip'
+
+
+ODD_INPUTS = [  # (response, gold, correct): each raised, hung or blew up memory before issue 26
+    (r"The answer is \boxed{123456789012345678901234567890123}", "1.25", False),  # decimal.InvalidOperation
+    (r"\boxed{-0.12550000000000000000000000000000001}", "-0.126", True),  # rounded exactly, half away from 0
+    (r"\boxed{1e999999999}", "5", False),  # a 415 MB integer: minutes and gigabytes
+    (r"\boxed{1.5e-999999999}", "0.001", False),
+    (r"\boxed{3}", "1e-99999999", False),
+    (r"\boxed{1e999}", "10^{999}", True),  # exponents of up to 3 digits are still exact
+    (r"\boxed{0.5}", "1/" + "7" * 5000, False),  # ValueError: int() of more than 4,300 digits
+    (r"\boxed{10^{10^{10}}}", "1.25", False),
+    ("\\boxed{\x00 3\x1b}", "3", True),  # control characters are spaces
+    ("\\boxed{3} \ud800", "3", True),  # a lone surrogate
+    (r"\boxed{٣}", "3", True),
+    (r"\boxed{−3}", "-3", True),
+    (r"\boxed{" + r"\frac{" * 3000 + "1", "1", False),
+    # tests/test_grading_fuzz.py: minutes in the concluding-sentence rule (one copula scan per "so", each to the end)
+    ("so the result is −\u202f0.74140685482E0−٨３٩३.402E-506\ud800\x00–^" * 600, "5", False),
+]
+
+
+@pytest.mark.parametrize("response, gold_answer, correct", ODD_INPUTS, ids=range(len(ODD_INPUTS)))
+def test_odd_inputs_do_not_raise(response, gold_answer, correct):
+    math_equal(r"\sqrt{2}", r"\sqrt{2}")  # start the helper outside the timed region
+    start = time.monotonic()
+    assert grade_math(response, gold_answer, timeout=1)["correct"] is correct
+    assert time.monotonic() - start < 15
 
 
 # ---------------------------------------------------------------- timeouts
@@ -476,12 +505,12 @@ def test_symbolic_path_in_daemonic_pool_worker():
 
 def test_stuck_helper_is_killed_and_replaced():
     assert math_equal(r"\sqrt{12}", r"2\sqrt{3}")
-    helper = grading._helpers[os.getpid()]
+    helper = symbolic._helpers[os.getpid()]
     stuck_pid = helper.proc.pid
     os.kill(stuck_pid, signal.SIGSTOP)  # ignores every signal but SIGKILL, like code stuck inside C
     start = time.monotonic()
     assert not math_equal(r"\sqrt{8}", r"2\sqrt{2}", timeout=1)
-    assert time.monotonic() - start < 1 + grading.HELPER_KILL_GRACE_S + 5  # generous: CI machines are loaded
+    assert time.monotonic() - start < 1 + symbolic.HELPER_KILL_GRACE_S + 5  # generous: CI machines are loaded
     assert helper.proc is None
     assert math_equal(r"\sqrt{8}", r"2\sqrt{2}")  # a fresh helper answers
     assert helper.proc.pid != stuck_pid
