@@ -17,7 +17,7 @@ from typing import Iterator
 
 import torch
 
-import server_pool
+import openai_client
 import sft
 import thinking_budget
 import utils
@@ -221,7 +221,7 @@ def vllm_backend(cfg, jobs: list[dict]):
 
 
 def openai_backend(cfg, jobs: list[dict]):
-    servers = server_pool.ServerPool(cfg.base_url.split(","), cfg.max_retries)
+    servers = openai_client.ServerPool(cfg.base_url.split(","), cfg.max_retries)
     connection = {"api_key": cfg.api_key, "timeout": cfg.request_timeout, "retries": 0}  # the pool retries
     sampling = sampling_params(cfg)
     forced = jobs[0].get("max_thinking_tokens") is not None
@@ -229,7 +229,9 @@ def openai_backend(cfg, jobs: list[dict]):
     tokenizer = utils.load_tokenizer(cfg.model, cfg.chat_template, cfg.chat_template_kwargs) if forced else None
 
     def send(**request) -> tuple[str, int | None, str | None]:
-        return servers.call(lambda url: utils.chat_completion(url, cfg.model, **connection, **sampling, **request))
+        return servers.call(
+            lambda url: openai_client.chat_completion(url, cfg.model, **connection, **sampling, **request)
+        )
 
     def complete(requests: list[dict]) -> list[tuple[str, int, str]]:  # the completions endpoint, one at a time
         out = []
@@ -249,7 +251,9 @@ def openai_backend(cfg, jobs: list[dict]):
             # an extra body field vLLM's and SGLang's servers pass to their chat template
             kwargs = {"chat_template_kwargs": cfg.chat_template_kwargs} if cfg.chat_template_kwargs else {}
             text, tokens, finish_reason = send(messages=messages, max_tokens=cfg.max_tokens, seed=job["seed"], **kwargs)
-        except utils.ChatCompletionError as e:  # one line naming the URL and the error (an HTML error page's too)
+        except (
+            openai_client.ChatCompletionError
+        ) as e:  # one line naming the URL and the error (an HTML error page's too)
             raise SystemExit(str(e)) from None
         return generation(job, messages, text, tokens, finish_reason)
 

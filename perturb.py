@@ -38,7 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from tqdm import tqdm
 
-import utils
+import openai_client
 from markup import BLANK_LINES, split_thought
 from sft import to_messages
 from utils import DataError, iter_json_records, write_jsonl
@@ -219,8 +219,8 @@ def ask_llm(cfg, prompt: str, reply_limit: int, **sampling) -> str | None:
     limits = {"timeout": cfg.llm_timeout, "retries": cfg.llm_retries, "max_tokens": reply_limit // 2 + 1024}
     messages = [{"role": "user", "content": prompt}]
     try:
-        content, _, _ = utils.chat_completion(cfg.llm_url, cfg.llm_model, messages, **limits, **sampling)
-    except utils.ChatCompletionError:
+        content, _, _ = openai_client.chat_completion(cfg.llm_url, cfg.llm_model, messages, **limits, **sampling)
+    except openai_client.ChatCompletionError:
         return None
     return content
 

@@ -14,8 +14,6 @@ import random
 import re
 import shutil
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -163,69 +161,6 @@ def save_figure(fig, path: str | os.PathLike, **savefig_kwargs) -> None:
     fig.savefig(tmp, format="png", **savefig_kwargs)
     pyplot().close(fig)
     os.replace(tmp, path)
-
-
-# ----------------------------------------------------------------------------- OpenAI-compatible client
-
-RETRYABLE_HTTP = {408, 409, 429, 500, 502, 503, 504}
-
-
-class ChatCompletionError(RuntimeError):
-    """The server refused the request, gave up after retries, or did not answer with a completion. retryable: worth
-    sending again (408/409/429/5xx, network error, timeout); unreachable: nothing answered (connection refused)."""
-
-    def __init__(self, message: str, retryable: bool = False, unreachable: bool = False):
-        super().__init__(message)
-        self.retryable, self.unreachable = retryable, unreachable
-
-
-def chat_completion(
-    base_url: str,
-    model: str,
-    messages: list[dict] | None,
-    api_key: str | None = None,
-    timeout: float = 600.0,
-    retries: int = 3,
-    prompt: str | None = None,
-    **sampling,
-) -> tuple[str, int | None, str | None]:
-    """(reply text, completion tokens, finish_reason) from POST {base_url}/chat/completions (vLLM, SGLang, OpenAI...);
-    tokens and finish_reason ("stop", "length", ...) are None when the server does not say. With `prompt` (and
-    messages None): POST {base_url}/completions, the text continued as is (a rendered chat prompt, a thought so far).
-
-    Retries 408/409/429/5xx and network errors with exponential backoff (1 s, doubling, at most a minute);
-    any other HTTP error or a reply that is not a completion raises ChatCompletionError at once.
-    `sampling` goes into the request body as is (max_tokens, temperature, top_p, seed).
-    """
-    endpoint = "/chat/completions" if prompt is None else "/completions"
-    url = base_url.rstrip("/")
-    url = url if url.endswith(endpoint) else url + endpoint
-    api_key = api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"
-    content = {"messages": messages} if prompt is None else {"prompt": prompt}
-    body = json.dumps({"model": model, **content, **sampling}).encode()
-    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {api_key}"}
-    error, unreachable = "", False
-    for attempt in range(retries + 1):
-        try:
-            with urllib.request.urlopen(urllib.request.Request(url, body, headers), timeout=timeout) as reply:
-                data = json.load(reply)
-            choice = data["choices"][0]
-            tokens = data.get("usage", {}).get("completion_tokens")
-            text = choice["message"].get("content") if prompt is None else choice["text"]
-            return text or "", tokens, choice.get("finish_reason")
-        except urllib.error.HTTPError as e:
-            if e.code not in RETRYABLE_HTTP:
-                body = " ".join(e.read()[:300].decode(errors="replace").split())  # an HTML error page on one line
-                raise ChatCompletionError(f"{url}: HTTP {e.code}: {body}") from None
-            error, unreachable = f"HTTP {e.code}", False
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
-            error = str(e)
-            unreachable = isinstance(getattr(e, "reason", e), ConnectionRefusedError)
-        except (KeyError, IndexError, TypeError, AttributeError, json.JSONDecodeError) as e:
-            raise ChatCompletionError(f"{url}: not a completion reply ({type(e).__name__}: {e})") from None
-        if attempt < retries:
-            time.sleep(min(2.0**attempt, 60.0))
-    raise ChatCompletionError(f"{url}: gave up after {retries + 1} attempts ({error})", True, unreachable)
 
 
 # ----------------------------------------------------------------------------- device, model and tokenizer

@@ -18,6 +18,7 @@ import torch
 
 import evaluate
 import generation
+import openai_client
 from markup import FUNCTIONAL_INSTRUCTION, SKY_T1_SYSTEM_PROMPT, STDIN_INSTRUCTION, eval_messages
 
 REPO = Path(__file__).resolve().parents[1]
@@ -519,14 +520,14 @@ class RefusingChatServer(BaseHTTPRequestHandler):
 
 
 def test_openai_backend_records_the_finish_reason(tmp_path, monkeypatch):
-    """choices[0].finish_reason, the third value of utils.chat_completion: "length" means no answer."""
+    """choices[0].finish_reason, the third value of openai_client.chat_completion: "length" means no answer."""
     task = write_jsonl(tmp_path / "add.jsonl", [{"id": i, "problem": f"{i} + 0?", "answer": str(i)} for i in range(4)])
 
     def reply(base_url, model, messages, **request):
         number = int(messages[-1]["content"].split("}. ")[1].split(" ")[0])
         return f"\\boxed{{{number}}}", 5, "length" if number % 2 else "stop"
 
-    monkeypatch.setattr(evaluate.utils, "chat_completion", reply)
+    monkeypatch.setattr(openai_client, "chat_completion", reply)
     args = ["--model", "m", "--backend", "openai", "--tasks", str(task), "--output-dir", str(tmp_path / "out")]
     results = run([*args, "--workers", "1"])
     samples = {s["id"]: s for s in read_jsonl(tmp_path / "out" / "samples.jsonl")}

@@ -1,5 +1,5 @@
 """The plumbing in utils.py: JSON/JSONL I/O and its errors, atomic writes, tables, the LR schedule, the step logger,
-checkpoint folders and RNG state, and the OpenAI-compatible client against a local fake server."""
+checkpoint folders and RNG state."""
 
 import argparse
 import json
@@ -7,8 +7,6 @@ import pathlib
 import pickle
 import random
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
@@ -347,89 +345,3 @@ def test_cpu_threads_per_rank_undo_torchruns_one_thread(monkeypatch):
     assert utils.cpu_threads_per_rank() == 1
     monkeypatch.setenv("OMP_NUM_THREADS", "6")  # chosen by hand: kept
     assert utils.cpu_threads_per_rank() is None
-
-
-# ----------------------------------------------------------------------------- OpenAI-compatible client
-
-
-class FakeServer:
-    """A chat-completions endpoint on 127.0.0.1 answering from a script: one (status, body) per request."""
-
-    def __init__(self, replies):
-        self.replies, self.requests = list(replies), []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                server.requests.append({"path": self.path, "headers": dict(self.headers), "body": json.loads(body)})
-                status, reply = server.replies.pop(0)
-                data = reply.encode() if isinstance(reply, str) else json.dumps(reply).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.01,), daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-COMPLETION = {
-    "choices": [{"message": {"role": "assistant", "content": "\\boxed{4}"}, "finish_reason": "stop"}],
-    "usage": {"completion_tokens": 7},
-}
-MESSAGES = [{"role": "user", "content": "2 + 2?"}]
-
-
-@pytest.fixture
-def sleeps(monkeypatch):
-    """The backoff delays the client asked for, without waiting them out."""
-    delays = []
-    monkeypatch.setattr(utils.time, "sleep", delays.append)
-    return delays
-
-
-def test_chat_completion_retries_a_500_then_returns_the_reply(sleeps):
-    with FakeServer([(500, "overloaded"), (200, COMPLETION)]) as server:
-        reply = utils.chat_completion(server.url, "m", MESSAGES, api_key="k", max_tokens=16, temperature=0.0, seed=1)
-    assert reply == ("\\boxed{4}", 7, "stop")
-    assert len(server.requests) == 2 and sleeps == [1.0]
-    request = server.requests[0]
-    assert request["path"] == "/v1/chat/completions" and request["headers"]["Authorization"] == "Bearer k"
-    assert request["body"] == {"model": "m", "messages": MESSAGES, "max_tokens": 16, "temperature": 0.0, "seed": 1}
-
-
-def test_chat_completion_does_not_retry_a_400(sleeps):
-    with FakeServer([(400, '{"error": "max_tokens too large"}'), (200, COMPLETION)]) as server:
-        with pytest.raises(utils.ChatCompletionError, match=re.escape('HTTP 400: {"error": "max_tokens too large"}')):
-            utils.chat_completion(server.url + "/chat/completions", "m", MESSAGES, api_key="k")
-    assert len(server.requests) == 1 and sleeps == []
-
-
-def test_chat_completion_gives_up_after_its_retries_and_rejects_non_completions(sleeps):
-    with FakeServer([(503, "busy")] * 3) as server:
-        with pytest.raises(utils.ChatCompletionError, match=r"gave up after 3 attempts \(HTTP 503\)"):
-            utils.chat_completion(server.url, "m", MESSAGES, retries=2)
-    assert len(server.requests) == 3 and sleeps == [1.0, 2.0]
-    with FakeServer([(200, {"object": "error"})]) as server:
-        with pytest.raises(utils.ChatCompletionError, match="not a completion reply"):
-            utils.chat_completion(server.url, "m", MESSAGES)
-    with FakeServer([(200, {"choices": [{"message": {"content": None}}]})]) as server:
-        assert utils.chat_completion(server.url, "m", MESSAGES) == (
-            "",
-            None,
-            None,
-        )  # no usage block: token count unknown

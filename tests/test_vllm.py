@@ -30,6 +30,7 @@ import vllm  # noqa: E402
 
 import evaluate  # noqa: E402
 import generation  # noqa: E402
+import openai_client  # noqa: E402
 import tiny_model  # noqa: E402
 import train_lora  # noqa: E402
 import utils  # noqa: E402
@@ -394,13 +395,13 @@ def test_openai_backend_survives_a_server_restart(trained_model, task_file, serv
     its samples equal a run that saw no restart (same per-sample seeds)."""
     flags = ["--model", str(trained_model), "--backend", "openai", "--base-url", server.base_url, "--n", "2"]
     flags += ["--temperature", "1.0", "--concurrency", "1", "--max-retries", "9"]  # backoff: 4 min in all
-    real_completion = utils.chat_completion
+    real_completion = openai_client.chat_completion
 
     def paced(*args, **kwargs):  # the tiny model answers in milliseconds: leave time to stop the server mid-run
         time.sleep(0.5)
         return real_completion(*args, **kwargs)
 
-    monkeypatch.setattr(utils, "chat_completion", paced)
+    monkeypatch.setattr(openai_client, "chat_completion", paced)
     out, outcome = tmp_path / "restart", {}
 
     def evaluate_in_background():
@@ -421,7 +422,7 @@ def test_openai_backend_survives_a_server_restart(trained_model, task_file, serv
     assert not worker.is_alive() and "error" not in outcome, outcome
     assert 3 <= before_restart < 16
     assert len(outcome["samples"]) == 16
-    monkeypatch.setattr(utils, "chat_completion", real_completion)
+    monkeypatch.setattr(openai_client, "chat_completion", real_completion)
     assert responses(outcome["samples"]) == responses(run(tmp_path / "again", task_file, *flags))
 
 
@@ -456,7 +457,7 @@ def test_two_servers_with_one_killed_mid_run_give_every_sample_once(trained_mode
     second = Server(trained_model, tmp_path / "second.log")
     second.start()
     flags = ["--model", str(trained_model), "--backend", "openai", "--concurrency", "1"]
-    real_completion, served = utils.chat_completion, []
+    real_completion, served = openai_client.chat_completion, []
 
     def paced(base_url, *args, **kwargs):  # the tiny model answers in milliseconds: leave time to kill B mid-run
         time.sleep(0.5)
@@ -474,7 +475,7 @@ def test_two_servers_with_one_killed_mid_run_give_every_sample_once(trained_mode
 
     try:
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(utils, "chat_completion", paced)
+            patch.setattr(openai_client, "chat_completion", paced)
             worker = threading.Thread(target=evaluate_in_background, daemon=True)
             worker.start()
             deadline = time.monotonic() + 120
