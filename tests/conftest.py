@@ -1,5 +1,7 @@
-"""Fixtures shared by the test files: one tiny model per test session, built in code (no network)."""
+"""Fixtures shared by the test files: one tiny model per test session, built in code (no network); the reply of the
+local fake OpenAI-compatible servers."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -53,3 +55,13 @@ def train_file(tmp_path_factory) -> Path:
             rows.append({"prompt": question, "response": answer})
     utils.write_jsonl(path, rows)
     return path
+
+
+def send_json(handler, reply, status: int = 200) -> None:
+    """A fake server's HTTP reply (http.server handler): reply as JSON, or a str sent as it is (an error page)."""
+    data = reply.encode() if isinstance(reply, str) else json.dumps(reply).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)

@@ -9,6 +9,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from conftest import send_json
 
 import evaluate
 import openai_client
@@ -75,12 +76,7 @@ class AddingServer(BaseHTTPRequestHandler):
         a, b = (int(x) for x in body["messages"][-1]["content"].split("}. ")[1].rstrip("?").split(" + "))
         time.sleep(0.05)
         reply = {"choices": [{"message": {"content": f"\\\\boxed{{{a + b}}}"}, "finish_reason": "stop"}]}
-        data = json.dumps(reply | {"usage": {"completion_tokens": 3}}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_json(self, reply | {"usage": {"completion_tokens": 3}})
 
     def log_message(self, *args):
         pass
@@ -137,12 +133,7 @@ class FakeServer:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 server.requests.append({"path": self.path, "headers": dict(self.headers), "body": json.loads(body)})
                 status, reply = server.replies.pop(0)
-                data = reply.encode() if isinstance(reply, str) else json.dumps(reply).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, reply, status)
 
             def log_message(self, *args):
                 pass

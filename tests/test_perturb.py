@@ -16,6 +16,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from conftest import send_json  # noqa: E402
+
 import perturb  # noqa: E402
 from markup import split_thought  # noqa: E402
 
@@ -417,12 +419,7 @@ class FakeServer(BaseHTTPRequestHandler):
             self.send_response(answer)
             self.end_headers()
             return
-        data = json.dumps({"choices": [{"message": {"role": "assistant", "content": answer}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_json(self, {"choices": [{"message": {"role": "assistant", "content": answer}}]})
 
     def log_message(self, *args):
         pass
