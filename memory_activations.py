@@ -69,9 +69,9 @@ def activations(
       restarting, no attention mask; sft.py's collate_packed) transformers 5.x's create_causal_mask finds the packed
       sequences (find_packed_sequence_indices) and, the is_causal shortcut being off, sdpa_mask materialises a
       (1, 1, T, T) bool block-diagonal mask, built once per forward and held by every checkpointed layer until
-      backward ends: T^2 bytes ("attention_mask"). With SP the attention runs over the whole row (H/N heads), so every
-      rank holds the full T x T mask: sequence parallelism does not shrink it, which makes FlashAttention-2 a must at
-      long context. With a mask, transformers' sdpa_attention_forward repeats the kv heads to all heads (no
+      backward ends: T^2 bytes ("attention_mask"). With SP there is no mask: sequence_parallel.py attends over the
+      whole row (H/N heads) with SDPA's causal kernel one packed sample at a time, which holds nothing T x T. With a
+      mask, transformers' sdpa_attention_forward repeats the kv heads to all heads (no
       enable_gqa): + 4q bytes per token in a layer's recomputation; and torch's SDPA turns the bool mask into an
       additive fp16/bf16 copy and, when T is not a multiple of 8, an aligned padded copy (attention.cpp:
       convert_boolean_attn_mask, preprocess_mask), which the memory-efficient kernel keeps for backward: + 4 T^2 bytes
@@ -85,15 +85,16 @@ def activations(
     h, n_layers, i, V, T, N = s["hidden"], s["layers"], s["intermediate"], s["vocab"], seq_len, sequence_parallel
     q, kv = s["heads"] * s["head_dim"], s["kv_heads"] * s["head_dim"]
     t = -(-T // N)
-    masked = attention in ("sdpa", "eager")  # the packed row's T x T mask (see the docstring)
+    masked = attention in ("sdpa", "eager") and N == 1  # the packed row's T x T mask (see the docstring)
     per_layer = (22 * h + 8 * kv + 8 * i + (4 * q if masked else 0)) * t
     all_to_all = 0
     if N > 1:
         kv_sharded = head_sharded_kv_heads(s["kv_heads"], N) * s["head_dim"]
         all_to_all = t * (2 * q + 4 * (kv_sharded - kv))
-    mask = {"sdpa": T * T, "eager": 4 * T * T}.get(attention, 0)
-    scores = {"sdpa": 4 * T * T, "eager": 8 * s["heads"] // N * T * T}.get(attention, 0)
-    with_grads = 1.5 if masked else 1.25  # the saved tensors and the gradients beside them (see the docstring)
+    mask = {"sdpa": T * T, "eager": 4 * T * T}.get(attention, 0) if masked else 0
+    scores = {"sdpa": 4 * T * T, "eager": 8 * s["heads"] * T * T}.get(attention, 0) if masked else 0
+    # the saved tensors and the gradients beside them (see the docstring): x 1.5 for SDPA's and eager's kernels
+    with_grads = 1.5 if attention in ("sdpa", "eager") else 1.25
     if gradient_checkpointing:
         checkpoints, layer_peak = n_layers * t * h * residual_bytes, with_grads * (per_layer + all_to_all) + scores
     else:
