@@ -6,12 +6,15 @@ lm-evaluation-harness and lighteval users (lm-eval #3362), without a load balanc
 Routing: each request goes to the server in the rotation with the fewest requests in flight (servers batch what they
 hold, so the least loaded one answers soonest). Failover: a server that stops answering (connection refused at once;
 RETRIES_TO_LEAVE retryable failures in a row: 5xx, 429, timeouts) leaves the rotation with one logged line, the
-request is retried on the others, and the server is tried again after COOLDOWN_S. While no server is in the rotation a
-request waits for the first to come back. A request gives up after --max-retries failed attempts, wherever they ran.
+request is retried on the others, and the server is tried again after COOLDOWN_S (once back, one more logged line). A
+retry goes at once to a server known to answer; while none is (all restarting), retries back off as against one server
+(1 s, doubling), and while no server is in the rotation a request waits for the first to come back. A request gives up
+after --max-retries failed attempts, wherever they ran.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import sys
@@ -69,13 +72,19 @@ def chat_completion(
             return text or "", tokens, choice.get("finish_reason")
         except urllib.error.HTTPError as e:
             if e.code not in RETRYABLE_HTTP:
-                body = " ".join(e.read()[:300].decode(errors="replace").split())  # an HTML error page on one line
+                try:
+                    body = " ".join(e.read()[:300].decode(errors="replace").split())  # an HTML error page on one line
+                except (OSError, http.client.HTTPException):  # the server went away mid-page
+                    body = "(no readable body)"
                 raise ChatCompletionError(f"{url}: HTTP {e.code}: {body}") from None
             error, unreachable = f"HTTP {e.code}", False
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
-            error = str(e)
+        # OSError: refused, reset, timed out (URLError is one); HTTPException: a reply cut short (IncompleteRead, a
+        # server killed mid-body) or garbled
+        except (OSError, http.client.HTTPException) as e:
+            error = str(e) or type(e).__name__
             unreachable = isinstance(getattr(e, "reason", e), ConnectionRefusedError)
-        except (KeyError, IndexError, TypeError, AttributeError, json.JSONDecodeError) as e:
+        # ValueError: not JSON, or not UTF-8 (UnicodeDecodeError is no JSONDecodeError)
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError) as e:
             raise ChatCompletionError(f"{url}: not a completion reply ({type(e).__name__}: {e})") from None
         if attempt < retries:
             time.sleep(min(2.0**attempt, 60.0))
@@ -99,61 +108,71 @@ class ServerPool:
         self.back_at = dict.fromkeys(urls, 0.0)  # monotonic time a server that left is tried again
         self.lock = threading.Condition()
 
-    def _acquire(self) -> str:
+    def _acquire(self, avoid: str | None = None) -> str:
+        """The least loaded server in the rotation, other than avoid (where the last attempt failed) if there is one."""
         with self.lock:
             while True:
                 now = time.monotonic()
                 ready = [url for url in self.urls if self.back_at[url] <= now]
                 if ready:
-                    url = min(ready, key=lambda u: (self.in_flight[u], self.urls.index(u)))
+                    url = min(ready, key=lambda u: (u == avoid, self.in_flight[u], self.urls.index(u)))
                     self.in_flight[url] += 1
                     return url
                 self.lock.wait(min(self.back_at.values()) - now)
 
-    def _release(self, url: str, error: ChatCompletionError | None) -> None:
+    def _release(self, url: str, error: ChatCompletionError | None, answered: bool) -> None:
+        """The request on url is over: answered, failed with error, or neither (an exception of the caller's own)."""
         with self.lock:
             self.in_flight[url] -= 1
-            if error is None:
-                if self.failures[url] >= RETRIES_TO_LEAVE:
+            now = time.monotonic()
+            gone = self.failures[url] >= RETRIES_TO_LEAVE  # it has left the rotation (and not come back)
+            # During a cooldown, outcomes are of requests sent before the server left: they say nothing new.
+            if answered and self.back_at[url] <= now:
+                if gone:
                     print(f"server {url} is back in the rotation", file=sys.stderr)
                 self.failures[url] = 0
-            elif error.retryable:
+            elif error is not None and error.retryable and self.back_at[url] <= now:
                 self.failures[url] += 1
-                leaves = error.unreachable or self.failures[url] >= RETRIES_TO_LEAVE
-                if leaves and self.back_at[url] <= time.monotonic():
+                if error.unreachable or self.failures[url] >= RETRIES_TO_LEAVE:
                     self.failures[url] = max(self.failures[url], RETRIES_TO_LEAVE)
-                    self.back_at[url] = time.monotonic() + self.cooldown_s
-                    others = len(self.urls) - 1
-                    where = f"its requests go to the other {others}" if others else "requests wait for it"
-                    print(
-                        f"server {url} left the rotation ({error}); {where}; tried again in {self.cooldown_s:.0f} s",
-                        file=sys.stderr,
-                    )
+                    self.back_at[url] = now + self.cooldown_s  # a failed re-probe extends the cooldown silently
+                    if not gone:
+                        others = len(self.urls) - 1
+                        where = f"its requests go to the other {others}" if others else "requests wait for it"
+                        print(
+                            f"server {url} left the rotation ({error}); {where}; tried again every "
+                            f"{self.cooldown_s:.0f} s",
+                            file=sys.stderr,
+                        )
             self.lock.notify_all()
 
     def call(self, request: Callable[[str], T]) -> T:
         """request(base_url), sent to the least loaded server, retried elsewhere on a retryable failure; raises
         ChatCompletionError on a failure not worth retrying or after --max-retries retries."""
-        attempts = 0
+        attempts, url = 0, None
         while True:
-            url = self._acquire()
+            url, error, answered = self._acquire(avoid=url), None, False
             try:
-                result = request(url)
+                result, answered = request(url), True
             except ChatCompletionError as e:
-                self._release(url, e)
-                attempts += 1
-                if not e.retryable:
-                    raise
-                if attempts > self.retries:
-                    servers = f"{len(self.urls)} servers" if len(self.urls) > 1 else "the server"
-                    raise ChatCompletionError(f"gave up after {attempts} attempts on {servers}; last: {e}") from None
-                if self._alone(url):  # backoff when the same server would get it again at once
-                    time.sleep(min(2.0 ** (attempts - 1), 60.0))
-                continue
-            self._release(url, None)
-            return result
+                error = e
+            finally:  # whatever request raised, the server's in-flight count is given back
+                self._release(url, error, answered)
+            if error is None:
+                return result
+            attempts += 1
+            if not error.retryable:
+                raise error
+            if attempts > self.retries:
+                servers = f"{len(self.urls)} servers" if len(self.urls) > 1 else "the server"
+                raise ChatCompletionError(f"gave up after {attempts} attempts on {servers}; last: {error}") from None
+            if self._backoff(url):
+                time.sleep(min(2.0 ** (attempts - 1), 60.0))
 
-    def _alone(self, url: str) -> bool:
+    def _backoff(self, url: str) -> bool:
+        """Whether a retry after a failure on url should wait: yes unless another server in the rotation answered its
+        last request (or has not failed yet). With none in the rotation, _acquire waits for a cooldown instead."""
         with self.lock:
             now = time.monotonic()
-            return self.back_at[url] <= now and all(self.back_at[u] > now for u in self.urls if u != url)
+            ready = [u for u in self.urls if self.back_at[u] <= now]
+            return bool(ready) and not any(self.failures[u] == 0 for u in ready if u != url)

@@ -67,6 +67,79 @@ def test_a_failing_server_leaves_the_rotation_once_and_is_tried_again_later(caps
         unreachable.call(lambda url: (_ for _ in ()).throw(refused))
 
 
+def test_retries_back_off_while_no_server_answers_and_fail_over_at_once_to_one_that_does(sleeps):
+    busy = openai_client.ChatCompletionError("HTTP 503", retryable=True)
+    tried = []
+
+    def request(url):
+        tried.append(url)
+        if url in down:
+            raise busy
+        return url
+
+    down, pool = {"a", "b"}, ServerPool(["a", "b"], retries=5)  # both restarting: backoff as against one server
+    with pytest.raises(openai_client.ChatCompletionError, match="gave up after 6 attempts on 2 servers"):
+        pool.call(request)
+    assert tried == ["a", "b", "a", "b", "a", "b"] and sleeps == [2.0, 4.0, 8.0, 16.0]
+    sleeps.clear()
+    down, pool = {"a"}, ServerPool(["a", "b"], retries=5)
+    assert [pool.call(request) for _ in range(3)] == ["b"] * 3 and sleeps == []  # "b" answers: no waiting
+
+
+def test_a_request_that_raises_anything_gives_its_server_back():
+    pool = ServerPool(["a", "b"], retries=3)
+    with pytest.raises(ZeroDivisionError):
+        pool.call(lambda url: 1 / 0)
+    assert pool.in_flight == {"a": 0, "b": 0} and pool.failures == {"a": 0, "b": 0}
+
+
+def test_a_reply_sent_before_a_server_left_does_not_bring_it_back(capsys):
+    pool = ServerPool(["a", "b"], retries=5, cooldown_s=0.2)
+    release = threading.Event()
+    straggler = threading.Thread(target=pool.call, args=(lambda url: release.wait(10) and url,))
+    straggler.start()  # a slow request on "a", sent while it is fine
+    while pool.in_flight["a"] == 0:
+        time.sleep(0.01)
+    down = {"a"}
+
+    def request(url):
+        if url in down:
+            raise openai_client.ChatCompletionError(f"{url}: HTTP 503", retryable=True)
+        return url
+
+    pool.in_flight["b"] += 2  # "b" looks busy, so "a" gets each request first until it leaves
+    assert [pool.call(request) for _ in range(RETRIES_TO_LEAVE)] == ["b"] * RETRIES_TO_LEAVE
+    pool.in_flight["b"] -= 2
+    assert capsys.readouterr().err.count("server a left the rotation") == 1
+    release.set()
+    straggler.join()
+    assert capsys.readouterr().err == "" and pool.failures["a"] == RETRIES_TO_LEAVE  # still out: no "back" line
+    time.sleep(0.25)
+    down.clear()
+    assert pool.call(request) == "a"  # after the cooldown a reply does bring it back
+    assert capsys.readouterr().err.count("server a is back in the rotation") == 1
+
+
+def test_a_dead_server_is_reported_once_not_at_every_probe(capsys):
+    pool = ServerPool(["a", "b"], retries=5, cooldown_s=0.05)
+    refused = openai_client.ChatCompletionError("a: connection refused", retryable=True, unreachable=True)
+    down, tried = {"a"}, []
+
+    def request(url):
+        tried.append(url)
+        if url in down:
+            raise refused
+        return url
+
+    for _ in range(4):  # the first request sends "a" away, each later one probes it again after the cooldown
+        assert pool.call(request) == "b"
+        time.sleep(0.06)
+    assert tried.count("a") == 4
+    assert capsys.readouterr().err.count("server a left the rotation") == 1
+    down.clear()
+    assert pool.call(request) == "a" and capsys.readouterr().err.count("server a is back in the rotation") == 1
+
+
 class AddingServer(BaseHTTPRequestHandler):
     """A chat server that answers 'a + b' correctly, slowly enough that a run overlaps the kill."""
 
@@ -122,7 +195,8 @@ def test_evaluate_over_two_servers_survives_losing_one(tmp_path, capsys):
 
 
 class FakeServer:
-    """A chat-completions endpoint on 127.0.0.1 answering from a script: one (status, body) per request."""
+    """A chat-completions endpoint on 127.0.0.1 answering from a script: one (status, body) per request; a bytes body
+    is the whole HTTP reply (status unused)."""
 
     def __init__(self, replies):
         self.replies, self.requests = list(replies), []
@@ -133,7 +207,10 @@ class FakeServer:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 server.requests.append({"path": self.path, "headers": dict(self.headers), "body": json.loads(body)})
                 status, reply = server.replies.pop(0)
-                send_json(self, reply, status)
+                if isinstance(reply, bytes):  # a hand-made HTTP reply, as is: cut short, not UTF-8
+                    self.wfile.write(reply)
+                else:
+                    send_json(self, reply, status)
 
             def log_message(self, *args):
                 pass
@@ -201,3 +278,18 @@ def test_chat_completion_gives_up_after_its_retries_and_rejects_non_completions(
             None,
             None,
         )  # no usage block: token count unknown
+
+
+def test_chat_completion_retries_a_reply_cut_short_and_rejects_one_that_is_not_utf8(sleeps):
+    cut = b'HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{"choices": [{"mess'  # the server died mid-body
+    with FakeServer([(200, cut), (200, COMPLETION)]) as server:
+        assert openai_client.chat_completion(server.url, "m", MESSAGES) == ("\\boxed{4}", 7, "stop")
+    assert len(server.requests) == 2 and sleeps == [1.0]
+    with FakeServer([(200, cut)] * 2) as server:
+        with pytest.raises(openai_client.ChatCompletionError, match="gave up after 2 attempts") as error:
+            openai_client.chat_completion(server.url, "m", MESSAGES, retries=1)
+    assert error.value.retryable
+    latin1 = b'HTTP/1.1 200 OK\r\nContent-Length: 16\r\n\r\n{"choices": "\xe9"}'
+    with FakeServer([(200, latin1)]) as server:
+        with pytest.raises(openai_client.ChatCompletionError, match="not a completion reply.*UnicodeDecodeError"):
+            openai_client.chat_completion(server.url, "m", MESSAGES)
