@@ -22,7 +22,8 @@ Output: one JSON object per line, read as is by sft.load_conversations (it uses 
     domain     "math" | "code" (the set's own label; else code if it has tests, or its solution has a
                ```python block and no \\boxed)
     answer     gold final answer, when known (math);  tests: [{"input", "output", "testtype"}] when known (code)
-    starter_code  when non-empty (code);  n_tokens: tokens of the whole chat-templated record under --tokenizer
+    starter_code  when non-empty (code);  n_tokens: tokens the trainers see of the chat-templated record under
+               --tokenizer (summed over its sequences where the template splits one; --max-length judges the longest)
 Prompts follow Sky-T1's data scripts (markup.training_prompt): a raw math problem becomes "Return your final response
 within \\boxed{}. {problem}", a raw code problem gets APPS's "Generate an executable Python function ..." prefix
 (plus its starter code); prompts of chat-shaped records are kept. System prompt (markup.system_prompt): --style
@@ -86,7 +87,7 @@ WHY = {
     "contaminated": "prompt overlaps an evaluation benchmark (--decontaminate)",
     "unverifiable": "no gold answer or tests, or the grader could not check them (--verify)",
     "rejected": "wrong answer under --verify (a right one under --keep incorrect)",
-    "too_long": "more than --max-length tokens once chat-templated",
+    "too_long": "a training sequence of more than --max-length tokens once chat-templated",
     "exact_duplicate": "the same prompt as an earlier record",
     "near_duplicate": "a prompt within --near-dup-threshold (word 3-gram Jaccard) of an earlier one",
     "not_sampled": "left out by --size / --mix",
@@ -231,7 +232,8 @@ class Example:
     answer: object = None
     tests: list | None = None
     starter_code: str = ""
-    n_tokens: int = 0
+    n_tokens: int = 0  # tokens the trainers see: summed over the record's training sequences
+    longest: int = 0  # tokens of its longest training sequence: what --max-length judges, as the trainers do
 
     def to_record(self) -> dict:
         record = {"messages": self.messages, "id": self.id, "source": self.source, "domain": self.domain}
@@ -336,12 +338,15 @@ def verify_all(examples: list[Example], workers: int) -> list[bool | str]:
         return list(tqdm(pool.map(verify_one, jobs, chunksize=chunk), total=len(jobs), desc="verify", leave=False))
 
 
-def count_tokens(tokenizer, conversations: list[list[dict]]) -> list[int]:
-    """Tokens of each whole chat-templated record, exactly as the trainers tokenize it (sft.py): summed over its
-    training sequences where the template splits a multi-turn record."""
+def count_tokens(tokenizer, conversations: list[list[dict]]) -> list[tuple[int, int]]:
+    """(tokens, longest sequence) of each chat-templated record, exactly as the trainers tokenize it (sft.py): a
+    template that rewrites earlier turns makes one training sequence per reply; the trainers see all their tokens (the
+    sum, repeated prompts included) but drop or cut each sequence over --max-length on its own (the longest)."""
     tokenized = sft.tokenize_conversations(tokenizer, conversations)
     counted = tqdm(tokenized, total=len(conversations), desc="tokenize", leave=False)
-    return [sum(len(ids) for ids, _ in record.sequences) for record in counted]
+    return [
+        (sum(len(ids) for ids, _ in r.sequences), max((len(ids) for ids, _ in r.sequences), default=0)) for r in counted
+    ]
 
 
 def duplicates(examples: list[Example], mode: str, threshold: float) -> list[str | None]:
@@ -389,12 +394,13 @@ def counts_table(by_source: dict[str, Counter]) -> str:
 
 
 def plot_lengths(path: Path, tokenized: list[int], kept: list[int], max_length: int) -> None:
+    """Each record's longest training sequence (what --max-length judges), all tokenized and those written."""
     fig, ax = utils.pyplot().subplots(figsize=(8, 4))
     bins = np.linspace(0, max(tokenized + [max_length]), 60)
     ax.hist(tokenized, bins, color="lightgray", label=f"tokenized ({len(tokenized)})")
     ax.hist(kept, bins, color="tab:blue", label=f"written ({len(kept)})")
     ax.axvline(max_length, color="tab:red", linestyle="--", label=f"--max-length {max_length}")
-    ax.set(xlabel="tokens per chat-templated record", ylabel="records", title=path.stem)
+    ax.set(xlabel="tokens of a record's longest training sequence", ylabel="records", title=path.stem)
     ax.legend(loc="upper right")  # "best" searches the data: seconds on a large histogram
     utils.save_figure(fig, path, dpi=100, bbox_inches="tight")
 
@@ -462,9 +468,9 @@ def main(cfg: argparse.Namespace) -> dict:
             examples = drop(examples, [None if v == wanted else "rejected" for v in verdicts], counts)
     with timed(timings, "tokenize"):
         tokenized = count_tokens(tokenizer, [e.messages for e in examples])
-        for example, n in zip(examples, tokenized):
-            example.n_tokens = n
-        examples = drop(examples, ["too_long" if n > cfg.max_length else None for n in tokenized], counts, dry)
+        for example, (n_tokens, longest) in zip(examples, tokenized):
+            example.n_tokens, example.longest = n_tokens, longest
+        examples = drop(examples, ["too_long" if e.longest > cfg.max_length else None for e in examples], counts, dry)
     with timed(timings, "dedup"):
         if cfg.dedup != "none":
             examples = drop(examples, duplicates(examples, cfg.dedup, cfg.near_dup_threshold), counts, dry)
@@ -491,14 +497,15 @@ def main(cfg: argparse.Namespace) -> dict:
         "n_tokens": length_summary(lengths),
         "timings_s": timings,
         "records_per_s": round(total["read"] / max(seconds, 1e-9), 1),
-        "tokens_per_s": round(sum(tokenized) / max(timings["tokenize"], 1e-9)),
+        "tokens_per_s": round(sum(n for n, _ in tokenized) / max(timings["tokenize"], 1e-9)),
     }
     if cfg.as_published:  # kept anyway: what each default filter would have dropped, and why
         report["would_drop"] = {name: dropped[name] for name in FILTERS if dropped[name]}
         report["would_drop_per_source"] = {s: {n: c[n] for n in FILTERS if c[n]} for s, c in would_drop.items()}
     report_path = output.with_name(output.stem + "_report.json")
     utils.atomic_write_text(report_path, json.dumps(report, indent=2) + "\n")
-    plot_lengths(output.with_name(output.stem + "_lengths.png"), tokenized, lengths, cfg.max_length)
+    longest = [n for _, n in tokenized]
+    plot_lengths(output.with_name(output.stem + "_lengths.png"), longest, [e.longest for e in examples], cfg.max_length)
     for source, names in found.items():
         print(f"{source}: read as " + ", ".join(f"{name} ({n} records)" for name, n in names.items()))
     print(counts_table(counts))

@@ -350,17 +350,25 @@ def build_samples(
     on_error: Callable[[DataError], None] | None = None,
     template_name: str = "of the tokenizer",
 ) -> tuple[list[Sample], dict]:
-    """Tokenize, then drop (default) or truncate samples over max_length. Never silent: returns counts (of records:
-    total, split into several sequences, trained on the final reply only; of sequences: the rest)."""
+    """Tokenize, then drop (default) or truncate sequences over max_length, each on its own. Never silent: returns
+    counts, of records or of sequences (a template that rewrites earlier turns makes one sequence per reply)."""
     from tqdm import tqdm
 
-    stats = {"total": len(conversations), "too_long_dropped": 0, "truncated": 0, "no_target_after_truncation": 0}
-    stats.update(split_by_turn=0, final_reply_only=0)
+    stats = {
+        "total": len(conversations),  # records
+        "split_by_turn": 0,  # records laid out as several sequences, one per reply
+        "final_reply_only": 0,  # records trained on their final reply only
+        "sequences": 0,  # sequences the records make, before the length limit
+        "too_long_dropped": 0,  # sequences over max_length dropped
+        "truncated": 0,  # sequences cut at max_length (truncate)
+        "no_target_after_truncation": 0,  # cut sequences left without a target token, dropped
+    }
     samples = []
     tokenized = tokenize_conversations(tokenizer, conversations, on_error=on_error, template_name=template_name)
     for sequences, final_only in tqdm(tokenized, total=len(conversations), desc="tokenize", leave=False):
         stats["split_by_turn"] += len(sequences) > 1
         stats["final_reply_only"] += final_only
+        stats["sequences"] += len(sequences)
         for ids, labels in sequences:
             if len(ids) > max_length:
                 if not truncate:
@@ -373,7 +381,7 @@ def build_samples(
                 stats["no_target_after_truncation"] += 1
                 continue
             samples.append(sample)
-    stats["kept"] = len(samples)
+    stats["kept"] = len(samples)  # sequences trained on: the samples
     return samples, stats
 
 
@@ -420,24 +428,24 @@ def load_training_data(
             else ""
         )
         raise SystemExit(
-            f"no trainable samples left (read {stats['total']}, {too_long} over {max_length} tokens{unfit})"
+            f"no trainable samples left (read {stats['total']} records, {too_long} sequences over {max_length} tokens"
+            f"{unfit})"
         )
     lengths = [len(s.input_ids) for s in samples]
     n_targets = [s.n_targets for s in samples]
-    report = (
-        f"data: {stats['total']} records, {n_bad} bad skipped, {stats['too_long_dropped']} over {max_length} tokens "
-        f"dropped, {stats['truncated']} truncated, {stats['no_target_after_truncation']} without targets dropped -> "
-        f"{len(samples)} samples, {sum(lengths):,} tokens ({sum(n_targets):,} in the loss), longest {max(lengths)}"
-    )
+    report = f"data: {stats['total']} records ({n_bad} bad skipped) -> {stats['sequences']} sequences"
     if stats["split_by_turn"]:
-        report += (
-            f" ({stats['split_by_turn']} multi-turn records split into one sample per reply whose history differs)"
-        )
+        report += f" ({stats['split_by_turn']} records split into one sequence per reply whose history differs)"
     if stats["final_reply_only"]:
         report += (
             f" ({stats['final_reply_only']} records trained on their final reply only: the chat template cannot lay "
             "out their earlier replies)"
         )
+    report += (
+        f"; {stats['too_long_dropped']} sequences over {max_length} tokens dropped, {stats['truncated']} truncated, "
+        f"{stats['no_target_after_truncation']} without targets dropped -> {len(samples)} samples, {sum(lengths):,} "
+        f"tokens ({sum(n_targets):,} in the loss), longest {max(lengths)}"
+    )
     if not template_traits(tokenizer).system_role and any(c[0]["role"] == "system" for c in conversations):
         report += " (the chat template has no system role: system turns open the first user turn)"
     fingerprint = hashlib.sha256(json.dumps([lengths, n_targets]).encode()).hexdigest()[:16]

@@ -479,18 +479,22 @@ def load_distributed_checkpoint(state: dict, folder: Path) -> None:
     nothing unpickled but its metadata's own classes, tensors and plain values: DCP itself unpickles its .metadata
     file and the non-tensor entries (optimizer settings) with plain pickle, so both are checked first."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint._traverse import set_element
 
     refused = []
 
     class CheckedPlanner(dcp.DefaultLoadPlanner):
         def load_bytes(self, read_item, value):
             try:
-                torch.load(value, weights_only=True)
+                checked = torch.load(value, weights_only=True)
             except pickle.UnpicklingError as e:
                 refused.append(_refuse_unsafe(folder, e, "Resume from a checkpoint you made, or start afresh."))
                 raise
-            value.seek(0)
-            super().load_bytes(read_item, value)
+            # Placed as DefaultLoadPlanner.load_bytes places it, which would unpickle it again with weights_only=False.
+            if self.flatten_state_dict:
+                set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], checked)
+            else:
+                self.state_dict[read_item.dest_index.fqn] = checked
 
     metadata = folder / ".metadata"
     try:

@@ -294,6 +294,23 @@ def test_too_long_drops_exactly_the_records_over_max_length(tmp_path, tiny_model
     assert [r["id"] for r in kept] == [r["id"] for r in records if r["n_tokens"] <= limit]
 
 
+def test_max_length_judges_each_training_sequence_as_the_trainers_do(tiny_model_dir):
+    """Qwen3's template rewrites earlier turns, so a two-turn record trains as one sequence per reply: n_tokens counts
+    all the tokens the trainers see, and the limit judges the longest sequence, under which the trainers keep both."""
+    tokenizer = utils.load_tokenizer(str(tiny_model_dir), str(utils.REPO_DIR / "tests/data/templates/qwen3.jinja"))
+    tokenizer.add_tokens(["<think>", "</think>"])
+    two = [
+        {"role": "user", "content": "What is 12*3?"},
+        {"role": "assistant", "content": "<think>\n12*3 = 36. Wait, check: 36.\n</think>\n\n\\boxed{36}"},
+        {"role": "user", "content": "And 12*4?"},
+        {"role": "assistant", "content": "<think>\n12*4 = 48.\n</think>\n\n\\boxed{48}"},
+    ]
+    [(n_tokens, longest)] = prepare_data.count_tokens(tokenizer, [two])
+    samples, stats = sft.build_samples(tokenizer, [two], longest, truncate=False)
+    assert len(samples) == 2 and stats["too_long_dropped"] == 0  # what a limit of `longest` must keep
+    assert longest == max(len(s.input_ids) for s in samples) < n_tokens == sum(len(s.input_ids) for s in samples)
+
+
 def test_token_counts_render_the_template_with_chat_template_kwargs(tmp_path, tiny_model_dir):
     """--chat-template-kwargs reaches the template as the trainers' does: here a switch that, like Qwen3's
     enable_thinking, writes an empty thought into the generation prompt."""

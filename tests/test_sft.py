@@ -336,7 +336,9 @@ def test_the_data_report_counts_records_split_by_turn(tiny_model_dir, tmp_path):
     template = str(TEMPLATES / "qwen3.jinja")
     loaded = sft.load_training_data([str(data)], str(tiny_model_dir), 512, False, False, chat_template=template)
     assert len(loaded.samples) == 3 and "-> 3 samples" in loaded.report
-    assert "(1 multi-turn records split into one sample per reply whose history differs)" in loaded.report
+    assert (
+        "2 records (0 bad skipped) -> 3 sequences (1 records split into one sequence per reply whose" in loaded.report
+    )
 
 
 def test_chat_template_kwargs_reach_the_template(tiny_model_dir):
@@ -442,13 +444,15 @@ def test_load_training_data_reports_and_fingerprints(tiny_model_dir, train_file)
     data = sft.load_training_data([str(train_file)], str(tiny_model_dir), 256, False, False)
     assert len(data.samples) == 12 and data.lengths == [len(s.input_ids) for s in data.samples]
     assert data.n_targets == [s.n_targets for s in data.samples] and 0 < min(data.n_targets)
-    assert data.report.startswith("data: 12 records, 0 bad skipped") and "-> 12 samples" in data.report
+    assert (
+        data.report.startswith("data: 12 records (0 bad skipped) -> 12 sequences;") and "-> 12 samples" in data.report
+    )
     assert data.tokenizer.eos_token == "<|im_end|>"
     again = sft.load_training_data([str(train_file)], str(tiny_model_dir), 256, False, False)
     assert again.fingerprint == data.fingerprint  # deterministic: a resumed run recognises its data
     cut = sft.load_training_data([str(train_file)], str(tiny_model_dir), 90, True, False)
     assert cut.fingerprint != data.fingerprint and max(cut.lengths) == 90
-    with pytest.raises(SystemExit, match=r"no trainable samples left \(read 12, 12 over 40 tokens\)"):
+    with pytest.raises(SystemExit, match=r"no trainable samples left \(read 12 records, 12 sequences over 40 tokens\)"):
         sft.load_training_data([str(train_file)], str(tiny_model_dir), 40, False, False)
 
 

@@ -216,16 +216,20 @@ def test_training_state_holds_plain_values_and_nothing_else_is_unpickled(tmp_pat
     assert "\n" not in str(stop.value)
 
 
-def test_distributed_checkpoints_unpickle_only_their_metadata_tensors_and_plain_values(tmp_path):
+def test_distributed_checkpoints_unpickle_only_their_metadata_tensors_and_plain_values(tmp_path, monkeypatch):
     import torch.distributed.checkpoint as dcp
 
     def saved(name, settings):
         dcp.save({"w": torch.ones(3), "optim": settings}, checkpoint_id=str(tmp_path / name))
         return tmp_path / name
 
-    state = {"w": torch.zeros(3), "optim": {"lr": 0.0, "betas": (0.0, 0.0)}}
-    utils.load_distributed_checkpoint(state, saved("plain", {"lr": 0.1, "betas": (0.9, 0.95)}))
-    assert torch.equal(state["w"], torch.ones(3)) and state["optim"] == {"lr": 0.1, "betas": (0.9, 0.95)}
+    loads, torch_load = [], torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **kw: loads.append(kw.get("weights_only")) or torch_load(*a, **kw))
+    state = {"w": torch.zeros(3), "optim": {"lr": 0.0, "betas": (0.0, 0.0), "groups": [{"lr": 0.0}]}}
+    settings = {"lr": 0.1, "betas": (0.9, 0.95), "groups": [{"lr": 0.2}]}
+    utils.load_distributed_checkpoint(state, saved("plain", settings))
+    assert torch.equal(state["w"], torch.ones(3)) and state["optim"] == settings
+    assert loads and set(loads) == {True}  # each entry read once, safely: never again with weights_only=False
     marker, state = tmp_path / "pwned", {"w": torch.zeros(3), "optim": {"lr": 0.0}}
     with pytest.raises(SystemExit, match=r"^--resume: .*settings holds more than tensors .*Unsupported global"):
         utils.load_distributed_checkpoint(state, saved("settings", {"lr": TouchesAFile(marker)}))
