@@ -21,8 +21,10 @@ without maths, conclusion word or sign of reasoning going on ("I think that's th
 problem demonstrates ..."; not "I can solve it with an integrating factor."), and pleasantries ("I hope it helps").
 answer_parts returns the parts and whether they are labelled (part (a), Subproblem 1, a bulleted list); extract_answer
 joins them. There is no last-number fallback: a number near the end of a response is often a draft. A text that visibly
-stops mid-sentence ("..., where the") was cut off and has no answer; a response whose thought never closed counts only
-an answer that ends it (closing remarks aside); grading.grade_math gives none to a response the backend stopped at its
+stops mid-sentence ("..., where the"; not "the answer is: a") was cut off: a prose answer or a box followed by more
+working before the cut is a draft, while a box followed only by a remark's words ("\boxed{5}. I hope this is what you
+were looking for") ends a finished response; a response whose thought never closed counts only an answer that ends it
+(closing remarks aside) and none before a cut; grading.grade_math gives none to a response the backend stopped at its
 token limit.
 """
 
@@ -76,6 +78,8 @@ _MID_SENTENCE_RE = re.compile(
     r"(?:[,;:(\[{=+]|(?<!-)-|\\|\b(?:the|a|an|of|to|and|or|but|is|are|was|were|be|we|that|which|where|when|with|by|for|in|on"
     r"|at|as|from|if|then|than|this|its|our|into|gives?|get|let))\s*\Z"
 )
+# ... except a choice letter after an answer phrase with its colon: "So the answer is: a" ends a sentence.
+_CHOICE_END_RE = re.compile(r"\banswers?(?:\s+(?:is|are))?\s*:\**\s*\(?[a-e]\)?\s*\Z", re.I)
 _COMPLETE_RE = re.compile(r"[.!][)\]*\"'”’]*\Z")  # a sentence ended by its full stop (or "!"), maybe in brackets
 _UNIT_RE = re.compile(r"\s*[^\W\d_%°]|\s*[%°]")  # what a unit right after a value starts with: not ", so" nor "+"
 MAX_REMARKS = 5  # closing sentences without maths looked past at the end of a text
@@ -261,7 +265,13 @@ def _phrase_answer(region: str) -> Found | None:
 
 def _stops_mid_sentence(text: str) -> bool:
     """The text ends where no sentence can ('..., where the', '... 3 +'): it was cut off."""
-    return bool(_MID_SENTENCE_RE.search(text[-200:]))
+    tail = text[-200:]
+    return bool(_MID_SENTENCE_RE.search(tail)) and not _CHOICE_END_RE.search(tail)
+
+
+def _no_reasoning(text: str) -> bool:
+    """No maths, conclusion word or sign of reasoning going on: a remark's words, whether or not it was finished."""
+    return not (_REMARK_RE.search(text) or _OPEN_REASONING_RE.search(text) or _CONCLUSION_RE.search(text))
 
 
 def _is_remark(sentence: str) -> bool:
@@ -270,10 +280,7 @@ def _is_remark(sentence: str) -> bool:
     demonstrates how modular arithmetic simplifies products."; not "Therefore, the winner is Evelyn.", nor a sentence
     cut off mid-word)."""
     sentence = sentence.strip()
-    return bool(_BOILERPLATE_RE.search(sentence)) or (
-        bool(_COMPLETE_RE.search(sentence))
-        and not (_REMARK_RE.search(sentence) or _OPEN_REASONING_RE.search(sentence) or _CONCLUSION_RE.search(sentence))
-    )
+    return bool(_BOILERPLATE_RE.search(sentence)) or (bool(_COMPLETE_RE.search(sentence)) and _no_reasoning(sentence))
 
 
 def _without_remarks(region: str) -> str:
@@ -388,7 +395,14 @@ def answer_parts(text: str) -> tuple[list[str], bool]:
     text = tidy(text)
     solution = solution_part(text)
     region = text if solution is None else solution
-    if _stops_mid_sentence(region):  # cut off: what stands before the cut is a draft
+    if _stops_mid_sentence(region):
+        # Cut off: a prose answer before the cut is a draft, and so is a box followed by more working ("\boxed{5}.
+        # Let me double-check: 2 + 3 ="); a box followed only by words of a remark ("\boxed{5}. I hope this is what
+        # you were looking for") ends a finished response, unless it stands in a thought that never closed.
+        found = _box_answer(region) if solution is not None or markup_of(text) is None else None
+        rest = region[found.end :].lstrip(" \t\n.,;:!$)]}\\*") if found else ""
+        if found and all(_BOILERPLATE_RE.search(s) or _no_reasoning(s) for s in _SENTENCE_SPLIT_RE.split(rest)):
+            return found.parts, found.labelled
         return [], False
     if solution is None and markup_of(text) is not None:
         # The thought never closed: it may have been cut off mid-way, so only an answer that ends it (closing remarks

@@ -55,7 +55,7 @@ DELIBERATE = {  # case id -> why this grader disagrees with the suite's expected
     "math-verify/test_all.py:132": "a formula broken across lines inside $..$ is still that formula",
     "math-verify/test_all.py:133": r"a formula broken across lines inside \(..\) is still that formula",
     "math-verify/test_all.py:452": "gold '1 = \\zzz = x = 0' starts with a number: an equation, not 'name = 0'",
-    "math-verify/test_all.py:651": "a response that stops mid-sentence ('... In this') was cut off: it has no answer",
+    "math-verify/test_all.py:651": "more working after the box, cut off mid-sentence ('... In this'): a draft",
     "math-verify/test_all.py:810": "the box the prompt asks for wins over a later 'final answer is' phrase",
     "math-verify/test_all.py:907": "an inequality and its interval are the same answer, whichever is the gold",
     "lm-eval/pr4032:test_symbolic_removals_unaffected:26": "'{,}1,2' is the list 1, 2: a comma groups only 3 digits",

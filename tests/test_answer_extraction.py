@@ -85,7 +85,9 @@ def test_prose_answers(text, expected):
         "Therefore, the total is 12 = 3 +",
         "So the answer is 12, and",
         "Thus the count is **5**, and for the second case we",
-        r"The answer is \boxed{5}. Let me double-check the arithmetic: 2 + 3 =",
+        r"The answer is \boxed{5}. Let me double-check the arithmetic: 2 + 3 =",  # a box followed by more working
+        r"The answer is \boxed{5}. So the",
+        "So the answer is a",  # no colon: "a" may open "a prime number"
         # A thought that never closed, with a bold number in the middle of it.
         "<think>\nThe count for the first case is **5**, and now for the second case we",
         "<|begin_of_thought|>\nThe count for the first case is **5**.\n\nNow for the second case.",
@@ -110,6 +112,24 @@ def test_prose_answers(text, expected):
 )
 def test_no_answer_when_cut_off_or_mid_reasoning(text):
     assert extract_answer(text) is None
+
+
+@pytest.mark.parametrize(
+    "text, gold",
+    [
+        # A finished response whose box is followed only by the words of a remark that ends mid-sentence keeps its box.
+        (r"The answer is \boxed{5}. I hope this is what you were looking for", "5"),
+        (r"Thus \boxed{7}, which is the number we were asked for", "7"),
+        ("**Answer:** \\boxed{7}\n\n---\n\n*Note: computed with the", "7"),
+        # A choice letter after "answer is:" is an answer, not an article cut off before its noun.
+        ("So the answer is: a", "a"),
+    ],
+)
+def test_box_or_choice_before_an_unfinished_remark_is_the_answer(text, gold):
+    assert grade_math(text, gold) == {"extracted": gold, "correct": True}
+    assert grade_math(text, gold, finish_reason="length")["extracted"] is None  # cut off at the token limit: none
+    if "boxed" in text:  # a thought that never closed counts no box before a cut
+        assert extract_answer("<think>\n" + text) is None
 
 
 def test_token_limit_has_no_answer_whatever_it_ends_with():
