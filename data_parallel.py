@@ -9,7 +9,9 @@ long-CoT lengths vary 10x). It is SkyThought's layout (Ray Data over independent
 Ray, and it runs on vLLM's CPU build as on GPUs.
 
 Each replica holds one chunk at a time, and the main process writes a chunk's samples the moment it comes back, so a
-kill loses at most one chunk per replica. A chunk's samples keep the jobs' order; chunks are written as they finish.
+kill loses at most one chunk per replica. A chunk's samples keep the jobs' order; chunks are written as they finish
+(completion order: a finished chunk held back behind an unfinished earlier one would be lost on a kill), and nothing
+reads the files by position: resume and scoring key each sample by (task, id, sample).
 """
 
 from __future__ import annotations

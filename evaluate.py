@@ -47,8 +47,8 @@ BUILTIN_TASKS = ("aime24", "amc23", "math500", "olympiadbench", "livecodebench")
 # Settings that change what a sample is: a rerun into the same folder must match them.
 # --n may differ (samples are indexed).
 GENERATION_KEYS = ("model", "adapter", "responses", "backend", "prompt_style", "chat_template", "chat_template_kwargs")
-GENERATION_KEYS += ("temperature", "top_p", "max_tokens", "seed", "max_thinking_tokens", "min_thinking_tokens")
-GENERATION_KEYS += ("max_answer_tokens",)
+GENERATION_KEYS += ("temperature", "top_p", "max_tokens", "seed", "max_thinking_tokens")
+FORCING_KEYS = ("min_thinking_tokens", "max_answer_tokens")  # they change a sample only under a thinking budget
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -162,12 +162,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("give exactly one of --model (generate and score) or --responses (score existing generations)")
     if min(cfg.n, cfg.workers, cfg.batch_size, cfg.chunk_size, 1 if cfg.limit is None else cfg.limit) < 1:
         p.error("--n, --limit, --workers, --batch-size and --chunk-size must be at least 1")
-    if (
-        min(cfg.data_parallel_size, cfg.max_answer_tokens, cfg.max_thinking_tokens or 1) < 1
-        or cfg.min_thinking_tokens < 0
-    ):
-        p.error("--data-parallel-size, --max-answer-tokens and --max-thinking-tokens must be at least 1")
-    thinking = cfg.max_thinking_tokens or cfg.min_thinking_tokens or cfg.thinking_budgets
+    if min(cfg.data_parallel_size, cfg.max_answer_tokens) < 1:
+        p.error("--data-parallel-size and --max-answer-tokens must be at least 1")
+    if cfg.max_thinking_tokens is not None and cfg.max_thinking_tokens < 1:
+        p.error("--max-thinking-tokens must be at least 1 (leave it out for no thinking budget)")
+    if cfg.min_thinking_tokens < 0:
+        p.error("--min-thinking-tokens must be at least 0 (0: no 'Wait')")
+    thinking = generation.job_budget(cfg) is not None
     if thinking and cfg.responses:
         p.error("--responses are scored as given: a thinking budget applies to generation (--model)")
     if cfg.thinking_budgets and cfg.max_thinking_tokens:
@@ -346,7 +347,7 @@ def generate_and_score(
     cfg, problems: dict[tuple, dict], unscored: list[dict], jobs: list[dict], out_dir: Path, backend
 ) -> list[dict]:
     """Score in worker processes while generation goes on; append every sample the moment it is final.
-    backend(jobs) -> (chunk size, generate_chunk), set up on first use (generation.py)."""
+    backend() -> (chunk size, generate_chunk), set up on first use (generation.py)."""
     total = len(unscored) + len(jobs)
     if total == 0:
         return []
@@ -388,7 +389,7 @@ def generate_and_score(
         for gen in unscored:
             submit(gen)
         if jobs:  # the chunk loop every backend runs in
-            chunk_size, generate_chunk = backend(jobs)
+            chunk_size, generate_chunk = backend()
             chunks = (jobs[start : start + chunk_size] for start in range(0, len(jobs), chunk_size))
             stream = (gen for chunk in chunks for gen in generate_chunk(chunk))
             # Raw generations are kept apart, so a kill while scoring does not throw away GPU hours.
@@ -411,9 +412,13 @@ def summarise(problems: list[dict], samples: dict[str, list[dict]]) -> dict:
     """Per-task numbers from the scored samples of each problem id; problems may have different sample counts
     (--responses), so n is the smallest. no_answer and cut_off (the shares of samples with no extracted answer and
     cut off at the token limit, of those whose finish_reason is known) explain a low score; grader_errors counts the
-    samples whose grading failed (counted as wrong; their extraction is unknown, so not as no_answer)."""
-    rated = [(p, [s["correct"] for s in samples[p["id"]]]) for p in problems if samples.get(p["id"])]
-    flat = [s for p, _ in rated for s in samples[p["id"]]]
+    samples whose grading failed (counted as wrong; their extraction is unknown, so not as no_answer). accuracy and
+    pass@k use every sample; avg@n and accuracy_by_sample the n lowest sample indices of each problem (with --n, the
+    indices 0..n-1 of every problem)."""
+    # by sample index, not by file order: index i of every problem is one run (--responses may list them any order)
+    ordered = {p["id"]: sorted(samples[p["id"]], key=lambda s: s["sample"]) for p in problems if samples.get(p["id"])}
+    rated = [(p, [s["correct"] for s in ordered[p["id"]]]) for p in problems if p["id"] in ordered]
+    flat = [s for p, _ in rated for s in ordered[p["id"]]]
     finished = [s["finish_reason"] == "length" for s in flat if s.get("finish_reason") is not None]
     n = min(len(c) for _, c in rated)
     summary = {
@@ -489,7 +494,9 @@ def check_config(out_dir: Path, cfg) -> None:
     if path.exists():
         saved = json.loads(path.read_text(encoding="utf-8"))
         # A key missing from the saved file was not checked by the version that wrote it: nothing to compare.
-        changed = [f"{k} {saved[k]!r} -> {now[k]!r}" for k in GENERATION_KEYS if k in saved and saved[k] != now[k]]
+        before, after = sample_settings(argparse.Namespace(**(vars(cfg) | saved))), sample_settings(cfg)
+        keys = [k for k in (*GENERATION_KEYS, *FORCING_KEYS) if k in saved and (k in before or k in after)]
+        changed = [f"{k} {saved[k]!r} -> {now[k]!r}" for k in keys if before.get(k) != after.get(k)]
         if changed:
             raise SystemExit(
                 f"{path}: this folder holds samples made with other settings ({'; '.join(changed)}); "
@@ -498,12 +505,19 @@ def check_config(out_dir: Path, cfg) -> None:
     utils.atomic_write_text(path, json.dumps(now, indent=2) + "\n")
 
 
+def sample_settings(cfg) -> dict:
+    """The settings that change a sample: GENERATION_KEYS, and FORCING_KEYS where a thinking budget is used."""
+    keys = GENERATION_KEYS + (FORCING_KEYS if generation.job_budget(cfg) is not None else ())
+    return {key: getattr(cfg, key) for key in keys}
+
+
 def run_settings(cfg) -> dict:
     """What results.json records of how its samples were made: every setting that changes a sample, and the sampling
     parameters the backend was sent; for --responses, the file they came from."""
     if cfg.responses:
         return {"responses": cfg.responses}
-    return {key: getattr(cfg, key) for key in GENERATION_KEYS if key != "responses"} | generation.sampling_params(cfg)
+    settings = {key: value for key, value in sample_settings(cfg).items() if key != "responses"}
+    return settings | generation.sampling_params(cfg)
 
 
 def main(cfg) -> dict:
@@ -538,9 +552,12 @@ def main(cfg) -> dict:
     check_config(out_dir, cfg)
     made = {}
 
-    def backend(jobs: list[dict]):  # set up once: the runs of --thinking-budgets share the engine
+    def backend():
+        """Set up once: the runs of --thinking-budgets share the engine. It is sized for every problem's prompt and
+        the largest budget, not for the jobs a run (or a resume) happens to start with."""
         if not made:
-            made["backend"] = getattr(generation, f"{cfg.backend}_backend")(cfg, jobs)
+            everyone = make_jobs(cfg, problems, [(t, pid, 0) for t, pid in problems])
+            made["backend"] = getattr(generation, f"{cfg.backend}_backend")(cfg, everyone)
         return made["backend"]
 
     if not cfg.thinking_budgets:
@@ -559,6 +576,17 @@ def main(cfg) -> dict:
     return by_budget
 
 
+def make_jobs(cfg, problems: dict[tuple, dict], keys: list[tuple]) -> list[dict]:
+    """The generation jobs (generation.py) of the (task, id, sample) keys."""
+    budget = {} if generation.job_budget(cfg) is None else {"max_thinking_tokens": generation.job_budget(cfg)}
+    return [
+        {"task": t, "id": pid, "sample": s, "seed": sample_seed(cfg.seed, t, pid, s)}
+        | {"messages": eval_messages(problems[(t, pid)], cfg.prompt_style)}
+        | budget
+        for t, pid, s in keys
+    ]
+
+
 def evaluate_into(cfg, out_dir: Path, selected, problems, wanted, responses, backend) -> dict:
     """Generate what out_dir lacks, score it, and write results.json."""
     if responses is not None:
@@ -570,14 +598,7 @@ def evaluate_into(cfg, out_dir: Path, selected, problems, wanted, responses, bac
         done = {key: r for key, r in done.items() if "grader_error" not in r}  # their new scores replace them
         utils.write_jsonl(out_dir / "samples.jsonl", done.values())
     unscored = [generated[key] for key in wanted if key not in done and key in generated]
-    budget = {} if generation.job_budget(cfg) is None else {"max_thinking_tokens": generation.job_budget(cfg)}
-    jobs = [
-        {"task": t, "id": pid, "sample": s, "seed": sample_seed(cfg.seed, t, pid, s)}
-        | {"messages": eval_messages(problems[(t, pid)], cfg.prompt_style)}
-        | budget
-        for t, pid, s in wanted
-        if (t, pid, s) not in done and (t, pid, s) not in generated
-    ]
+    jobs = make_jobs(cfg, problems, [key for key in wanted if key not in done and key not in generated])
     finished = len(wanted) - len(unscored) - len(jobs)
     print(f"{len(wanted)} samples: {finished} done, {len(unscored)} to score, {len(jobs)} to generate", file=sys.stderr)
     for record in generate_and_score(cfg, problems, unscored, jobs, out_dir, backend):

@@ -87,26 +87,29 @@ def job_budget(cfg) -> int | None:
     """The thinking budget a job carries: --max-thinking-tokens (each run of --thinking-budgets sets it); --max-tokens
     where only --min-thinking-tokens is given (the thought may be extended, and is cut where a plain sample would be);
     None without budget forcing."""
-    if cfg.max_thinking_tokens is None and not cfg.min_thinking_tokens and not cfg.thinking_budgets:
+    if cfg.max_thinking_tokens is not None:
+        return cfg.max_thinking_tokens
+    if not cfg.min_thinking_tokens and not cfg.thinking_budgets:
         return None
-    return cfg.max_thinking_tokens or max(cfg.thinking_budgets or [cfg.max_tokens])
+    return max(cfg.thinking_budgets or [cfg.max_tokens])
 
 
 def token_counter(tokenizer):
     return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def chunk_samples(cfg, chunk: list[dict], prompts: list, complete, tokenizer) -> list[dict]:
+def chunk_samples(cfg, chunk: list[dict], prompts: list, complete, tokenizer, room=None) -> list[dict]:
     """A chunk's samples through a backend's complete(): one completion each, or budget-forced (thinking_budget.py)
     where the jobs carry a thinking budget. complete: [{"prompt", "max_tokens", "seed", "stop"}] -> [(text, tokens,
-    finish_reason)], a text that stopped at a stop string ending with it."""
+    finish_reason)], a text that stopped at a stop string ending with it. room(text): the tokens the engine's context
+    has left after text, where the backend has a limit (vllm's max_model_len)."""
     if chunk[0].get("max_thinking_tokens") is None:
         requests = [
             {"prompt": p, "max_tokens": cfg.max_tokens, "seed": job["seed"], "stop": []}
             for job, p in zip(chunk, prompts)
         ]
         return [generation(job, p, *out) for job, p, out in zip(chunk, prompts, complete(requests))]
-    forced = thinking_budget.force(chunk, prompts, complete, token_counter(tokenizer), cfg)
+    forced = thinking_budget.force(chunk, prompts, complete, token_counter(tokenizer), cfg, room)
     samples = []
     for job, prompt, f in zip(chunk, prompts, forced):
         sample = generation(job, prompt, f["response"], f["tokens"], f["finish_reason"])
@@ -171,6 +174,7 @@ def hf_backend(cfg, jobs: list[dict]):
 
 
 def vllm_backend(cfg, jobs: list[dict]):
+    """jobs: one per prompt the engine must hold (evaluate.py: every problem's), for its max_model_len."""
     if cfg.data_parallel_size > 1:
         import data_parallel
 
@@ -204,18 +208,27 @@ def vllm_backend(cfg, jobs: list[dict]):
 
     def complete(requests: list[dict]) -> list[tuple[str, int, str]]:
         prompt_ids = encode([r["prompt"] for r in requests])
-        params = []
-        for r, ids in zip(requests, prompt_ids):
+        # max_tokens depends on the sample alone, not on the chunk it falls in
+        limits = [min(r["max_tokens"], max_len - len(ids)) for r, ids in zip(requests, prompt_ids)]
+        params, fitting = [], [ids for ids, limit in zip(prompt_ids, limits) if limit >= 1]
+        for r, limit in zip(requests, limits):
             stop = {"stop": r["stop"], "include_stop_str_in_output": True} if r["stop"] else {}
-            # max_tokens depends on the sample alone, not on the chunk it falls in
-            limit = min(r["max_tokens"], max_len - len(ids))
-            params.append(SamplingParams(**shared, max_tokens=limit, seed=r["seed"], **stop))
-        outputs = llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params, lora_request=lora_request)
-        return [(o.outputs[0].text, len(o.outputs[0].token_ids), o.outputs[0].finish_reason) for o in outputs]
+            if limit >= 1:  # SamplingParams refuses max_tokens < 1
+                params.append(SamplingParams(**shared, max_tokens=limit, seed=r["seed"], **stop))
+        prompts = [{"prompt_token_ids": ids} for ids in fitting]
+        outputs = iter(llm.generate(prompts, params, lora_request=lora_request) if fitting else [])
+        out = []
+        for limit in limits:  # a text that already fills the context is cut off there, as at max_model_len
+            o = next(outputs).outputs[0] if limit >= 1 else None
+            out.append((o.text, len(o.token_ids), o.finish_reason) if o else ("", 0, "length"))
+        return out
+
+    def room(text: str) -> int:
+        return max_len - len(encode([text])[0])
 
     def generate_chunk(chunk: list[dict]) -> Iterator[dict]:
         prompts = [prompt_text(tokenizer, job["messages"]) for job in chunk]
-        yield from chunk_samples(cfg, chunk, prompts, complete, tokenizer)
+        yield from chunk_samples(cfg, chunk, prompts, complete, tokenizer, room)
 
     return cfg.chunk_size, generate_chunk
 
@@ -264,5 +277,6 @@ def openai_backend(cfg, jobs: list[dict]):
         finally:  # on a kill or error, drop the queued requests instead of waiting for them
             pool.shutdown(wait=False, cancel_futures=True)
 
-    # One chunk: replies are saved as they arrive, so a kill loses only the requests in flight.
-    return len(jobs), generate_all
+    # One chunk of every job (as data_parallel.replicas): replies are saved as they arrive, so a kill loses only the
+    # requests in flight; --concurrency per server bounds what is in flight.
+    return sys.maxsize, generate_all

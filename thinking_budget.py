@@ -22,6 +22,7 @@ generate the same greedy samples. A sample records thinking_tokens (generated in
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -76,18 +77,28 @@ def step_seed(sample: _Sample) -> int:
     return sample.seed if sample.steps == 1 else (sample.seed * 1_000_003 + sample.steps) % 2**31
 
 
-def force(jobs: list[dict], prompts: list[str], complete: Complete, count_tokens, cfg) -> list[dict]:
+def force(jobs: list[dict], prompts: list[str], complete: Complete, count_tokens, cfg, room=None) -> list[dict]:
     """Budget-forced samples of a chunk: per job {"response", "tokens", "finish_reason", "thinking_tokens",
     "answer_tokens", "waits", "thought_cut"}. Each job carries its budget (max_thinking_tokens); cfg gives
-    min_thinking_tokens, max_answer_tokens and prompt_style."""
+    min_thinking_tokens, max_answer_tokens and prompt_style. room(text) -> the tokens the engine's context has left
+    after text (None: no limit): a thought stops where its forced end and one answer token still fit, and a sample
+    with no room left for its answer ends there (finish_reason "length", no answer), as a plain sample would."""
+    room = room or (lambda text: math.inf)
+    forced_end = max(count_tokens(c + ANSWER_CUE) for c in CLOSINGS.values())
     samples = [_Sample(p, job["seed"], job["max_thinking_tokens"]) for job, p in zip(jobs, prompts)]
     thinking = list(samples)
     while thinking:
-        requests = [
-            {"prompt": s.prompt + s.thought, "max_tokens": s.max_thinking - s.thinking_tokens, "seed": step_seed(s)}
-            for s in thinking
+        limits = [
+            min(s.max_thinking - s.thinking_tokens, room(s.prompt + s.thought) - forced_end - 1) for s in thinking
         ]
-        outputs = complete([r | {"stop": END_MARKERS} for r in requests])
+        asked = [(s, limit) for s, limit in zip(thinking, limits) if limit >= 1]  # never a request for < 1 token
+        requests = [
+            {"prompt": s.prompt + s.thought, "max_tokens": limit, "seed": step_seed(s), "stop": END_MARKERS}
+            for s, limit in asked
+        ]
+        replies = iter(complete(requests) if requests else [])
+        # A full context ends the thought as the budget would: no tokens generated, not ended by the model.
+        outputs = [next(replies) if limit >= 1 else ("", 0, "length") for limit in limits]
         still = []
         for s, (text, tokens, reason) in zip(thinking, outputs):
             s.thought += text
@@ -102,17 +113,21 @@ def force(jobs: list[dict], prompts: list[str], complete: Complete, count_tokens
                 s.waits += 1
                 still.append(s)
                 continue
-            if not ended:  # the budget is spent: end the thought for the model
+            if not ended:  # the budget (or the context) is spent: end the thought for the model
                 s.closing, s.cut = CLOSINGS[markup_for(s.prompt, s.thought, cfg.prompt_style)] + ANSWER_CUE, True
         thinking = still
     answering = [s for s in samples if s.cut or any(s.thought.endswith(m) for m in END_MARKERS)]
-    if answering:
-        requests = [
-            {"prompt": s.prompt + s.thought + s.closing, "max_tokens": cfg.max_answer_tokens, "seed": step_seed(s)}
-            for s in answering
-        ]
-        for s, output in zip(answering, complete([r | {"stop": []} for r in requests])):
-            s.answer = output
+    limits = [min(cfg.max_answer_tokens, room(s.prompt + s.thought + s.closing)) for s in answering]
+    asked = [(s, limit) for s, limit in zip(answering, limits) if limit >= 1]
+    requests = [
+        {"prompt": s.prompt + s.thought + s.closing, "max_tokens": limit, "seed": step_seed(s), "stop": []}
+        for s, limit in asked
+    ]
+    for (s, _), output in zip(asked, complete(requests) if requests else []):
+        s.answer = output
+    for s, limit in zip(answering, limits):
+        if limit < 1:  # the context is full: cut off with no answer, as at --max-tokens
+            s.answer = ("", 0, "length")
     records = []
     for s in samples:
         text, tokens, reason = s.answer

@@ -220,7 +220,10 @@ def test_avg_at_n_gives_the_spread_over_samples():
     its standard error that of a mean of n runs; problems keep their pass@k."""
     problems = [{"id": str(i)} for i in range(4)]
     correct = {"0": [1, 1, 1, 0], "1": [0, 1, 0, 0], "2": [1, 1, 1, 1], "3": [0, 0, 0, 0]}
-    samples = {pid: [{"correct": bool(c), "extracted": "x"} for c in cs] for pid, cs in correct.items()}
+    samples = {
+        pid: [{"sample": i, "correct": bool(c), "extracted": "x"} for i, c in enumerate(cs)]
+        for pid, cs in correct.items()
+    }
     summary = evaluate.summarise(problems, samples)
     assert summary["accuracy_by_sample"] == [0.5, 0.75, 0.5, 0.25]
     assert summary["avg@n"] == summary["accuracy"] == 0.5
@@ -231,6 +234,32 @@ def test_avg_at_n_gives_the_spread_over_samples():
     assert "50.0 ± 10.2" in table[1]
     one = evaluate.summarise(problems, {pid: s[:1] for pid, s in samples.items()})
     assert "avg@n" not in one and "avg@n" not in evaluate.results_table({"t": one})
+    # Index i is the `sample` field, not the position (--responses in any order); with uneven counts avg@n takes
+    # each problem's n lowest indices, accuracy every sample.
+    uneven = {pid: list(reversed(s)) for pid, s in samples.items()} | {"3": samples["3"][:2]}
+    summary = evaluate.summarise(problems, uneven)
+    assert summary["n"] == 2 and summary["accuracy_by_sample"] == [0.5, 0.75]
+    assert summary["accuracy"] == pytest.approx((0.75 + 0.25 + 1 + 0) / 4)
+
+
+def test_responses_in_any_line_order_give_the_same_results(tmp_path):
+    """Scoring keys every sample by (task, id, sample): replicas' completion order changes no number."""
+    task = write_jsonl(tmp_path / "add.jsonl", [{"id": i, "problem": f"{i} + 0?", "answer": str(i)} for i in range(3)])
+    records = [
+        {"task": "add", "id": i, "sample": s, "response": f"\\boxed{{{i if s <= i else -1}}}"}
+        for i in range(3)
+        for s in range(3)
+    ]
+    results = []
+    for name, order in (("sorted", records), ("reversed", records[::-1])):
+        path = write_jsonl(tmp_path / f"{name}.jsonl", order)
+        out = tmp_path / name
+        results.append(
+            run(["--responses", str(path), "--tasks", str(task), "--output-dir", str(out), "--workers", "1"])
+        )
+    for r in results:
+        r["add"].pop("settings")
+    assert results[0] == results[1] and results[0]["add"]["accuracy_by_sample"] == [1, 2 / 3, 1 / 3]
 
 
 def test_builtin_tasks_ids_and_prompts():
@@ -286,8 +315,13 @@ def test_hf_backend_end_to_end_and_resume(tiny_model_dir, tmp_path, monkeypatch)
     generated = []
 
     def counting_backend(cfg, jobs):
-        generated.extend((j["id"], j["sample"]) for j in jobs)
-        return real_backend(cfg, jobs)
+        chunk_size, generate_chunk = real_backend(cfg, jobs)
+
+        def generate(chunk):
+            generated.extend((j["id"], j["sample"]) for j in chunk)
+            return generate_chunk(chunk)
+
+        return chunk_size, generate
 
     monkeypatch.setattr(generation, "hf_backend", counting_backend)
     run(args)  # everything is done: nothing is generated or appended

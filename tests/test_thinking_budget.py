@@ -1,7 +1,10 @@
 """thinking_budget.py: s1's budget forcing against a scripted backend (each rule exactly), then on the tiny model
 through evaluate.py --backend hf, --thinking-budgets writing the test-time scaling table and plot."""
 
+import importlib.machinery
 import json
+import sys
+import types
 from types import SimpleNamespace
 
 import pytest
@@ -157,3 +160,164 @@ def test_hf_stops_a_thought_at_its_end_marker(tiny_model_dir, tmp_path, monkeypa
     ids = tokenizer(plain, add_special_tokens=False)["input_ids"]
     fewest = next(n for n in range(1, len(ids) + 1) if marker in tokenizer.decode(ids[:n]))
     assert sample["thinking_tokens"] == fewest
+
+
+def test_a_full_context_ends_the_thought_and_never_asks_for_less_than_one_token():
+    """vLLM's max_model_len (capped at the model's max_position_embeddings) may be shorter than budget + forced end
+    + answer: the thought stops where its forced end and one answer token fit, and with no room left the sample ends
+    with no answer, cut off ("length"), as a plain sample at the context's end."""
+    prompt, closing = "<|im_start|>assistant\n", CLOSINGS["sky-t1"] + ANSWER_CUE
+    forced_end = max(len(c + ANSWER_CUE) for c in CLOSINGS.values())
+    context = len(prompt) + 20 + forced_end + 1
+    complete = Scripted([("x" * 50, "stop")])
+    job = {"seed": 11, "max_thinking_tokens": 100}
+    room = lambda text: context - len(text)  # noqa: E731 - one token a character
+    (sample,) = thinking_budget.force([job], [prompt], complete, len, settings(), room)
+    think, answer = complete.requests[0][0], complete.requests[1][0]
+    assert think["max_tokens"] == 20 and sample["thought_cut"] and sample["thinking_tokens"] == 20
+    assert answer["prompt"] == prompt + "x" * 20 + closing and 1 <= answer["max_tokens"] <= 5
+    assert sample["response"] == "x" * 20 + closing + "\\boxed{4}"
+
+    # A prompt that fills the context, or a "Wait" after an early end of turn that leaves no room: no request below
+    # one token, and no answer.
+    for context, min_thinking in ((len(prompt) + forced_end, 0), (len(prompt) + forced_end + 4, 40)):
+        complete = Scripted([("abc", "stop")])
+        room = lambda text, context=context: context - len(text)  # noqa: E731
+        (sample,) = thinking_budget.force([job], [prompt], complete, len, settings(min_thinking), room)
+        assert all(r["max_tokens"] >= 1 for batch in complete.requests for r in batch)
+        assert sample["finish_reason"] == "length" and sample["answer_tokens"] == 0 and sample["thought_cut"]
+        assert sample["response"].endswith(closing) and sample["waits"] == (1 if min_thinking else 0)
+
+
+def test_zero_or_negative_thinking_flags_are_refused_by_name(capsys):
+    hf = ["--model", "m", "--tasks", "aime24", "--backend", "hf"]
+    for flags, name in (
+        (["--max-thinking-tokens", "0"], "--max-thinking-tokens"),
+        (["--min-thinking-tokens", "-1"], "--min-thinking-tokens"),
+    ):
+        with pytest.raises(SystemExit):
+            evaluate.parse_args([*hf, *flags])
+        assert f"{name} must be at least" in capsys.readouterr().err
+    assert (
+        generation.job_budget(SimpleNamespace(max_thinking_tokens=5, min_thinking_tokens=0, thinking_budgets=None)) == 5
+    )
+
+
+def test_answer_and_minimum_settings_guard_a_folder_only_under_a_thinking_budget(tmp_path):
+    base = ["--model", "m", "--tasks", "aime24", "--backend", "hf"]
+    evaluate.check_config(tmp_path, evaluate.parse_args(base))
+    evaluate.check_config(tmp_path, evaluate.parse_args([*base, "--max-answer-tokens", "64"]))  # no budget: unused
+    assert "max_answer_tokens" not in evaluate.run_settings(evaluate.parse_args(base))
+    budget = [*base, "--max-thinking-tokens", "32"]
+    (tmp_path / "b").mkdir()
+    evaluate.check_config(tmp_path / "b", evaluate.parse_args(budget))
+    for flags in (["--max-answer-tokens", "64"], ["--min-thinking-tokens", "8"]):
+        with pytest.raises(SystemExit, match=flags[0][2:].replace("-", "_")):
+            evaluate.check_config(tmp_path / "b", evaluate.parse_args([*budget, *flags]))
+    with pytest.raises(SystemExit, match="min_thinking_tokens 0 -> 8"):  # it turns budget forcing on
+        evaluate.check_config(tmp_path, evaluate.parse_args([*base, "--min-thinking-tokens", "8"]))
+
+
+class FillingLLM:
+    """vllm.LLM whose every request fills its max_tokens with <|im_start|> (one token each, also re-encoded)."""
+
+    params: list = []
+
+    def __init__(self, **engine):
+        FillingLLM.engine = engine
+
+    def generate(self, prompts, params, lora_request=None):
+        FillingLLM.params += params
+        out = [SimpleNamespace(text="<|im_start|>" * p.max_tokens, token_ids=[1] * p.max_tokens) for p in params]
+        return [SimpleNamespace(outputs=[SimpleNamespace(**o.__dict__, finish_reason="length")]) for o in out]
+
+
+@pytest.fixture
+def filling_vllm(monkeypatch):
+    module = types.ModuleType("vllm")
+    module.__spec__ = importlib.machinery.ModuleSpec("vllm", None)
+    module.LLM, module.SamplingParams = FillingLLM, SimpleNamespace  # SimpleNamespace takes max_tokens < 1 silently
+    monkeypatch.setitem(sys.modules, "vllm", module)
+    FillingLLM.params = []
+
+
+def test_vllm_at_the_models_context_limit_never_asks_for_less_than_one_token(
+    filling_vllm, tiny_model_dir, tmp_path, monkeypatch
+):
+    import transformers
+
+    task = tmp_path / "one.jsonl"
+    task.write_text(json.dumps({"id": "a", "problem": "What is 2 + 2?", "answer": "4"}) + "\n")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_model_dir)
+    prompt = generation.prompt_text(
+        tokenizer, evaluate.eval_messages({"kind": "math", "problem": "What is 2 + 2?"}, "sky-t1")
+    )
+    limit = len(tokenizer(prompt, add_special_tokens=False)["input_ids"]) + 40  # the budget of 64 does not fit
+    real = transformers.AutoConfig.from_pretrained
+
+    def config(*args, **kwargs):  # the tiny model with a short context, as vllm_backend reads it
+        loaded = real(*args, **kwargs)
+        loaded.max_position_embeddings = limit
+        return loaded
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", config)
+    args = f"--model {tiny_model_dir} --tasks {task} --max-thinking-tokens 64 --max-answer-tokens 8".split()
+    evaluate.main(evaluate.parse_args([*args, "--output-dir", str(tmp_path / "out"), "--workers", "1"]))
+    assert FillingLLM.engine["max_model_len"] == limit
+    assert [p.max_tokens >= 1 for p in FillingLLM.params] == [True, True]  # the thought, then the answer
+    (sample,) = [json.loads(line) for line in (tmp_path / "out" / "samples.jsonl").read_text().splitlines()]
+    assert (
+        sample["thought_cut"] and sample["answer_tokens"] >= 1 and CLOSINGS["sky-t1"] + ANSWER_CUE in sample["response"]
+    )
+    assert len(tokenizer(prompt + sample["response"], add_special_tokens=False)["input_ids"]) <= limit
+
+
+def test_thinking_budgets_size_the_engine_for_every_problem_on_a_resume(filling_vllm, tiny_model_dir, tmp_path):
+    """The engine the budgets share is built once: for every problem's prompt, not for what the first budget's run
+    (a resume) has left to do."""
+    task = tmp_path / "two.jsonl"
+    problems = [{"id": "long", "problem": "What is " + " + ".join(["2"] * 100) + "?", "answer": "200"}]
+    task.write_text("".join(json.dumps(p) + "\n" for p in [*problems, {"id": "short", "problem": "1?", "answer": "1"}]))
+    out = tmp_path / "out"
+    args = f"--model {tiny_model_dir} --tasks {task} --max-answer-tokens 4 --output-dir {out} --workers 1".split()
+    evaluate.main(evaluate.parse_args([*args, "--thinking-budgets", "8"]))
+    full = FillingLLM.engine["max_model_len"]
+    for name in ("generations.jsonl", "samples.jsonl"):  # budget 8 left with the short problem to do
+        path = out / "budget-8" / name
+        path.write_text("".join(line + "\n" for line in path.read_text().splitlines() if '"long"' in line))
+    evaluate.main(evaluate.parse_args([*args, "--thinking-budgets", "8,16"]))
+    assert FillingLLM.engine["max_model_len"] == full + 8  # the long prompt, and the larger budget
+
+
+def test_openai_runs_every_budget_concurrently_after_a_resume(tiny_model_dir, tmp_path, monkeypatch):
+    """The openai backend is set up once for all budgets: its requests are not chunked by the first run's job count
+    (one, on a resume), so a later budget's samples are still sent side by side."""
+    import threading
+    import time
+
+    import openai_client
+
+    lock, flight = threading.Lock(), {"now": 0, "most": 0}
+
+    def reply(base_url, model, messages, prompt=None, max_tokens=1, **request):
+        with lock:
+            flight["now"] += 1
+            flight["most"] = max(flight["most"], flight["now"])
+        time.sleep(0.2)
+        with lock:
+            flight["now"] -= 1
+        return "x" * max_tokens, max_tokens, "length"
+
+    monkeypatch.setattr(openai_client, "chat_completion", reply)
+    task = tmp_path / "three.jsonl"
+    task.write_text("".join(json.dumps({"id": i, "problem": f"{i}?", "answer": "0"}) + "\n" for i in range(3)))
+    out = tmp_path / "out"
+    args = f"--model {tiny_model_dir} --backend openai --tasks {task} --max-answer-tokens 2".split()
+    args += f"--output-dir {out} --workers 1 --concurrency 4".split()
+    evaluate.main(evaluate.parse_args([*args, "--thinking-budgets", "4"]))
+    for name in ("generations.jsonl", "samples.jsonl"):  # budget 4 left with one sample to do
+        path = out / "budget-4" / name
+        path.write_text("".join(line + "\n" for line in path.read_text().splitlines() if '"id": "0"' not in line))
+    flight["most"] = 0
+    evaluate.main(evaluate.parse_args([*args, "--thinking-budgets", "4,8"]))
+    assert flight["most"] >= 2  # budget 8's three samples in flight together
