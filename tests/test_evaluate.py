@@ -19,6 +19,7 @@ import torch
 import evaluate
 import generation
 import openai_client
+import task_results
 from markup import FUNCTIONAL_INSTRUCTION, SKY_T1_SYSTEM_PROMPT, STDIN_INSTRUCTION, eval_messages
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,10 +91,10 @@ def hand_written_responses() -> list[dict]:
 
 
 def test_pass_at_k_matches_hand_computation():
-    assert evaluate.pass_at_k(4, 2, 1) == pytest.approx(0.5)
-    assert evaluate.pass_at_k(4, 2, 2) == pytest.approx(1 - 1 / 6)  # 1 - C(2,2)/C(4,2)
-    assert evaluate.pass_at_k(10, 3, 5) == pytest.approx(1 - 21 / 252)  # 1 - C(7,5)/C(10,5)
-    assert evaluate.pass_at_k(4, 0, 4) == 0.0 and evaluate.pass_at_k(4, 1, 4) == 1.0
+    assert task_results.pass_at_k(4, 2, 1) == pytest.approx(0.5)
+    assert task_results.pass_at_k(4, 2, 2) == pytest.approx(1 - 1 / 6)  # 1 - C(2,2)/C(4,2)
+    assert task_results.pass_at_k(10, 3, 5) == pytest.approx(1 - 21 / 252)  # 1 - C(7,5)/C(10,5)
+    assert task_results.pass_at_k(4, 0, 4) == 0.0 and task_results.pass_at_k(4, 1, 4) == 1.0
 
 
 def test_scoring_real_benchmark_records(tmp_path):
@@ -205,7 +206,7 @@ def test_results_table_shows_powers_of_two_n_and_difficulty_levels():
         "livecodebench": {"problems": 3, "n": 2, "accuracy": 0.5, "pass@k": {"1": 0.5, "2": 2 / 3}}
         | {"difficulty": easy_medium, "difficulty_weighted_accuracy": 0.5, "no_answer": 1 / 3, "cut_off": None},
     }
-    assert evaluate.results_table(results).splitlines() == [
+    assert task_results.results_table(results).splitlines() == [
         "task                problems  n  accuracy  no_answer  cut_off  pass@2  pass@4",
         "aime24                     2  4      25.0       12.5      6.2    41.7    50.0",
         "livecodebench              3  2      50.0       33.3             66.7",
@@ -224,20 +225,20 @@ def test_avg_at_n_gives_the_spread_over_samples():
         pid: [{"sample": i, "correct": bool(c), "extracted": "x"} for i, c in enumerate(cs)]
         for pid, cs in correct.items()
     }
-    summary = evaluate.summarise(problems, samples)
+    summary = task_results.summarise(problems, samples)
     assert summary["accuracy_by_sample"] == [0.5, 0.75, 0.5, 0.25]
     assert summary["avg@n"] == summary["accuracy"] == 0.5
     # runs 0.5, 0.75, 0.5, 0.25: sample standard deviation sqrt(1/24), over sqrt(4)
     assert summary["avg@n_stderr"] == pytest.approx((1 / 24) ** 0.5 / 2)
-    table = evaluate.results_table({"t": summary}).splitlines()
+    table = task_results.results_table({"t": summary}).splitlines()
     assert table[0].split()[:7] == ["task", "problems", "n", "accuracy", "avg@n", "±", "se"]
     assert "50.0 ± 10.2" in table[1]
-    one = evaluate.summarise(problems, {pid: s[:1] for pid, s in samples.items()})
-    assert "avg@n" not in one and "avg@n" not in evaluate.results_table({"t": one})
+    one = task_results.summarise(problems, {pid: s[:1] for pid, s in samples.items()})
+    assert "avg@n" not in one and "avg@n" not in task_results.results_table({"t": one})
     # Index i is the `sample` field, not the position (--responses in any order); with uneven counts avg@n takes
     # each problem's n lowest indices, accuracy every sample.
     uneven = {pid: list(reversed(s)) for pid, s in samples.items()} | {"3": samples["3"][:2]}
-    summary = evaluate.summarise(problems, uneven)
+    summary = task_results.summarise(problems, uneven)
     assert summary["n"] == 2 and summary["accuracy_by_sample"] == [0.5, 0.75]
     assert summary["accuracy"] == pytest.approx((0.75 + 0.25 + 1 + 0) / 4)
 
