@@ -72,7 +72,7 @@ def check_size(n: int, world: int, heads: int | None = None) -> None:
     if n not in possible:
         model = f" and the model's {heads} attention heads" if heads else ""
         raise SystemExit(
-            f"--sequence-parallel {n} must divide the {world} ranks (torchrun's world size){model}; "
+            f"--sequence-parallel {n} must divide the {world} rank(s) (torchrun's world size){model}; "
             f"possible: {', '.join(map(str, possible))}"
         )
 
