@@ -125,7 +125,7 @@ def accumulate_step(
         batch = collate([data.samples[i] for i in micro] or empty_micro_batch(data.tokenizer.pad_token_id))
         batch = sequence_parallel.shard_row(batch, layout)  # N = 1: the whole row
         with autocast:
-            micro_loss = model({k: v.to(device) for k, v in batch.items()})
+            micro_loss = model({k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()})  # sp_bounds
         scaler.scale(micro_loss * (weight / n_targets)).backward()
         loss_sum += weight * micro_loss.item()
         n_tokens += sum(data.lengths[i] for i in micro) if layout.rank == 0 else 0

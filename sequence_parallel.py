@@ -118,7 +118,9 @@ def shard_row(batch: dict[str, torch.Tensor], layout: Layout) -> dict[str, torch
     The row is padded to a multiple of N with one more "sample" of ignored tokens (targets IGNORE_INDEX, positions
     from 0): causal attention keeps every real token from seeing it, so it changes no loss and no gradient. The
     shard's position_ids are the tokens' true positions in their samples (RoPE); sp_cu_seqlens are the row's sample
-    starts and its end, which ulysses_attention receives through the decoder's keyword arguments."""
+    starts and its end, which ulysses_attention receives through the decoder's keyword arguments, and sp_bounds the
+    same as Python ints: every layer's attention reads them (sample slices, the longest sample) without a GPU->CPU
+    sync."""
     if layout.size == 1:
         return batch
     n, length = layout.size, batch["input_ids"].shape[1]
@@ -129,13 +131,14 @@ def shard_row(batch: dict[str, torch.Tensor], layout: Layout) -> dict[str, torch
         positions = torch.cat([positions, torch.arange(pad).unsqueeze(0)], dim=1)
         targets = torch.cat([targets, targets.new_full((1, pad), IGNORE_INDEX)], dim=1)
     starts = (positions[0] == 0).nonzero().flatten()
-    cu_seqlens = torch.cat([starts, torch.tensor([length + pad])]).to(torch.int32)
+    cu_seqlens = torch.cat([starts, torch.tensor([length + pad])]).to(torch.int32)  # on the CPU still: no sync
     shard = slice(layout.rank * (length + pad) // n, (layout.rank + 1) * (length + pad) // n)
     return {
         "input_ids": ids[:, shard],
         "position_ids": positions[:, shard],
         "targets": targets[:, shard],
         "sp_cu_seqlens": cu_seqlens,
+        "sp_bounds": tuple(cu_seqlens.tolist()),
     }
 
 
@@ -174,19 +177,18 @@ def repeat_kv_heads(key: torch.Tensor, value: torch.Tensor, heads: int, n: int) 
     return key.repeat_interleave(repeat, dim=1), value.repeat_interleave(repeat, dim=1)
 
 
-def row_attention(query, key, value, cu_seqlens, kernel: str, scaling, dropout: float) -> torch.Tensor:
+def row_attention(query, key, value, cu_seqlens, bounds, kernel: str, scaling, dropout: float) -> torch.Tensor:
     """Causal attention over the whole packed row, (1, h, T, d) in and out, each packed sample on its own: the varlen
     kernel of FlashAttention-2 on GPU; elsewhere SDPA's causal kernel on each sample in turn, which is the
     block-diagonal causal mask without building it (at 16k tokens its float form alone takes 1 GiB)."""
     if kernel == "flash_attention_2" and query.is_cuda:
         from flash_attn import flash_attn_varlen_func  # GPU only: the varlen kernel takes the row's cu_seqlens
 
-        cu_seqlens = cu_seqlens.to(query.device)
-        longest = int(cu_seqlens.diff().max())
+        cu_seqlens = cu_seqlens.to(query.device)  # already there when the batch was moved (no copy)
+        longest = max(b - a for a, b in zip(bounds, bounds[1:]))
         q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (T, h, d)
         out = flash_attn_varlen_func(q, k, v, cu_seqlens, cu_seqlens, longest, longest, dropout, scaling, causal=True)
         return out.transpose(0, 1).unsqueeze(0)
-    bounds = cu_seqlens.tolist()
     samples = [
         F.scaled_dot_product_attention(
             query[:, :, a:b],
@@ -214,15 +216,16 @@ def ulysses_attention(
     scaling: float | None = None,
     dropout: float = 0.0,
     sp_cu_seqlens: torch.Tensor | None = None,
+    sp_bounds: tuple[int, ...] | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """transformers' attention-function contract: query (1, heads, T/N, d), key and value (1, kv_heads, T/N, d) of
     this rank's shard -> (1, T/N, heads, d). attention_mask is None (use_ulysses's mask function)."""
-    if sp_cu_seqlens is None:
-        raise ValueError("sequence-parallel attention needs the row's sp_cu_seqlens (sequence_parallel.shard_row)")
+    if sp_cu_seqlens is None or sp_bounds is None:
+        raise ValueError("sequence-parallel attention needs the row's sp_cu_seqlens and sp_bounds (shard_row)")
     if kwargs.get("sliding_window") is not None or kwargs.get("softcap") is not None:  # check_model stops these
         raise ValueError("sequence-parallel attention takes no sliding window and no softcap")
     key, value = repeat_kv_heads(key, value, query.shape[1], group.size())
     query, key, value = (sequence_to_heads(t, group) for t in (query, key, value))
-    out = row_attention(query, key, value, sp_cu_seqlens, kernel, scaling, dropout)  # dropout: 0.0 in eval
+    out = row_attention(query, key, value, sp_cu_seqlens, sp_bounds, kernel, scaling, dropout)  # dropout: 0.0 in eval
     return heads_to_sequence(out, group).transpose(1, 2).contiguous(), None

@@ -75,10 +75,8 @@ def _sp_rank(rank: int, world: int, init_file: str, results):
     layout = sequence_parallel.setup(world, rank, world, torch.device("cpu"))
     proper_attention, proper_shard = sequence_parallel.row_attention, sequence_parallel.shard_row
 
-    def one_causal_row(
-        query, key, value, cu_seqlens, *args
-    ):  # broken: the samples' boundaries lost after the all-to-all
-        return proper_attention(query, key, value, cu_seqlens[[0, -1]], *args)
+    def one_causal_row(query, key, value, cu_seqlens, bounds, *args):  # broken: boundaries lost after the all-to-all
+        return proper_attention(query, key, value, cu_seqlens[[0, -1]], bounds[:: len(bounds) - 1], *args)
 
     def positions_per_shard(batch, layout):  # broken: each rank numbers its shard from 0
         shard = proper_shard(batch, layout)
@@ -95,7 +93,7 @@ def _sp_rank(rank: int, world: int, init_file: str, results):
             loss = sft.summed_loss(lm, shard, 4)
             loss.backward()
             losses.append(distributed.sum_over_ranks(loss.item(), 0, torch.device("cpu"))[0])
-            shards.append({k: v.tolist() for k, v in shard.items()})
+            shards.append({k: v.tolist() if torch.is_tensor(v) else list(v) for k, v in shard.items()})
         distributed.all_reduce_gradients(list(lm.parameters()))  # the shards' partial gradients, summed
         if rank == 0:  # numpy copies: pickled by value, later, by the queue's thread
             results.put((variant, losses, {n: p.grad.numpy().copy() for n, p in lm.named_parameters()}))
@@ -131,7 +129,7 @@ def test_shards_rebuild_the_padded_row_with_true_positions_and_boundaries(two_ra
         assert (a["position_ids"][0] + b["position_ids"][0]) == row["position_ids"][0].tolist() + list(range(padded))
         assert (a["targets"][0] + b["targets"][0]) == row["targets"][0].tolist() + [sft.IGNORE_INDEX] * padded
         starts = [sum(lengths[:k]) for k in range(len(lengths))] + ([sum(lengths)] if padded else [])
-        assert a["sp_cu_seqlens"] == b["sp_cu_seqlens"] == starts + [sum(lengths) + padded]
+        assert a["sp_cu_seqlens"] == b["sp_cu_seqlens"] == a["sp_bounds"] == starts + [sum(lengths) + padded]
 
 
 def test_ulysses_gives_the_one_process_losses_and_gradients_and_broken_variants_do_not(two_rank_attention):
@@ -196,7 +194,16 @@ def test_sliding_window_and_softcapping_models_are_refused():
     query = torch.zeros(1, 2, 2, 4)
     with pytest.raises(ValueError, match="no sliding window"):
         sequence_parallel.ulysses_attention(
-            None, query, query, query, None, group=None, kernel="sdpa", sp_cu_seqlens=torch.tensor([0, 4]), softcap=50.0
+            None,
+            query,
+            query,
+            query,
+            None,
+            group=None,
+            kernel="sdpa",
+            sp_cu_seqlens=torch.tensor([0, 4]),
+            sp_bounds=(0, 4),
+            softcap=50.0,
         )
 
 
