@@ -68,14 +68,15 @@ def finish() -> None:
 
 
 def rank_micro_batches(
-    sample_ids: list[int], lengths: list[int], world: int, micro_batch_tokens: int, pack
+    sample_ids: list[int], lengths: list[int], replicas: int, micro_batch_tokens: int, pack
 ) -> list[list[list[int]]]:
-    """Every rank's micro-batches for one step, computed identically on every rank without communication.
+    """Every data-parallel replica's micro-batches for one step (a replica: one rank, or one sequence-parallel group
+    whose ranks all take its micro-batches), computed identically on every rank without communication.
 
-    Samples go longest first to the rank with the fewest tokens so far (ranks finish together). FSDP needs the same
-    number of forward/backward passes on every rank, so short lists are padded with empty micro-batches.
+    Samples go longest first to the replica with the fewest tokens so far (replicas finish together). FSDP needs the
+    same number of forward/backward passes on every rank, so short lists are padded with empty micro-batches.
     """
-    shares, loads = [[] for _ in range(world)], [0] * world
+    shares, loads = [[] for _ in range(replicas)], [0] * replicas
     for i in sorted(sample_ids, key=lambda i: (-lengths[i], i)):
         r = loads.index(min(loads))
         shares[r].append(i)
@@ -86,8 +87,9 @@ def rank_micro_batches(
 
 
 def empty_micro_batch(pad_id: int) -> list[sft.Sample]:
-    """Stands in for a real micro-batch on a rank with fewer of them; its loss is weighted by zero. It has one target so
-    the LM head gets a (zero) gradient too: every rank then reduces the same tensors."""
+    """Stands in for a real micro-batch on a replica with fewer of them, so every rank runs the same forward/backward
+    passes (FSDP's collectives); its loss is weighted by zero. One token: a forward needs an input (the chunked loss
+    gives the LM head its zero gradient whatever the targets)."""
     return [sft.Sample([pad_id], [pad_id])]
 
 
@@ -123,7 +125,7 @@ def accumulate_step(
         batch = collate([data.samples[i] for i in micro] or empty_micro_batch(data.tokenizer.pad_token_id))
         batch = sequence_parallel.shard_row(batch, layout)  # N = 1: the whole row
         with autocast:
-            micro_loss = model({k: v.to(device) for k, v in batch.items()})
+            micro_loss = model({k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()})  # sp_bounds
         scaler.scale(micro_loss * (weight / n_targets)).backward()
         loss_sum += weight * micro_loss.item()
         n_tokens += sum(data.lengths[i] for i in micro) if layout.rank == 0 else 0

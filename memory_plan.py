@@ -106,6 +106,7 @@ def estimate(
     gpu_gib: float = DEFAULT_GPU_GIB,
     attention: str = "flash_attention_2",
     sequence_parallel: int = 1,
+    packing: bool = True,
 ) -> dict:
     """Estimated peak memory per GPU in GiB, by component, for one micro-batch of seq_len packed tokens.
 
@@ -138,7 +139,7 @@ def estimate(
       whose fp32 master weights keep it fp32 under autocast; checkpoints on CPU with offload_activations.
     sequence_parallel N (Ulysses, under torchrun): each packed row is split over N ranks, which hold t = T / N tokens of
       activations each plus the all-to-all's head-sharded copies; N divides n_gpus and the query heads. States are
-      sharded (or replicated) over all n_gpus as without it.
+      sharded (or replicated) over all n_gpus as without it. It splits packed rows: packing False rules it out.
     Not counted: CUDA context, NCCL buffers, allocator fragmentation: "fits" leaves 8% of gpu_gib (79.6 = an 80 GB card)
     for them. Expect the estimate within ~15% of torch.cuda.max_memory_allocated.
     """
@@ -148,6 +149,8 @@ def estimate(
         raise ValueError(f"optimizer must be adamw, adamw8bit or paged_adamw8bit, not {optimizer!r}")
     s = model_shapes(model)
     memory_activations.check_sequence_parallel(s, sequence_parallel, n_gpus)
+    if sequence_parallel > 1 and not packing:
+        raise ValueError(f"--sequence-parallel {sequence_parallel} splits packed rows: it needs packing")
     h, n_layers, i, V, T = s["hidden"], s["layers"], s["intermediate"], s["vocab"], seq_len
     q, kv = s["heads"] * s["head_dim"], s["kv_heads"] * s["head_dim"]
     layer_linear = linear_params(s)
@@ -304,7 +307,10 @@ OFFLOAD_NOTE = "needs transformers >= 5.23: activation_checkpointing_enable(offl
 
 
 def larger_sequence_parallel(model, settings: dict) -> list[int]:
-    """The --sequence-parallel sizes above the configured one that this model and GPU count allow, smallest first."""
+    """The --sequence-parallel sizes above the configured one that this model and GPU count allow, smallest first;
+    none without packing (the trainers' --no-packing pads rows, which sequence_parallel.shard_row cannot split)."""
+    if not settings.get("packing", True):
+        return []
     heads, n = model_shapes(model)["heads"], settings.get("sequence_parallel", 1)
     return [m for m in memory_activations.sequence_parallel_sizes(heads, settings.get("n_gpus", 1)) if m > n]
 
@@ -488,6 +494,7 @@ def run_settings(args: argparse.Namespace, **specific) -> dict:
         "offload_activations": args.offload_activations,
         "loss_chunk_tokens": args.loss_chunk_tokens,
         "sequence_parallel": args.sequence_parallel,
+        "packing": args.packing,
         "gpu_gib": target["gpu_gib"],
         "attention": target["attention"],
         **specific,

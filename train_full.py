@@ -198,8 +198,9 @@ def main(args: argparse.Namespace) -> dict:
     collate = sft.collate_packed if args.packing else partial(sft.collate_padded, pad_id=tokenizer.pad_token_id)
     say(data.report)
     out.mkdir(parents=True, exist_ok=True)  # only now: bad data leaves no empty run folder behind
-    replicas = world // args.sequence_parallel  # the step's samples are split over the data-parallel replicas
-    micro_batches = math.ceil(args.samples_per_step * sum(lengths) / len(lengths) / args.micro_batch_tokens / replicas)
+    micro_batches = math.ceil(  # the step's samples are split over the data-parallel replicas
+        args.samples_per_step * sum(lengths) / len(lengths) / args.micro_batch_tokens / layout.dp_size
+    )
     say(f"schedule: {steps_per_epoch} steps/epoch, {total_steps} steps, ~{micro_batches} micro-batches/step per rank")
 
     # ---------------------------------------------------------------- model

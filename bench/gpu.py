@@ -269,13 +269,15 @@ def step_baseline(model, samples, device, autocast, chunk_tokens: int) -> None:
 def step_sp(model, samples, device, autocast, chunk_tokens: int, layout=None) -> None:
     """ours with this rank's shard of the row (sequence_parallel.shard_row), the loss divided by the whole row's
     targets and the adapters' gradients summed over the ranks, as the trainers' step does."""
+    import torch
+
     import distributed
     import sequence_parallel
 
     base = model.get_base_model()
     row = sft.collate_packed(samples)
     n_targets = int((row["targets"] != sft.IGNORE_INDEX).sum())
-    batch = {k: v.to(device) for k, v in sequence_parallel.shard_row(row, layout).items()}
+    batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in sequence_parallel.shard_row(row, layout).items()}
     targets = batch.pop("targets")
     with autocast:
         hidden = base.get_decoder()(**batch, use_cache=False).last_hidden_state

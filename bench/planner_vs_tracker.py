@@ -33,7 +33,6 @@ allocator's fragmentation) is the 8% a plan keeps free.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import time
 
@@ -42,6 +41,7 @@ from common import REPO_DIR, add_common_args, machine_info, machine_line, markdo
 
 import distributed
 import memory_plan
+import sequence_parallel
 import sft
 import utils
 
@@ -90,10 +90,8 @@ def ulysses_standin(module, query, key, value, attention_mask, scaling=None, dro
     n = SEQUENCE_PARALLEL["n"]
     if n > 1:
         b, heads, t, d = query.shape
-        kv_heads = math.lcm(key.shape[1], n)  # whole heads per rank (memory_activations.head_sharded_kv_heads)
-        if kv_heads != key.shape[1]:
-            key = key.repeat_interleave(kv_heads // key.shape[1], dim=1)
-            value = value.repeat_interleave(kv_heads // value.shape[1], dim=1)
+        key, value = sequence_parallel.repeat_kv_heads(key, value, heads, n)  # whole heads per rank
+        kv_heads = key.shape[1]
         query = _AllToAll.apply(query, (b, heads // n, t * n, d))
         key = _AllToAll.apply(key, (b, kv_heads // n, t * n, d))
         value = _AllToAll.apply(value, (b, kv_heads // n, t * n, d))

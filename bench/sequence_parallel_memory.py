@@ -1,4 +1,4 @@
-"""Benchmark 8: peak memory per rank of one long-context training step, sequence parallel 2 vs 1, on CPU.
+"""Benchmark 9: peak memory per rank of one long-context training step, sequence parallel 2 vs 1, on CPU.
 
     python bench/sequence_parallel_memory.py            # one 16k-token sample, with and without checkpointing (~8 min)
     python bench/sequence_parallel_memory.py --quick    # 2k tokens, no short runs: the smoke test

@@ -377,6 +377,12 @@ def test_fit_raises_sequence_parallel_then_lowers_it():
     mid = memory_plan.fit("Qwen/Qwen2.5-32B-Instruct", 2**19, **kw)
     assert mid["lines"][-2] == "fit: --sequence-parallel 8 lowered to 4: enough with the rest", mid["lines"]
     assert mid["flags"] == ["--offload-activations", "--sequence-parallel 4"] and mid["tokens"] == 2**19
+    padded = memory_plan.fit("Qwen/Qwen2.5-32B-Instruct", 131072, packing=False, **kw)  # SP splits packed rows only
+    assert not any("sequence-parallel" in line for line in padded["lines"]), padded["lines"]
+    _, text = memory_plan.report("Qwen/Qwen2.5-32B-Instruct", seq_len=131072, packing=False, **kw)
+    assert "would fit with" in text and "--sequence-parallel" not in text
+    with pytest.raises(ValueError, match="needs packing"):
+        memory_plan.estimate("Qwen/Qwen2.5-32B-Instruct", sequence_parallel=2, packing=False, **kw)
     one_gpu = memory_plan.fit("Qwen/Qwen2.5-32B-Instruct", 131072, mode="lora", fsdp=True)
     assert not any("sequence-parallel" in line for line in one_gpu["lines"])  # nothing to split over
 

@@ -38,21 +38,25 @@ def row_batch(lengths: list[int], seed: int) -> dict[str, torch.Tensor]:
     return sft.collate_packed(samples)
 
 
-def tiny_qwen2():
-    """4 query heads over 1 key/value head: fewer KV heads than N = 2, so the repetition runs. Weights 10x the usual
-    init: sharp attention, so that positions and boundaries move the loss well past the tolerance."""
+def tiny_qwen2(heads: int = 4, kv_heads: int = 1):
+    """4 query heads over 1 key/value head: fewer KV heads than N = 2, so the repetition runs. 6 over 3: each rank's
+    query heads must meet their own KV heads, which only repeat_interleave's order gives (.repeat would pair query
+    head 1 with KV head 1, not 0; with one KV head both orders agree). Weights 10x the usual init: sharp attention,
+    so that positions, boundaries and the head pairing move the loss well past the tolerance."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    config = Qwen2Config(vocab_size=100, hidden_size=64, intermediate_size=96, num_hidden_layers=2)
+    config = Qwen2Config(vocab_size=100, hidden_size=16 * heads, intermediate_size=96, num_hidden_layers=2)
     config.update(
-        dict(num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=256, initializer_range=0.2)
+        dict(
+            num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=256, initializer_range=0.2
+        )
     )
     torch.manual_seed(0)
     return Qwen2ForCausalLM(config).float().train()
 
 
-def one_process_reference() -> tuple[list[float], dict[str, torch.Tensor]]:
-    lm = tiny_qwen2()
+def one_process_reference(heads: int = 4, kv_heads: int = 1) -> tuple[list[float], dict[str, torch.Tensor]]:
+    lm = tiny_qwen2(heads, kv_heads)
     lm.set_attn_implementation("sdpa")
     losses = []
     for i, lengths in enumerate(ROWS):
@@ -71,19 +75,17 @@ def _sp_rank(rank: int, world: int, init_file: str, results):
     layout = sequence_parallel.setup(world, rank, world, torch.device("cpu"))
     proper_attention, proper_shard = sequence_parallel.row_attention, sequence_parallel.shard_row
 
-    def one_causal_row(
-        query, key, value, cu_seqlens, *args
-    ):  # broken: the samples' boundaries lost after the all-to-all
-        return proper_attention(query, key, value, cu_seqlens[[0, -1]], *args)
+    def one_causal_row(query, key, value, cu_seqlens, bounds, *args):  # broken: boundaries lost after the all-to-all
+        return proper_attention(query, key, value, cu_seqlens[[0, -1]], bounds[:: len(bounds) - 1], *args)
 
     def positions_per_shard(batch, layout):  # broken: each rank numbers its shard from 0
         shard = proper_shard(batch, layout)
         return dict(shard, position_ids=torch.arange(shard["position_ids"].shape[1]).unsqueeze(0))
 
-    for variant in ("ulysses", "boundaries lost", "positions per shard"):
+    for variant in ("ulysses", "boundaries lost", "positions per shard", "6 heads over 3 KV heads"):
         sequence_parallel.row_attention = one_causal_row if variant == "boundaries lost" else proper_attention
         shard_row = positions_per_shard if variant == "positions per shard" else proper_shard
-        lm = tiny_qwen2()
+        lm = tiny_qwen2(6, 3) if variant.startswith("6 heads") else tiny_qwen2()
         sequence_parallel.use_ulysses(lm, layout, "sdpa")
         losses, shards = [], []
         for i, lengths in enumerate(ROWS):
@@ -91,7 +93,7 @@ def _sp_rank(rank: int, world: int, init_file: str, results):
             loss = sft.summed_loss(lm, shard, 4)
             loss.backward()
             losses.append(distributed.sum_over_ranks(loss.item(), 0, torch.device("cpu"))[0])
-            shards.append({k: v.tolist() for k, v in shard.items()})
+            shards.append({k: v.tolist() if torch.is_tensor(v) else list(v) for k, v in shard.items()})
         distributed.all_reduce_gradients(list(lm.parameters()))  # the shards' partial gradients, summed
         if rank == 0:  # numpy copies: pickled by value, later, by the queue's thread
             results.put((variant, losses, {n: p.grad.numpy().copy() for n, p in lm.named_parameters()}))
@@ -110,7 +112,7 @@ def two_rank_attention(tmp_path_factory):
     procs = [ctx.Process(target=_sp_rank, args=(r, 2, str(init), results)) for r in range(2)]
     for proc in procs:
         proc.start()
-    got = [results.get(timeout=300) for _ in range(5)]
+    got = [results.get(timeout=300) for _ in range(6)]
     for proc in procs:
         proc.join(timeout=60)
         assert proc.exitcode == 0
@@ -127,7 +129,7 @@ def test_shards_rebuild_the_padded_row_with_true_positions_and_boundaries(two_ra
         assert (a["position_ids"][0] + b["position_ids"][0]) == row["position_ids"][0].tolist() + list(range(padded))
         assert (a["targets"][0] + b["targets"][0]) == row["targets"][0].tolist() + [sft.IGNORE_INDEX] * padded
         starts = [sum(lengths[:k]) for k in range(len(lengths))] + ([sum(lengths)] if padded else [])
-        assert a["sp_cu_seqlens"] == b["sp_cu_seqlens"] == starts + [sum(lengths) + padded]
+        assert a["sp_cu_seqlens"] == b["sp_cu_seqlens"] == a["sp_bounds"] == starts + [sum(lengths) + padded]
 
 
 def test_ulysses_gives_the_one_process_losses_and_gradients_and_broken_variants_do_not(two_rank_attention):
@@ -147,18 +149,67 @@ def test_ulysses_gives_the_one_process_losses_and_gradients_and_broken_variants_
         assert max(abs(b - a) / a for a, b in zip(losses, broken_losses)) > 100 * TOLERANCE, broken
 
 
-def test_heads_must_divide_and_the_error_lists_the_possible_n():
+def test_kv_heads_repeated_in_order_give_the_one_process_losses_and_gradients(two_rank_attention):
+    """6 query heads over 3 KV heads at N = 2: each KV head is repeated to 6, in order, so rank 0's query heads 0-2
+    meet KV heads 0, 0, 1 as in the model. Tried by hand: .repeat in place of repeat_interleave changes the losses by
+    up to 46% (the 4-over-1 model cannot tell the two apart)."""
+    losses, grads = one_process_reference(6, 3)
+    runs = {item[0]: item[1:] for item in two_rank_attention if isinstance(item[0], str)}
+    sp_losses, sp_grads = runs["6 heads over 3 KV heads"]
+    assert sp_losses == pytest.approx(losses, rel=TOLERANCE)
+    for name, grad in grads.items():
+        torch.testing.assert_close(
+            torch.from_numpy(sp_grads[name]), grad, rtol=TOLERANCE, atol=TOLERANCE * grad.abs().max().item()
+        )
+
+
+def test_n_must_divide_heads_and_ranks_and_the_error_lists_the_possible_n():
     from transformers import Qwen2Config
 
     config = Qwen2Config(num_attention_heads=40, num_key_value_heads=8, hidden_size=40 * 8)
-    sequence_parallel.check_heads(config, 8)
-    with pytest.raises(SystemExit, match="possible: 1, 2, 4, 5, 8, 10, 20, 40"):
-        sequence_parallel.check_heads(config, 16)
+    sequence_parallel.check_model(config, 8, 16)
+    with pytest.raises(SystemExit, match="40 attention heads; possible: 1, 2, 4, 8$"):
+        sequence_parallel.check_model(config, 16, 16)  # 16 divides the ranks, not the heads; 5, 20, 40 not the ranks
     key = torch.arange(8.0).reshape(1, 8, 1, 1)
     repeated, _ = sequence_parallel.repeat_kv_heads(key, key, 40, 16)  # 8 KV heads, N 16: each twice
     assert repeated.flatten().tolist() == [h // 2 for h in range(16)]
-    with pytest.raises(SystemExit, match="must divide the number of ranks"):
+    with pytest.raises(SystemExit, match=r"must divide the 4 rank\(s\) .*; possible: 1, 2, 4$"):
         sequence_parallel.setup(3, 0, 4, torch.device("cpu"))
+
+
+def test_sliding_window_and_softcapping_models_are_refused():
+    """The row kernels take no window and no softcap: such models would train silently wrong under SP."""
+    from transformers import Gemma2Config, MistralConfig, Qwen2Config
+
+    small = dict(num_attention_heads=4, num_key_value_heads=1, hidden_size=64, num_hidden_layers=2)
+    sequence_parallel.check_model(Qwen2Config(**small, sliding_window=4096, use_sliding_window=False), 2, 2)
+    for config, refused in [
+        (MistralConfig(**small), "sliding_window 4096"),  # no use_sliding_window: the window is on
+        (Qwen2Config(**small, use_sliding_window=True, sliding_window=64, max_window_layers=1), "sliding_attention"),
+        (Gemma2Config(**small, head_dim=16), "sliding_attention"),
+        (Gemma2Config(**small, head_dim=16, layer_types=["full_attention"] * 2), "attn_logit_softcapping"),
+    ]:
+        with pytest.raises(SystemExit, match=refused):
+            sequence_parallel.check_model(config, 2, 2)
+    query = torch.zeros(1, 2, 2, 4)
+    with pytest.raises(ValueError, match="no sliding window"):
+        sequence_parallel.ulysses_attention(
+            None,
+            query,
+            query,
+            query,
+            None,
+            group=None,
+            kernel="sdpa",
+            sp_cu_seqlens=torch.tensor([0, 4]),
+            sp_bounds=(0, 4),
+            softcap=50.0,
+        )
+
+
+def test_attention_other_than_flash_or_sdpa_is_said_once(capsys):
+    sequence_parallel.use_ulysses(tiny_qwen2(), sequence_parallel.Layout(2, 0, 1, 0, None), "eager")
+    assert "runs SDPA, not --attn eager" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------- both trainers under torchrun
@@ -315,7 +366,7 @@ def test_flags_and_their_checks(tiny_model_dir, long_rows, tmp_path):
             with pytest.raises(SystemExit):
                 trainer.parse_args(["--data", "x.jsonl", *bad])
     # one process cannot hold two shards: the error says what N must divide
-    with pytest.raises(SystemExit, match="must divide the number of ranks"):
+    with pytest.raises(SystemExit, match=r"must divide the 1 rank\(s\) .*; possible: 1$"):
         train_lora.main(
             train_lora.parse_args(run_flags(tiny_model_dir, long_rows, tmp_path, "--sequence-parallel", "2"))
         )

@@ -365,6 +365,9 @@ def test_dry_run_plans_a_sequence_parallel_row_and_fit_raises_it(monkeypatch, ca
     args = train_lora.parse_args(["--dry-run", "--fit", *row])
     assert train_lora.main(args)["fits"] and args.sequence_parallel == 4 and args.micro_batch_tokens == 131072
     assert "fit: chosen: --sequence-parallel 4" in capsys.readouterr().out
+    padded = train_lora.parse_args(["--dry-run", "--fit", "--no-packing", *row])  # SP splits packed rows only
+    train_lora.main(padded)
+    assert padded.sequence_parallel == 1 and "--sequence-parallel" not in capsys.readouterr().out
     with pytest.raises(SystemExit, match="possible 1, 2, 4, 8"):
         train_lora.main(train_lora.parse_args(["--dry-run", "--sequence-parallel", "3", *row]))
 
