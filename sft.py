@@ -529,12 +529,23 @@ def collate_padded(samples: list[Sample], pad_id: int) -> dict[str, torch.Tensor
 # ----------------------------------------------------------------------------- loss
 
 
-def _chunk_ce_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(F.linear(hidden, weight).float(), targets, reduction="sum")
+def _logits(hidden: torch.Tensor, weight: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    """fp32 logits; softcap: the model's final_logit_softcapping (Gemma 2: cap * tanh(logits / cap)), as its own
+    forward applies it."""
+    logits = F.linear(hidden, weight).float()
+    return softcap * torch.tanh(logits / softcap) if softcap else logits
+
+
+def _chunk_ce_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: float | None):
+    return F.cross_entropy(_logits(hidden, weight, softcap), targets, reduction="sum")
 
 
 def chunked_lm_loss(
-    hidden: torch.Tensor, lm_head_weight: torch.Tensor, targets: torch.Tensor, chunk_tokens: int = LOSS_CHUNK_TOKENS
+    hidden: torch.Tensor,
+    lm_head_weight: torch.Tensor,
+    targets: torch.Tensor,
+    chunk_tokens: int = LOSS_CHUNK_TOKENS,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """Sum of next-token cross-entropies without materialising full-vocabulary logits for the sequence.
 
@@ -554,14 +565,16 @@ def chunked_lm_loss(
     for start in range(0, targets.numel(), chunk_tokens):
         chunk = slice(start, start + chunk_tokens)
         total = total + torch.utils.checkpoint.checkpoint(
-            _chunk_ce_sum, hidden[chunk], lm_head_weight, targets[chunk], use_reentrant=False
+            _chunk_ce_sum, hidden[chunk], lm_head_weight, targets[chunk], softcap, use_reentrant=False
         )
     return total
 
 
-def full_logits_lm_loss(hidden: torch.Tensor, lm_head_weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def full_logits_lm_loss(
+    hidden: torch.Tensor, lm_head_weight: torch.Tensor, targets: torch.Tensor, softcap: float | None = None
+) -> torch.Tensor:
     """The naive loss (full fp32 logits for every position), kept as the baseline the benchmarks compare against."""
-    logits = F.linear(hidden, lm_head_weight).float()
+    logits = _logits(hidden, lm_head_weight, softcap)
     logits, targets = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1).to(logits.device)
     return F.cross_entropy(logits, targets, reduction="sum", ignore_index=IGNORE_INDEX)
 
@@ -576,6 +589,7 @@ def summed_loss(lm, batch: dict[str, torch.Tensor], loss_chunk_tokens: int) -> t
     # use_cache=False matters: with a cache, transformers ignores packed position_ids and samples attend to each other.
     hidden = lm.get_decoder()(**inputs, use_cache=False).last_hidden_state
     head = lm.get_output_embeddings().weight
+    softcap = getattr(lm.config, "final_logit_softcapping", None)
     if loss_chunk_tokens:
-        return chunked_lm_loss(hidden, head, batch["targets"], loss_chunk_tokens)
-    return full_logits_lm_loss(hidden, head, batch["targets"])
+        return chunked_lm_loss(hidden, head, batch["targets"], loss_chunk_tokens, softcap)
+    return full_logits_lm_loss(hidden, head, batch["targets"], softcap)

@@ -553,3 +553,24 @@ def test_summed_loss_is_the_models_own_cross_entropy_summed_over_targets(model):
     torch.testing.assert_close(full, reference, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(padded, reference, rtol=1e-5, atol=1e-4)  # padding is masked out, not learned
     assert reference / sum(s.n_targets for s in samples) > 5  # a random model: ~log(vocab) per token, so not vacuous
+
+
+def test_the_loss_applies_the_models_final_logit_softcapping_as_its_own_forward_does():
+    """Gemma 2 caps its logits (cap * tanh(logits / cap)); summed_loss, chunked or not, equals its own loss."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Gemma2Config(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, final_logit_softcapping=5.0, attn_implementation="eager",
+    )  # fmt: skip
+    lm = Gemma2ForCausalLM(config).eval()
+    with torch.no_grad():
+        lm.lm_head.weight.mul_(30)  # logits of tens, which a cap of 5 changes
+    ids = torch.randint(0, 64, (1, 12))
+    reference = lm(input_ids=ids, labels=ids).loss * 11  # its mean over the 11 shifted targets
+    batch = {"input_ids": ids, "targets": torch.cat([ids[:, 1:], torch.tensor([[sft.IGNORE_INDEX]])], dim=1)}
+    for chunk in (0, 5):
+        assert sft.summed_loss(lm, batch, chunk).item() == pytest.approx(reference.item(), rel=1e-5)
+    lm.config.final_logit_softcapping = None  # a cap that large logits feel: without it the loss differs
+    assert sft.summed_loss(lm, batch, 5).item() != pytest.approx(reference.item(), rel=1e-3)
