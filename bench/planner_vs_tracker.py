@@ -100,14 +100,14 @@ def ulysses_standin(module, query, key, value, attention_mask, scaling=None, dro
     return _FlashAttentionMemory.apply(query, key, value), None
 
 
-def _chunked_loss_all_targets(hidden, lm_head_weight, targets, chunk_tokens=sft.LOSS_CHUNK_TOKENS):
+def _chunked_loss_all_targets(hidden, lm_head_weight, targets, chunk_tokens=sft.LOSS_CHUNK_TOKENS, softcap=None):
     """sft.chunked_lm_loss when every token is a target: hidden[keep] is then a copy of all rows."""
     hidden, targets = hidden.reshape(-1, hidden.shape[-1]).clone(), targets.reshape(-1)
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, targets.numel(), chunk_tokens):
         chunk = slice(start, start + chunk_tokens)
         total = total + torch.utils.checkpoint.checkpoint(
-            sft._chunk_ce_sum, hidden[chunk], lm_head_weight, targets[chunk], use_reentrant=False
+            sft._chunk_ce_sum, hidden[chunk], lm_head_weight, targets[chunk], softcap, use_reentrant=False
         )
     return total
 
