@@ -132,18 +132,24 @@ def test_shards_rebuild_the_padded_row_with_true_positions_and_boundaries(two_ra
         assert a["sp_cu_seqlens"] == b["sp_cu_seqlens"] == a["sp_bounds"] == starts + [sum(lengths) + padded]
 
 
-def test_ulysses_gives_the_one_process_losses_and_gradients_and_broken_variants_do_not(two_rank_attention):
-    """Measured: equal to ~1e-7 relative (float summation order). Losing the boundaries after the all-to-all changes
-    the rows' losses by 2-7%, restarting positions per shard by up to 3.6% (not row 0, whose shard boundary is a
-    sample boundary): the check can fail."""
-    losses, grads = one_process_reference()
-    runs = {item[0]: item[1:] for item in two_rank_attention if isinstance(item[0], str)}
-    sp_losses, sp_grads = runs["ulysses"]
+def assert_one_process_result(run, *model_heads) -> list[float]:
+    """The two ranks' (losses, gradients) equal one process's on the same rows; returns the one-process losses."""
+    losses, grads = one_process_reference(*model_heads)
+    sp_losses, sp_grads = run
     assert sp_losses == pytest.approx(losses, rel=TOLERANCE)
     for name, grad in grads.items():
         torch.testing.assert_close(
             torch.from_numpy(sp_grads[name]), grad, rtol=TOLERANCE, atol=TOLERANCE * grad.abs().max().item()
         )
+    return losses
+
+
+def test_ulysses_gives_the_one_process_losses_and_gradients_and_broken_variants_do_not(two_rank_attention):
+    """Measured: equal to ~1e-7 relative (float summation order). Losing the boundaries after the all-to-all changes
+    the rows' losses by 2-7%, restarting positions per shard by up to 3.6% (not row 0, whose shard boundary is a
+    sample boundary): the check can fail."""
+    runs = {item[0]: item[1:] for item in two_rank_attention if isinstance(item[0], str)}
+    losses = assert_one_process_result(runs["ulysses"])
     for broken in ("boundaries lost", "positions per shard"):
         broken_losses = runs[broken][0]
         assert max(abs(b - a) / a for a, b in zip(losses, broken_losses)) > 100 * TOLERANCE, broken
@@ -153,14 +159,8 @@ def test_kv_heads_repeated_in_order_give_the_one_process_losses_and_gradients(tw
     """6 query heads over 3 KV heads at N = 2: each KV head is repeated to 6, in order, so rank 0's query heads 0-2
     meet KV heads 0, 0, 1 as in the model. Tried by hand: .repeat in place of repeat_interleave changes the losses by
     up to 46% (the 4-over-1 model cannot tell the two apart)."""
-    losses, grads = one_process_reference(6, 3)
     runs = {item[0]: item[1:] for item in two_rank_attention if isinstance(item[0], str)}
-    sp_losses, sp_grads = runs["6 heads over 3 KV heads"]
-    assert sp_losses == pytest.approx(losses, rel=TOLERANCE)
-    for name, grad in grads.items():
-        torch.testing.assert_close(
-            torch.from_numpy(sp_grads[name]), grad, rtol=TOLERANCE, atol=TOLERANCE * grad.abs().max().item()
-        )
+    assert_one_process_result(runs["6 heads over 3 KV heads"], 6, 3)
 
 
 def test_n_must_divide_heads_and_ranks_and_the_error_lists_the_possible_n():
