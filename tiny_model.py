@@ -128,13 +128,17 @@ def make_tiny_model(
     return output_dir
 
 
-def pretrain_student(output_dir: str | os.PathLike, seed: int = 0) -> Path:
+def pretrain_student(output_dir: str | os.PathLike, seed: int = 0, scale: float = 1.0) -> Path:
     """Train the tiny student from scratch with train_full.py on synthetic.py's pretraining records; write it to
-    output_dir (config, fp32 weights, tokenizer) with the command and the training summary in MADE_BY.md."""
+    output_dir (config, fp32 weights, tokenizer) with the command and the training summary in MADE_BY.md. scale
+    multiplies the pretraining steps (same corpus, more passes): demo.py --prior-sweep's weaker and stronger priors."""
     import synthetic  # here, not at the top: both import this module
     import train_full
 
-    output_dir, cfg = Path(output_dir), STUDENT_PRETRAINING
+    output_dir, cfg = (
+        Path(output_dir),
+        STUDENT_PRETRAINING | {"steps": max(1, round(STUDENT_PRETRAINING["steps"] * scale))},
+    )
     corpus = synthetic.pretraining_records(cfg["short_problems"], seed)
     # The tokenizer also sees the teacher's words, as a real student's vocabulary covers its teacher's.
     teacher = synthetic.generate(500, seed, "train", prompt_style="none")
@@ -151,8 +155,9 @@ def pretrain_student(output_dir: str | os.PathLike, seed: int = 0) -> Path:
         summary = train_full.main(train_full.parse_args(argv + ["--keep-checkpoints", "1", "--save-dtype", "fp32"]))
         note = (
             "# The tiny student\n\nMade by `python tiny_model.py --pretrain DIR --seed "
-            f"{seed}` (tiny_model.pretrain_student): shape {STUDENT_SHAPE}, values 0..{synthetic.MAX_VALUE}, "
-            f"pretraining {cfg}.\n{len(corpus)} records (synthetic.pretraining_records); train loss "
+            f"{seed} --pretrain-scale {scale:g}` (tiny_model.pretrain_student): shape {STUDENT_SHAPE}, values "
+            f"0..{synthetic.MAX_VALUE}, pretraining {cfg}.\n{len(corpus)} records (synthetic.pretraining_records); "
+            "train loss "
             f"{summary['first_loss']:.3f} -> {summary['last_loss']:.3f} in {summary['steps']} steps.\n"
         )
         (work / "run" / "final" / "MADE_BY.md").write_text(note, encoding="utf-8")
@@ -172,6 +177,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dir", help="output folder: config, weights and tokenizer, loadable with from_pretrained")
     p.add_argument("--pretrain", action="store_true", help="the pretrained student (STUDENT_SHAPE), not random weights")
+    p.add_argument(
+        "--pretrain-scale", type=float, default=1.0, help="with --pretrain: x the shipped student's pretraining steps"
+    )
     p.add_argument("--vocab-size", type=int, default=4096, help="embedding rows; 152064: Qwen2.5's LM head cost")
     p.add_argument("--hidden-size", type=int, default=64, help="model width; small keeps CPU tests fast")
     p.add_argument("--layers", type=int, default=2, help="decoder layers")
@@ -181,7 +189,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(args: argparse.Namespace) -> Path:
     if args.pretrain:
-        out = pretrain_student(args.dir, args.seed)
+        out = pretrain_student(args.dir, args.seed, args.pretrain_scale)
         print(f"wrote the pretrained tiny student to {out}")
         return out
     out = make_tiny_model(args.dir, args.vocab_size, args.hidden_size, args.layers, args.seed)
