@@ -26,7 +26,7 @@ import os
 import shutil
 import subprocess
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -54,6 +54,7 @@ class Cell:
     half: str = "content"  # which half of the paper's finding the cell speaks to; "reference" for the correct set
     paper_cell: str = ""  # its row in the paper's Table 2, if any
     reference: str = "correct"  # the cell it is compared with
+    teacher: str = "confirming"  # synthetic.py's teacher of the traces: its checks confirm, or catch slips
 
 
 def _cells() -> list[Cell]:
@@ -77,21 +78,46 @@ def _cells() -> list[Cell]:
         cells.append(Cell(f"lora-{name}", label, "lora", data, ratio, 1.0, half, name, "lora-correct"))
     for scale, tag in ((0.25, "x0.25"), (2.0, "x2")):
         cells.append(Cell(f"digits100-{tag}", f"digits 100%, {tag} steps", "full", "digits", 1.0, scale))
+    # Checks that work (issue 28): the catching teacher's traces, and its reflection removed at the paper's levels.
+    for name, data, ratio in [("correct", "correct", 0.0)] + [
+        (f"keywords{p}", "keywords", p / 100) for p in levels["keywords"]
+    ]:
+        label = next(c.label for c in cells if c.name == name) + ", catching teacher"
+        half = "reference" if name == "correct" else "content"
+        cells.append(
+            Cell(f"catching-{name}", label, "full", data, ratio, 1.0, half, name, "catching-correct", "catching")
+        )
     return cells
 
 
 CELLS = _cells()
+# The prior-strength axis (issue 28): students pretrained for these multiples of the shipped student's steps (300, 600,
+# 1200, 4800 steps; 1 is the shipped student), each trained on the content cells where the paper and the grid part.
+# Shorter pretraining than 1/4 teaches no more facts (1/16: 9% of the task's facts known, 1/4: 8%, 1: 87%).
+PRIOR_SCALES = (0.25, 0.5, 1.0, 4.0)
+PRIOR_CELLS = ("correct", "wrong", "digits20", "digits50", "digits100")
 PROMPT_STYLE = "none"  # the bare problem, as the student was pretrained: a system prompt would be most of each sample
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output-dir", help="data, runs, evaluations, results.json (default out/demo, or out/grid)")
+    p.add_argument(
+        "--output-dir",
+        help="data, runs, evaluations, results.json (default out/demo; out/grid with --grid or --prior-sweep)",
+    )
     p.add_argument("--grid", action="store_true", help="every cell: Table 2 (full SFT), Table 1 (LoRA), the control")
+    p.add_argument(
+        "--prior-sweep",
+        action="store_true",
+        help="students pretrained 1/16x to 4x as long (PRIOR_SCALES), each on the content cells PRIOR_CELLS: does "
+        "the cost of corrupted digits fall as the prior grows? (the paper's explanation of its content result)",
+    )
     p.add_argument("--conditions", help="comma list of cells (default: all with --grid, else correct,lora-correct)")
     p.add_argument("--seeds", type=int, default=1, help="seeds per cell: data order, adapter init, perturbation draw")
     p.add_argument("--jobs", type=int, default=0, help="runs at once, one core each (0: all cores)")
-    p.add_argument("--report-dir", help="where the table and figures go (default: docs with --grid, else output dir)")
+    p.add_argument(
+        "--report-dir", help="where tables and figures go (default: docs with --grid or --prior-sweep, else output dir)"
+    )
     p.add_argument("--student", default=tiny_model.STUDENT_DIR, help="the pretrained student (tiny_model.py)")
     # the task: harder than the student's pretraining problems (1-3 operations)
     p.add_argument("--train-size", type=int, default=3000, help="teacher traces (paper: ~5k math traces, Table 2)")
@@ -119,8 +145,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=int, default=600, help="generation budget per held-out problem")
     args = p.parse_args(argv)
     known = {c.name for c in CELLS}
-    args.conditions = args.conditions or (",".join(c.name for c in CELLS) if args.grid else "correct,lora-correct")
-    unknown = [c for c in args.conditions.split(",") if c not in known]
+    every = ",".join(c.name for c in CELLS)
+    args.conditions = args.conditions or (every if args.grid else "" if args.prior_sweep else "correct,lora-correct")
+    unknown = [c for c in args.conditions.split(",") if c and c not in known]
     if unknown:
         p.error(f"--conditions: unknown {', '.join(unknown)} (known: {', '.join(sorted(known))})")
     if args.seeds < 1:
@@ -128,7 +155,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-SETTINGS_IGNORED = ("grid", "conditions", "output_dir", "jobs", "seeds", "report_dir")
+SETTINGS_IGNORED = ("grid", "prior_sweep", "conditions", "output_dir", "jobs", "seeds", "report_dir")
 
 
 def check_config(out: Path, args: argparse.Namespace) -> dict:
@@ -146,12 +173,13 @@ def check_config(out: Path, args: argparse.Namespace) -> dict:
     return current
 
 
-def teacher_traces(args: argparse.Namespace, data: Path, wrong: bool) -> Path:
-    path = data / ("train_wrong.jsonl" if wrong else "train_correct.jsonl")
+def teacher_traces(args: argparse.Namespace, data: Path, wrong: bool, teacher: str = "confirming") -> Path:
+    prefix = "" if teacher == "confirming" else f"{teacher}_"
+    path = data / f"train_{prefix}{'wrong' if wrong else 'correct'}.jsonl"
     if not path.exists():
         shape = (args.min_ops, args.max_ops, synthetic.MAX_VALUE)
         records = synthetic.generate(
-            args.train_size, 0, "train", *shape, wrong_answers=wrong, prompt_style=PROMPT_STYLE
+            args.train_size, 0, "train", *shape, wrong_answers=wrong, prompt_style=PROMPT_STYLE, teacher=teacher
         )
         utils.write_jsonl(path, records)
     return path
@@ -160,10 +188,12 @@ def teacher_traces(args: argparse.Namespace, data: Path, wrong: bool) -> Path:
 def training_set(args: argparse.Namespace, data: Path, cell: Cell, seed: int) -> Path:
     """The cell's training file: the teacher's traces, or perturb.py's output for this seed's draw."""
     if cell.data in ("correct", "wrong"):
-        return teacher_traces(args, data, cell.data == "wrong")
-    path = data / f"train_{cell.data}{round(100 * cell.ratio)}_seed{seed}.jsonl"
+        return teacher_traces(args, data, cell.data == "wrong", cell.teacher)
+    prefix = "" if cell.teacher == "confirming" else f"{cell.teacher}_"
+    path = data / f"train_{prefix}{cell.data}{round(100 * cell.ratio)}_seed{seed}.jsonl"
     if not path.exists():
-        argv = ["--input", str(teacher_traces(args, data, False)), "--output", str(path), "--kind", cell.data]
+        argv = ["--input", str(teacher_traces(args, data, False, cell.teacher)), "--output", str(path)]
+        argv += ["--kind", cell.data]
         argv += ["--min-step-chars", str(synthetic.STEP_MIN_CHARS)]  # every paragraph of the task is one step
         perturb.main(perturb.parse_args(argv + ["--ratio", str(cell.ratio), "--seed", str(seed)]))
     return path
@@ -196,15 +226,16 @@ def train(args: argparse.Namespace, cell: Cell, train_file: Path, run_dir: Path,
     return train_lora.main(train_lora.parse_args(argv + ["--merge"])), run_dir / "merged"
 
 
-def run_cell(args: argparse.Namespace, out: Path, task_file: Path, cell: Cell, seed: int) -> dict:
-    run_dir = out / "runs" / cell.name / f"seed{seed}"
+def run_cell(args: argparse.Namespace, out: Path, task_file: Path, cell: Cell, seed: int, where: Path) -> dict:
+    """One (cell, seed) run of args.student, trained on out's data; its model and answers go under where."""
+    run_dir = where / "runs" / cell.name / f"seed{seed}"
     result_file = run_dir / "result.json"
     if result_file.exists():
         return json.loads(result_file.read_text(encoding="utf-8"))
     t0 = time.time()
     summary, model_dir = train(args, cell, training_set(args, out / "data", cell, seed), run_dir, seed)
     train_s = time.time() - t0
-    eval_dir = out / "eval" / cell.name / f"seed{seed}"
+    eval_dir = where / "eval" / cell.name / f"seed{seed}"
     shutil.rmtree(eval_dir, ignore_errors=True)  # answers of an interrupted run's model, trained again just now
     scores = evaluate_model(model_dir, task_file, eval_dir, args.max_new_tokens)
     result = {
@@ -218,8 +249,30 @@ def run_cell(args: argparse.Namespace, out: Path, task_file: Path, cell: Cell, s
         "eval_s": round(time.time() - t0 - train_s, 1),
     }
     utils.atomic_write_text(result_file, json.dumps(result, indent=2) + "\n")
-    print(f"{cell.name} seed {seed}: accuracy {100 * result['accuracy']:.1f}%", flush=True)
+    student = "" if where == out else f" ({where.name} student)"
+    print(f"{cell.name} seed {seed}{student}: accuracy {100 * result['accuracy']:.1f}%", flush=True)
     return result
+
+
+def prior_student(args: argparse.Namespace, out: Path, scale: float) -> tuple[argparse.Namespace, Path, list[str]]:
+    """The prior sweep's student pretrained scale x as long: its settings, its folder, its cells."""
+    where = out / "prior" / f"x{scale:g}"
+    return argparse.Namespace(**{**vars(args), "student": str(where / "student")}), where, list(PRIOR_CELLS)
+
+
+class Inline:
+    """ProcessPoolExecutor's submit without worker processes: one job (and the tests) runs in this process."""
+
+    def submit(self, fn, *args) -> Future:
+        future = Future()
+        future.set_result(fn(*args))
+        return future
+
+    def __enter__(self) -> "Inline":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
 
 
 def commit() -> str:
@@ -285,6 +338,39 @@ def report(out: Path, config: dict, report_dir: Path | None = None) -> list[dict
     return rows
 
 
+def prior_report(out: Path, args: argparse.Namespace, report_dir: Path) -> list[dict]:
+    """The prior sweep's table, figure and prior_results.json: per student, the facts it knows and its accuracy
+    before SFT, and each content cell against that student's own correct set."""
+    ids = [p["id"] for p in utils.read_jsonl(out / "data" / "synthetic_test.jsonl")]
+    cells = [asdict(c) for c in CELLS if c.name in PRIOR_CELLS]
+    students = {1.0: (args, out)} | {s: prior_student(args, out, s)[:2] for s in PRIOR_SCALES if s != 1.0}
+    entries = []
+    for scale, (student_args, where) in sorted(students.items()):
+        if not (where / "eval" / "before" / "samples.jsonl").exists():
+            continue
+        runs = {}
+        for cell in cells:
+            for seed_dir in sorted((where / "eval" / cell["name"]).glob("seed*")):
+                if (where / "runs" / cell["name"] / seed_dir.name / "result.json").exists():
+                    runs.setdefault(cell["name"], []).append(demo_report.correctness(seed_dir / "samples.jsonl", ids))
+        before = demo_report.correctness(where / "eval" / "before" / "samples.jsonl", ids)
+        entries.append({
+            "scale": scale,
+            "pretraining_steps": round(tiny_model.STUDENT_PRETRAINING["steps"] * scale),
+            "facts": demo_report.facts_known(Path(student_args.student)),
+            "before": demo_report.bootstrap(before[None, :]),
+            "rows": demo_report.summarise(cells, before, runs),
+            "runs": runs,
+        })  # fmt: skip
+    text = demo_report.prior_table(entries, commit())
+    utils.atomic_write_text(report_dir / "prior_sweep.md", text)
+    demo_report.plot_prior(entries, report_dir / "prior_sweep.png")
+    kept = [{k: v for k, v in e.items() if k != "runs"} for e in entries]
+    utils.atomic_write_text(out / "prior_results.json", json.dumps(kept, indent=2, default=str) + "\n")
+    print(text)
+    return kept
+
+
 DEMO_HELD_OUT = 200  # held-out problems the trainers' --demo grades before and after SFT
 
 
@@ -325,7 +411,8 @@ def main(args: argparse.Namespace) -> list[dict]:
     # The model's matrices are too small to split across threads, and a second OpenMP thread that waits for a busy core
     # makes every op stall: measured 0.15 s per 750-token step on one thread, 0.1-2.4 s on two beside another process.
     torch.set_num_threads(1)
-    out = Path(args.output_dir or ("out/grid" if args.grid else "out/demo"))
+    grid_like = args.grid or args.prior_sweep
+    out = Path(args.output_dir or ("out/grid" if grid_like else "out/demo"))
     out.mkdir(parents=True, exist_ok=True)
     config = check_config(out, args)
     tiny_model.ensure_student(args.student)
@@ -337,24 +424,39 @@ def main(args: argparse.Namespace) -> list[dict]:
         utils.write_jsonl(task_file, synthetic.task_records(args.test_size, 0, *shape))
     teacher_traces(args, out / "data", wrong=False)
 
-    # ---------------------------------------------------------------- the student before SFT, then every run
-    if not (out / "eval" / "before" / "results.json").exists():
-        evaluate_model(Path(args.student), task_file, out / "eval" / "before", args.max_new_tokens)
-    chosen = [c for c in CELLS if c.name in args.conditions.split(",")]
-    todo = [(c, s) for c in chosen for s in range(args.seeds)]
-    todo.sort(key=lambda cs: -run_steps(args, cs[0]))  # longest first, so that the workers finish together
-    jobs = min(args.jobs or os.cpu_count() or 1, len(todo))
-    if jobs == 1:
-        for cell, seed in todo:
-            run_cell(args, out, task_file, cell, seed)
-    else:  # the runs are independent, and one thread per run is fastest for a model this small (see setup)
-        with ProcessPoolExecutor(
-            jobs, mp_context=multiprocessing.get_context("spawn"), initializer=torch.set_num_threads, initargs=(1,)
-        ) as pool:
-            list(pool.map(run_cell, *zip(*[(args, out, task_file, c, s) for c, s in todo])))
+    # ---------------------------------------------------------------- the students, each before SFT, then every run
+    # (args, where its runs go, cell names): the shipped student's runs are the grid's; a prior-sweep student has its
+    # own folder, and is pretrained first where it is missing (minutes; 4x: ~40 min on one core).
+    asked = [c for c in args.conditions.split(",") if c]
+    students = {1.0: (args, out, asked + [c for c in PRIOR_CELLS if args.prior_sweep and c not in asked])}
+    if args.prior_sweep:
+        students |= {scale: prior_student(args, out, scale) for scale in PRIOR_SCALES if scale != 1.0}
+    jobs = max(
+        1, min(args.jobs or os.cpu_count() or 1, sum(len(names) for _, _, names in students.values()) * args.seeds)
+    )
+    pool = Inline() if jobs == 1 else ProcessPoolExecutor(
+        jobs, mp_context=multiprocessing.get_context("spawn"), initializer=torch.set_num_threads, initargs=(1,)
+    )  # fmt: skip
+    with pool:  # the runs are independent, and one thread per run is fastest for a model this small (see setup)
+        missing = [scale for scale, (a, _, _) in students.items() if not (Path(a.student) / "config.json").exists()]
+        pretraining = {s: pool.submit(tiny_model.pretrain_student, students[s][0].student, 0, s) for s in missing}
+        runs = []
+        for scale, (student_args, where, names) in sorted(students.items(), key=lambda s: s[0] in pretraining):
+            if scale in pretraining:  # it ran in the pool meanwhile
+                pretraining[scale].result()
+            if not (where / "eval" / "before" / "results.json").exists():
+                evaluate_model(Path(student_args.student), task_file, where / "eval" / "before", args.max_new_tokens)
+            todo = sorted(((c, s) for c in CELLS if c.name in names for s in range(args.seeds)),
+                          key=lambda cs: -run_steps(args, cs[0]))  # fmt: skip  # longest first: workers end together
+            runs += [pool.submit(run_cell, student_args, out, task_file, c, s, where) for c, s in todo]
+        for run in runs:
+            run.result()
 
     # ---------------------------------------------------------------- report
-    rows = report(out, config, Path(args.report_dir or ("docs" if args.grid else out)))
+    report_dir = Path(args.report_dir or ("docs" if grid_like else out))
+    rows = report(out, config, report_dir) if asked else []  # the grid's table only where grid cells were asked
+    if args.prior_sweep:
+        prior_report(out, args, report_dir)
     print(f"wall time {utils.format_duration(time.time() - t_start)}")
     return rows
 

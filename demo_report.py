@@ -174,6 +174,131 @@ def plot(rows: list[dict], before: np.ndarray, path: Path) -> None:
     utils.save_figure(fig, path, dpi=120)
 
 
+def facts_known(model_dir: Path) -> dict:
+    """How well a student knows the facts its problems use (synthetic.facts with a digit 1-9 on the right), the prior
+    the sweep varies: the share of facts whose every result token is the model's top choice after "Evaluate a op b."
+    and "a op b = ", and the mean probability it gives the whole right result."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    known, probs = [], []
+    facts = [(a, op, b) for a, op, b in synthetic.facts(synthetic.MAX_VALUE) if 1 <= b <= 9]  # a problem's operand
+    for start in range(0, len(facts), 128):
+        texts, starts = [], []
+        for a, op, b in facts[start : start + 128]:
+            prompt = [{"role": "user", "content": f"Evaluate {a} {op} {b}."}]
+            head = (
+                tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True) + f"{a} {op} {b} = "
+            )
+            texts.append(f"{head}{synthetic.OPS[op](a, b)}.")
+            starts.append(len(head))
+        batch = tokenizer(texts, return_offsets_mapping=True, padding=True, return_tensors="pt")
+        with torch.no_grad():
+            logp = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.log_softmax(-1)
+        for i, head_end in enumerate(starts):
+            spans = batch["offset_mapping"][i].tolist()
+            end = len(texts[i]) - 1  # the result's digits, not the full stop
+            positions = [t for t, (a, b) in enumerate(spans) if head_end <= a < end and b > a]
+            targets = batch["input_ids"][i, positions]
+            predicted = logp[i, [t - 1 for t in positions]]
+            known.append(bool((predicted.argmax(-1) == targets).all()))
+            probs.append(float(predicted.gather(-1, targets[:, None]).sum().exp()))
+    return {"facts": len(facts), "known": float(np.mean(known)), "mean_probability": float(np.mean(probs))}
+
+
+def cost_change(
+    strong: tuple[np.ndarray, np.ndarray], weak: tuple[np.ndarray, np.ndarray], draws: int = BOOTSTRAP_DRAWS
+) -> tuple[float, float, float]:
+    """How much a perturbation's cost (cell - its correct set) differs between two students: (strong cell - strong
+    correct) - (weak cell - weak correct), with a 95% interval; problems resampled once per draw for all four
+    (paired), seeds per matrix."""
+    rng = np.random.default_rng(0)
+    matrices = [*strong, *weak]
+    n = matrices[0].shape[1]
+    stats = np.empty(draws)
+    for d in range(draws):
+        problems = rng.integers(0, n, n)
+        a, b, c, e = (m[rng.integers(0, len(m), len(m))][:, problems].mean() for m in matrices)
+        stats[d] = (a - b) - (c - e)
+    a, b, c, e = (m.mean() for m in matrices)
+    low, high = np.percentile(stats, [2.5, 97.5])
+    return float((a - b) - (c - e)), float(low), float(high)
+
+
+def prior_table(entries: list[dict], commit: str) -> str:
+    """The prior sweep as markdown: one row per student, the digits cells as cost against its own correct set, and
+    how much each cost changes from the weakest to the strongest student."""
+    names = ["wrong", "digits20", "digits50", "digits100"]
+    lines = [
+        f"The prior sweep (`python demo.py --prior-sweep --seeds 3 --jobs 2`, commit {commit}): students pretrained "
+        "for a multiple of the shipped student's steps, each trained with full SFT on the same traces and graded on "
+        "the same 300 held-out problems. Facts known: the share of the task's facts the student completes right "
+        "(greedy), and the mean probability of the right result. Costs are paired against the same student's "
+        "correct set; 95% bootstrap intervals over problems and seeds.",
+        "",
+        "| pretraining | facts known % (mean p) | before SFT % | correct % | wrong answers, points | digits 20% | "
+        "digits 50% | digits 100% |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for e in entries:
+        rows = {r["name"]: r for r in e["rows"]}
+        correct = percent_interval(*rows["correct"]["accuracy"]) if "correct" in rows else ""
+        costs = [percent_interval(*rows[n]["vs_correct"], signed=True) if rows.get(n, {}).get("vs_correct") else ""
+                 for n in names]  # fmt: skip
+        f = e["facts"]
+        lines.append(
+            f"| {e['scale']:g}x ({e['pretraining_steps']} steps) | {100 * f['known']:.1f} "
+            f"({f['mean_probability']:.2f}) | {percent_interval(*e['before'])} | {correct} | {' | '.join(costs)} |"
+        )
+    done = [e for e in entries if "correct" in e["runs"]]
+    if len(done) >= 2:
+        weak, strong = done[0], done[-1]
+        lines += ["", f"Change of each cost from the {weak['scale']:g}x to the {strong['scale']:g}x student "
+                  "(positive: the stronger prior loses less), points [95% CI]:", ""]  # fmt: skip
+        for n in (n for n in names if n in weak["runs"] and n in strong["runs"]):
+            pair = [(np.stack(e["runs"][n]), np.stack(e["runs"]["correct"])) for e in (strong, weak)]
+            lines.append(f"- {n}: {percent_interval(*cost_change(*pair), signed=True)}")
+    return "\n".join(lines) + "\n"
+
+
+def plot_prior(entries: list[dict], path: Path) -> None:
+    """Cost of each content cell against prior strength (pretraining steps, log scale), with 95% error bars; and
+    the correct set, the student before SFT and the facts it knows on the right."""
+    fig, (left, right) = utils.pyplot().subplots(1, 2, figsize=(11, 4))
+    x = np.array([e["pretraining_steps"] for e in entries])
+    for name, colour in (("wrong", "tab:green"), ("digits20", "tab:orange"), ("digits50", "tab:red"),
+                         ("digits100", "tab:purple")):  # fmt: skip
+        points = [next((r["vs_correct"] for r in e["rows"] if r["name"] == name and r["vs_correct"]), None)
+                  for e in entries]  # fmt: skip
+        have = [i for i, p in enumerate(points) if p]
+        if have:
+            v = np.array([points[i] for i in have]) * 100
+            left.errorbar(x[have], v[:, 0], yerr=[v[:, 0] - v[:, 1], v[:, 2] - v[:, 0]], capsize=3, marker="o",
+                          color=colour, label=name)  # fmt: skip
+    left.axhline(0, color="grey", linewidth=1)
+    left.set(xscale="log", xlabel="pretraining steps of the student", ylabel="points vs its correct set",
+             title="cost of each content perturbation")  # fmt: skip
+    left.legend(fontsize=7)
+    for key, label, colour in (("correct", "correct set", "tab:blue"), ("before", "before SFT", "grey")):
+        v = [e["before"] if key == "before" else next((r["accuracy"] for r in e["rows"] if r["name"] == key), None)
+             for e in entries]  # fmt: skip
+        have = [i for i, p in enumerate(v) if p]
+        a = np.array([v[i] for i in have]) * 100
+        if have:
+            right.errorbar(x[have], a[:, 0], yerr=[a[:, 0] - a[:, 1], a[:, 2] - a[:, 0]], capsize=3, marker="o",
+                           color=colour, label=label)  # fmt: skip
+    right.plot(x, [100 * e["facts"]["known"] for e in entries], marker="s", color="black", label="facts known")
+    right.set(xscale="log", xlabel="pretraining steps of the student", ylabel="%", ylim=(0, 100),
+              title="the student: facts, before and after SFT")  # fmt: skip
+    right.legend(fontsize=7)
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    utils.save_figure(fig, path, dpi=120)
+
+
 def plot_losses(metrics_files: dict[str, Path], path: Path) -> None:
     fig, ax = utils.pyplot().subplots(figsize=(8, 4.5))
     for name, metrics_file in metrics_files.items():

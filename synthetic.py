@@ -36,6 +36,11 @@ MIN_OPS, MAX_OPS = 3, 4
 PRETRAINING_MAX_OPS = 3
 STEP_MIN_CHARS = 12  # every paragraph of a trace is longer ("First, 9 + 5 = 14." has 18 characters)
 OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul}
+TEACHERS = ("confirming", "catching")
+# The catching teacher's slips, at about the rates the grid's SFT students slip (their first error on held-out
+# problems, 3 seeds of the correct set at commit 3336d3b): the problem copied wrong (chance per trace), another
+# operation of the problem taken (per step), a verification that goes astray (per trace). Wrong facts keep slip_rate.
+TEACHER_SLIPS = {"copy": 0.2, "operation": 0.05, "verification": 0.3}
 ORDINALS = ["First", "Next", "Then", "After that", "Now", "Next", "Then", "After that", "Now", "Then"]
 
 
@@ -118,6 +123,22 @@ def inverse_check(op: str, a: int, b: int, result: int) -> str:
     return f"{b} * {a} = {result}"
 
 
+def check_reply(op: str, a: int, b: int, claimed: int, max_value: int) -> str:
+    """A check of "a op b = claimed" by the inverse operation, in the words the student is pretrained to check with
+    when asked: it holds, or it fails and says the right result."""
+    result = OPS[op](a, b)
+    check = inverse_check(op, a, b, claimed)
+    if claimed == result:
+        return f"Let me check that step: {check}, so {a} {op} {b} = {result} holds."
+    back = check.rsplit(" = ", 1)[0]
+    undone = OPS["+" if op == "-" else "-"](claimed, b) if op != "*" else None
+    return (
+        f"Let me check that step: {back} = {undone}, not {a}. "
+        if undone is not None and 0 <= undone <= max_value
+        else "Let me check that step. "
+    ) + f"Wait, that is not right: {a} {op} {b} is {result}, not {claimed}."
+
+
 def slip(rng: random.Random, value: int, max_value: int) -> int:
     """A plausible wrong result: off by one, or a carry slip of ten."""
     return rng.choice([v for v in (value - 1, value + 1, value - 10, value + 10) if 0 <= v <= max_value and v != value])
@@ -145,6 +166,7 @@ def solve(
     miss_rate: float,
     wrong_answer: bool,
     max_value: int,
+    teacher: str = "confirming",
 ) -> tuple[str, int]:
     """The teacher's Sky-T1 response and the final answer it states (the true value unless wrong_answer).
 
@@ -154,7 +176,13 @@ def solve(
     disagree: with probability miss_rate one slip goes unnoticed and propagates, and the verification catches it and
     repairs the answer. With wrong_answer the unnoticed slip is repeated by the verification, like a teacher's
     confident wrong trace.
+
+    teacher="confirming" (the grid's teacher) checks only steps it got right, so every check confirms. "catching"
+    also makes the slips the SFT student makes (TEACHER_SLIPS: a problem copied wrong, the wrong next operation, a
+    wrong fact, a verification that goes wrong) and catches each with a check that works, in the student's
+    pretrained words where it has them (check_reply): issue 28's "checks that can work".
     """
+    catching = teacher == "catching"
     order = post_order(expression)
     missed = rng.randrange(len(order)) if wrong_answer or rng.random() < miss_rate else -1
     shown: dict[int, int] = {}  # id(node) -> the value the trace carries for it (differs after an unnoticed slip)
@@ -163,6 +191,11 @@ def solve(
         return shown.get(id(node), node.value)
 
     steps = [f"We need to evaluate {infix(expression)}, one operation at a time, innermost first."]
+    copied = catching and rng.random() < TEACHER_SLIPS["copy"] and miscopied(rng, expression)
+    if copied:
+        steps[0] = steps[0].replace(infix(expression), copied)
+        steps.append(f"Let me check that against the problem. Wait, that is not right: it is {infix(expression)}, "
+                     f"not {copied}. Fixing it, we need to evaluate {infix(expression)}.")  # fmt: skip
     slipped = None
     for k, node in enumerate(order):
         a, b = carried(node.left), carried(node.right)
@@ -170,30 +203,57 @@ def solve(
         if not 0 <= result <= max_value:  # only after an unnoticed slip; the caller redraws
             raise ValueError("slip left the value range")
         ordinal = ""
+        other = catching and k != missed and rng.random() < TEACHER_SLIPS["operation"]
+        other = other and wrong_operation(rng, order, k, a, max_value)
         if k == missed:
             wrong = slip(rng, result, max_value)
             slipped, result = (f"{a} {node.op} {b}", result, wrong), wrong
+        elif other:
+            op, digit, _ = other
+            steps.append(step_sentence(k, Node(0, op), a, digit, OPS[op](a, digit)))
+            ordinal = (f"Let me check that step against the problem. Wait, that is not right: after "
+                       f"{previous_digit(order, k)} it has {node.op} {b}, not {op} {digit}. Fixing it")  # fmt: skip
         elif rng.random() < slip_rate:
             wrong = slip(rng, result, max_value)
             steps.append(step_sentence(k, node, a, b, wrong))
             ordinal = f"Wait, that is not right: {a} {node.op} {b} is {result}, not {wrong}. Fixing it"
+            if catching:  # the slip is found by checking it, as the student checks a fact when asked
+                ordinal = f"{check_reply(node.op, a, b, wrong, max_value)} Fixing it"
         shown[id(node)] = result
         fact = f"{a} {node.op} {b} = {result}"
         steps.append(step_sentence(k, node, a, b, result, ordinal))
         if k != missed and rng.random() < check_rate:  # a checked slip would not go unnoticed
             steps.append(f"Let me check that step: {inverse_check(node.op, a, b, result)}, so {fact} holds.")
     first = carried(expression)
-    # The verification recomputes from the problem; it repeats the slip only in a wrong-answer trace.
+    # The verification recomputes from the problem; it repeats the slip only in a wrong-answer trace. The catching
+    # teacher's verification can itself go wrong, as the student's does, and a check against the problem finds it.
     again = {} if not wrong_answer else shown
-    facts = []
-    for node in post_order(expression):
+    astray = catching and missed < 0 and rng.random() < TEACHER_SLIPS["verification"]
+    astray = rng.randrange(len(order)) if astray else -1
+    facts, mistaken = [], None
+    for j, node in enumerate(post_order(expression)):
         a, b = again.get(id(node.left), node.left.value), again.get(id(node.right), node.right.value)
         value = again.get(id(node), OPS[node.op](a, b))
+        wrong = j == astray and wrong_operation(rng, order, j, a, max_value)
+        if wrong and (later := chain_values(order, j, wrong[2], max_value)) and later[-1] != first:
+            mistaken = (j, node, wrong)
+            facts.append(f"{a} {wrong[0]} {wrong[1]} = {wrong[2]}")
+            again = {**again, id(node): wrong[2]}
+            continue
         again = again if wrong_answer else {**again, id(node): value}
         facts.append(f"{a} {node.op} {b} = {value}")
     answer = again.get(id(expression), expression.value)
     verify = f"Let me verify by computing it again from the start: {', '.join(facts)}."
-    if answer == first:
+    if mistaken:
+        j, node, (op, digit, _) = mistaken
+        steps.append(f"{verify} This gives {answer}, not {first}.")
+        steps.append(
+            f"Let me check the verification against the problem. Wait, that is not right: after "
+            f"{previous_digit(order, j)} it has {node.op} {node.right.value}, not {op} {digit}. So the answer is "
+            f"{first}."
+        )
+        answer = first
+    elif answer == first:
         steps.append(f"{verify} This also gives {answer}, so the answer is {answer}.")
     else:
         operation, true, wrong = slipped
@@ -206,6 +266,45 @@ def solve(
     # structure leaves nothing intact for the model to fall back on.
     solution = f"The value of the expression is {answer}.\n\n\\boxed{{{answer}}}"
     return format_response(thought, solution, "sky-t1"), answer
+
+
+def previous_digit(order: list[Node], k: int) -> int:
+    """The digit of the problem the k-th operation follows: the chain's first digit, or the (k-1)-th's operand."""
+    return order[0].left.value if k == 0 else order[k - 1].right.value
+
+
+def wrong_operation(rng: random.Random, order: list[Node], k: int, a: int, max_value: int) -> tuple | None:
+    """The student's commonest slip after long-CoT SFT (issue 28, measured on the grid's correct set): step k applies
+    another operation of the problem to the value so far. (op, digit, value), or None if none stays in range."""
+    options = [(n.op, n.right.value) for j, n in enumerate(order) if j != k]
+    options = [(op, d) for op, d in options if (op, d) != (order[k].op, order[k].right.value)]
+    rng.shuffle(options)
+    for op, digit in options:
+        value = OPS[op](a, digit)
+        if 0 <= value <= max_value and (op != "*" or max(a, digit) <= 9):
+            return op, digit, value
+    return None
+
+
+def chain_values(order: list[Node], j: int, value: int, max_value: int) -> list[int]:
+    """The chain's values from the j-th operation on when the j-th gives value; [] if one leaves the task's facts."""
+    values = [value]
+    for node in order[j + 1 :]:
+        a, b = value, node.right.value
+        value = OPS[node.op](a, b)
+        if not 0 <= value <= max_value or node.op == "*" and max(a, b) > 9:
+            return []
+        values.append(value)
+    return values
+
+
+def miscopied(rng: random.Random, expression: Node) -> str:
+    """The problem as the student copies it wrong: one operator or digit changed (another one of the problem's)."""
+    text = infix(expression)
+    spots = [i for i, ch in enumerate(text) if ch in "+-*" or ch.isdigit()]
+    i = rng.choice(spots)
+    pool = "+-*" if text[i] in "+-*" else "123456789"
+    return text[:i] + rng.choice([c for c in pool if c != text[i]]) + text[i + 1 :]
 
 
 def step_sentence(k: int, node: Node, a: int, b: int, result: int, ordinal: str = "") -> str:
@@ -240,6 +339,7 @@ def generate(
     wrong_answers: bool = False,
     prompt_style: str = "sky-t1",
     miss_rate: float = 0.1,
+    teacher: str = "confirming",
 ) -> list[dict]:
     """n training records {"id", "messages": [system, user, assistant], "domain", "answer", "source"} of one split.
 
@@ -249,13 +349,17 @@ def generate(
     prompts match token for token; "step-by-step" has no system prompt, which halves the tokens of a sample (the CPU
     demo's choice).
     """
+    if teacher not in TEACHERS:
+        raise ValueError(f"teacher must be one of {', '.join(TEACHERS)}, not {teacher!r}")
     records = []
     for i, expression in enumerate(sample_problems(n, seed, split, min_ops, max_ops, max_value)):
         problem = problem_text(expression)
         for attempt in range(100):
             rng = random.Random(f"trace:{seed}:{problem}:{attempt}")
             try:
-                response, stated = solve(expression, rng, slip_rate, check_rate, miss_rate, wrong_answers, max_value)
+                response, stated = solve(
+                    expression, rng, slip_rate, check_rate, miss_rate, wrong_answers, max_value, teacher
+                )
             except ValueError:
                 continue
             if (stated != expression.value) == wrong_answers:
@@ -307,18 +411,7 @@ def pretraining_records(
         result = OPS[op](a, b)
         add(f"Evaluate {a} {op} {b}.", f"{a} {op} {b} = {result}.\n\n\\boxed{{{result}}}")
         claimed = result if rng.random() < 0.5 else slip(rng, result, max_value)
-        check = inverse_check(op, a, b, claimed)
-        if claimed == result:
-            reply = f"Let me check that step: {check}, so {a} {op} {b} = {result} holds."
-        else:
-            back = check.rsplit(" = ", 1)[0]
-            undone = OPS["+" if op == "-" else "-"](claimed, b) if op != "*" else None
-            reply = (
-                f"Let me check that step: {back} = {undone}, not {a}. "
-                if undone is not None and 0 <= undone <= max_value
-                else "Let me check that step. "
-            ) + f"Wait, that is not right: {a} {op} {b} is {result}, not {claimed}."
-        add(f"Check {a} {op} {b} = {claimed}.", reply)
+        add(f"Check {a} {op} {b} = {claimed}.", check_reply(op, a, b, claimed, max_value))
     for expression in sample_problems(n_short, seed, "train", 1, max_ops, max_value):
         add(problem_text(expression), short_solution(expression))
         # Reasoning step by step when asked, in the teacher's step sentences, and fact by fact (the teacher's
@@ -379,6 +472,7 @@ def main(cfg) -> int:
             cfg.wrong_answers,
             cfg.prompt_style,
             cfg.miss_rate,
+            cfg.teacher,
         )
     n = write_jsonl(cfg.output, records)
     print(f"wrote {n} {cfg.split} {'problems' if cfg.task_file else 'records'} to {cfg.output}")
@@ -421,6 +515,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--wrong-answers", action="store_true", help="every trace ends on a wrong answer (an unnoticed slip)"
+    )
+    p.add_argument(
+        "--teacher",
+        choices=TEACHERS,
+        default="confirming",
+        help="confirming: checks only right steps (they always hold); catching: makes the student's slips and "
+        "catches each with a working check (issue 28)",
     )
     cfg = p.parse_args(argv)
     if not 1 <= cfg.min_ops <= cfg.max_ops:

@@ -84,6 +84,44 @@ def test_a_missed_slip_is_caught_by_the_verification_and_repaired():
     assert repaired >= 40
 
 
+def test_the_catching_teacher_makes_the_students_slips_and_a_check_catches_each():
+    """Issue 28's teacher: the slips the SFT student makes (a problem copied wrong, another operation taken, a wrong
+    fact, a verification gone astray) each followed by a check that finds it, and still the true answer."""
+    seen = dict.fromkeys(["copy", "operation", "fact", "verification"], 0)
+    for r in synthetic.generate(300, seed=1, teacher="catching", miss_rate=0.0):
+        steps, problem = thought_steps(r), problem_of(r)[len("Evaluate ") : -1]
+        assert r["answer"] == str(evaluate_expression(problem_of(r)))
+        assert f"\\boxed{{{r['answer']}}}" in r["messages"][-1]["content"]
+        if problem not in steps[0]:
+            assert steps[1].endswith(f"it is {problem}, not {steps[0][20:].split(',')[0]}. Fixing it, we need to "
+                                     f"evaluate {problem}.")  # fmt: skip
+            seen["copy"] += 1
+        for i, step in enumerate(steps[:-1]):
+            fact = re.fullmatch(r"[A-Z][a-z ]+, (\d+) ([-+*]) (\d+) = (\d+)\.", step)
+            if fact is None or step.startswith("Let me"):
+                continue
+            a, op, b, result = fact.groups()
+            if int(result) != synthetic.OPS[op](int(a), int(b)):  # a wrong fact: the check after it fails
+                assert steps[i + 1].startswith("Let me check that step") and "Wait, that is not right" in steps[i + 1]
+                assert f"is {synthetic.OPS[op](int(a), int(b))}, not {result}. Fixing it" in steps[i + 1]
+                seen["fact"] += 1
+            elif f"{op} {b}" not in problem or "against the problem" in steps[i + 1]:  # another operation taken
+                assert "against the problem. Wait, that is not right: after " in steps[i + 1]
+                seen["operation"] += 1
+        if "Let me check the verification against the problem" in steps[-1]:
+            assert "This gives " in steps[-2] and steps[-1].endswith(f"So the answer is {r['answer']}.")
+            seen["verification"] += 1
+    assert min(seen.values()) >= 10, seen  # every kind, at about TEACHER_SLIPS' rates
+
+
+def test_the_confirming_teacher_is_the_default_and_its_checks_always_hold(records):
+    assert synthetic.generate(20, seed=1) == synthetic.generate(20, seed=1, teacher="confirming")
+    checks = [s for r in records for s in thought_steps(r) if s.startswith("Let me check")]
+    assert checks and all(s.endswith("holds.") for s in checks)
+    with pytest.raises(ValueError, match="teacher must be one of"):
+        synthetic.generate(1, teacher="lenient")
+
+
 def test_the_student_writes_short_chains_of_two_operations_a_step():
     node = synthetic.Node
     inner = node(28, "*", node(4, "-", node(7), node(3)), node(7, "+", node(2), node(5)))
@@ -223,6 +261,59 @@ def test_demo_cli_runs_resumes_and_reports(tmp_path):
     assert again.returncode == 0 and "step 1/" not in again.stdout + again.stderr  # nothing trained twice
     changed = subprocess.run(cmd[:-2] + ["--jobs", "1", "--full-steps", "4"], capture_output=True, text=True, cwd=out)
     assert changed.returncode != 0 and "other settings (full_steps 3 -> 4)" in changed.stderr
+
+
+def test_facts_known_tells_the_shipped_student_from_a_random_one(tmp_path):
+    shipped = demo_report.facts_known(REPO / "data" / "tiny-student")
+    assert shipped["facts"] == 339 and shipped["known"] > 0.8 and 0.5 < shipped["mean_probability"] < 1
+    random_student = demo.tiny_model.make_tiny_model(tmp_path / "random", **demo.tiny_model.STUDENT_SHAPE)
+    assert demo_report.facts_known(random_student)["known"] < 0.05
+
+
+def test_cost_change_pairs_four_cells_and_finds_a_smaller_cost():
+    rng = np.random.default_rng(0)
+    easy = rng.random(300) < 0.5
+    correct = np.stack([easy | (rng.random(300) < 0.4) for _ in range(3)]).astype(float)
+    weak_digits = np.stack([easy & (rng.random(300) < 0.3) for _ in range(3)]).astype(float)
+    point, low, high = demo_report.cost_change((correct, correct), (weak_digits, correct))
+    assert abs(point - (correct.mean() - weak_digits.mean())) < 1e-12 and 0 < low < point < high
+
+
+def test_prior_sweep_pretrains_each_student_and_reports_the_digits_cost_against_it(tmp_path, monkeypatch):
+    """--prior-sweep at toy size: a weaker student pretrained in place, the shipped student's runs shared with the
+    grid's folder, a table row per student, and a rerun that trains nothing again."""
+    monkeypatch.setattr(demo, "PRIOR_SCALES", (0.25, 1.0))
+    monkeypatch.setattr(demo, "PRIOR_CELLS", ("correct", "digits100"))
+    monkeypatch.setattr(demo.tiny_model, "STUDENT_PRETRAINING", {"short_problems": 40, "steps": 8,
+                                                                 "samples_per_step": 4, "lr": 3e-3})  # fmt: skip
+    out = tmp_path / "grid"
+    argv = ["--prior-sweep", "--output-dir", str(out), "--report-dir", str(out), "--train-size", "30"]
+    argv += [
+        "--test-size",
+        "10",
+        "--full-steps",
+        "2",
+        "--samples-per-step",
+        "2",
+        "--max-new-tokens",
+        "40",
+        "--jobs",
+        "1",
+    ]
+    assert demo.main(demo.parse_args(argv)) == []  # no grid cells asked for: only the sweep's report
+    student = out / "prior" / "x0.25" / "student"
+    assert (
+        "--pretrain-scale 0.25" in (student / "MADE_BY.md").read_text()
+        and "'steps': 2" in (student / "MADE_BY.md").read_text()
+    )
+    for where in (out, out / "prior" / "x0.25"):
+        assert {p.parent.parent.name for p in where.glob("runs/*/seed0/result.json")} == {"correct", "digits100"}
+    table = (out / "prior_sweep.md").read_text()
+    assert "| 0.25x (2 steps) |" in table and "| 1x (8 steps) |" in table and "- digits100: " in table
+    assert (out / "prior_sweep.png").stat().st_size > 10_000
+    mtime = (out / "runs" / "correct" / "seed0" / "result.json").stat().st_mtime
+    demo.main(demo.parse_args(argv))
+    assert (out / "runs" / "correct" / "seed0" / "result.json").stat().st_mtime == mtime
 
 
 def test_bootstrap_intervals_cover_the_truth_and_pair_the_problems():
