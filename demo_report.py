@@ -27,7 +27,7 @@ BOOTSTRAP_DRAWS = 2000
 REFLECTION = re.compile(r"\b(?:wait|check|verify)\b", re.I)  # the teacher's reflection words (synthetic.py)
 FACT = re.compile(r"(?<!\d)(-?\d+) ([-+*]) (\d+) = (-?\d+)")  # "14 - 5 = 9", as synthetic.py writes a fact
 # The paper's Table 2 (v1; average of MATH500, AIME24, AMC23, OlympiadBench), full SFT of Qwen2.5-32B-Instruct on
-# ~5k QwQ math traces; "before" is the base model. Source: ../shared/paper/README.md, copied here.
+# ~5k QwQ math traces; "before" is the base model. Source: paper v1 (arXiv 2502.07374), Table 2, as in docs/paper.md.
 PAPER_TABLE_2 = {
     "before": 56.7, "correct": 66.3, "wrong": 63.1,
     "digits20": 64.5, "digits50": 64.2, "digits70": 62.0, "digits100": 2.7,

@@ -25,7 +25,7 @@ REPO_DIR = Path(__file__).resolve().parent
 # The packages whose versions must agree: the core (requirements.txt) and the GPU-only extras (requirements-gpu.txt).
 CORE = ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "tokenizers")
 GPU_ONLY = ("flash-attn", "vllm")
-INSTALL_GPU = "pip install -r requirements-gpu.txt, then pip install flash-attn --no-build-isolation (README)"
+INSTALL_GPU = "pip install -r requirements-gpu.txt, then pip install flash-attn --no-build-isolation (docs/gpu.md)"
 
 
 @dataclass

@@ -10,8 +10,8 @@ mean pass@1 over samples, unbiased pass@k, the shares with no answer and cut off
 difficulty, the settings used) and prints a table. Samples are written as each chunk finishes: rerun the same command
 to resume after a kill.
 Past one GPU: --data-parallel-size (vLLM replicas), several --base-url servers; a thinking budget (s1's budget
-forcing) with --max-thinking-tokens, and the test-time scaling curve with --thinking-budgets (README: "Evaluation at
-scale", "Thinking budget").
+forcing) with --max-thinking-tokens, and the test-time scaling curve with --thinking-budgets (docs/evaluation.md:
+"Evaluation at scale", "Thinking budget").
 A custom task is a JSONL file of {"id", "problem", "answer"} (maths) or {"id", "problem", "tests"[, "starter_code"]}
 (code; tests = [{"input", "output", "testtype": "stdin"|"functional"}]). Data sources: data/eval/README.md.
 A --responses record names its task as --tasks does: a built-in name, or a custom task's file stem or path.

@@ -9,7 +9,7 @@ Both trainers' --dry-run print the same plan for their configuration, and their 
 applies) the longest --micro-batch-tokens that fits --gpu-memory, then the fallbacks it needs. The shapes of the
 Qwen2.5 family are built in, so their plans need no download; any other dense decoder is read from its config.json
 (local folder or the hub). Throughput figures are estimates (an assumed MFU) until measured (bench/gpu.py). The
-README's tables of what fits which GPU are memory_tables.py's.
+tables of what fits which GPU (docs/fit.md, docs/long-context.md) are memory_tables.py's.
 """
 
 from __future__ import annotations
@@ -461,7 +461,7 @@ def tokens_per_second(model, peak_tflops: float, mean_sample: float = MEAN_SAMPL
 def target_gpu(gpu_memory: float | None, attn: str) -> dict:
     """The GPU a trainer plans for, and the attention its run will use there: --gpu-memory, else the GPU of this
     machine, else an 80 GB card; --attn auto: what utils.pick_attention picks on this machine's GPU (SDPA on a T4 or
-    without flash-attn), FlashAttention-2 without a GPU (the README's GPU install on Ampere or newer)."""
+    without flash-attn), FlashAttention-2 without a GPU (docs/gpu.md's install, on Ampere or newer)."""
     import torch
 
     import utils

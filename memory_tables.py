@@ -1,6 +1,6 @@
-"""The README's tables of what fits which GPU: planner estimates (memory_plan.py), labelled so until a GPU measures
-them (bench/gpu.py). Each is generated here, so that it can be regenerated when the planner changes;
-tests/test_memory_plan.py checks that the README holds the generated tables.
+"""The tables of what fits which GPU (docs/fit.md, docs/long-context.md): planner estimates (memory_plan.py),
+labelled so until a GPU measures them (bench/gpu.py). Each is generated here, so that it can be regenerated when the
+planner changes; tests/test_memory_plan.py checks that the docs hold the generated tables.
 
     python memory_tables.py --fit-table        # QLoRA of Qwen2.5 1.5B-32B on one T4, L4, A100 40/80 GB
     python memory_tables.py --long-context     # bf16 LoRA and full SFT of 7B-32B on 2-8 x 80 GB, with and without SP
@@ -39,7 +39,7 @@ TABLE_LIMIT = 32768  # Qwen2.5's native context (max_position_embeddings); the p
 
 def fit_table(limit: int = TABLE_LIMIT, step: int = FIT_STEP) -> tuple[list[dict], str]:
     """QLoRA (rank 64, all linears, one GPU, checkpointing on) of each model on each GPU: the longest sample that
-    fits, what it needs, and the estimated throughput. Returns the rows and the README's markdown table."""
+    fits, what it needs, and the estimated throughput. Returns the rows and docs/fit.md's markdown table."""
     rows = []
     for model in TABLE_MODELS:
         for gpu, gib, kind, attention in TABLE_GPUS:
@@ -89,7 +89,7 @@ def long_context_table(limit: int = LONG_LIMIT, step: int = FIT_STEP) -> tuple[l
     """The longest sample (one sample a packed row, gradient checkpointing on, FlashAttention-2, 80 GB cards) for bf16
     LoRA (rank 64, FSDP2) and full SFT (FSDP2 with CPU offload) of each model on 2, 4 and 8 GPUs, without sequence
     parallelism and with each row split over all the GPUs (or the most that divide the model's query heads: 7B has
-    28). Returns the rows and the README's markdown table."""
+    28). Returns the rows and docs/long-context.md's markdown table."""
     rows = []
     for model in LONG_MODELS:
         heads = model_shapes(model)["heads"]

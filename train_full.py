@@ -14,9 +14,9 @@ optimizer step takes the same `--samples-per-step` samples a single process woul
 count, packs each share into micro-batches of at most `--micro-batch-tokens` and normalises by the target tokens of the
 whole step on all ranks, so N GPUs compute the one-GPU gradient. --sequence-parallel N splits each packed row over N
 ranks (sequence_parallel.py; the rest are data parallel). Multi-node: add --nnodes/--rdzv-backend c10d/--rdzv-endpoint
-to torchrun (README: Long context); --output-dir must be on a filesystem every node sees (checkpoints are written by all
-ranks). FSDP2 partitions as the paper's DeepSpeed ZeRO-3 does, and CPUOffloadPolicy plays ZeRO-Offload's part: the
-README compares the two.
+to torchrun (docs/long-context.md); --output-dir must be on a filesystem every node sees (checkpoints are written by all
+ranks). FSDP2 partitions as the paper's DeepSpeed ZeRO-3 does, and CPUOffloadPolicy plays ZeRO-Offload's part:
+docs/multi-gpu.md compares the two.
 """
 
 from __future__ import annotations

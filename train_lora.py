@@ -15,7 +15,7 @@ target tokens of the whole step, so gradient accumulation changes nothing but me
 Under torchrun, N ranks compute the one-GPU step (distributed.py): QLoRA replicates its 4-bit base on every GPU and
 sums the adapters' gradients; --fsdp shards a bf16 base and the adapters with FSDP2 (--cpu-offload: in CPU memory, the
 paper's ZeRO-3 offload); --sequence-parallel N splits each packed row over N of them (sequence_parallel.py). Rank 0
-writes log, checkpoints and final/; checkpoints resume on any number of ranks or machines (README: Long context).
+writes log, checkpoints and final/; checkpoints resume on any number of ranks or machines (docs/long-context.md).
 """
 
 from __future__ import annotations

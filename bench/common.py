@@ -105,12 +105,38 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
+def repo_path(path: str | Path) -> str:
+    """How a result names a file: relative to the repository inside it, by its name alone outside it. A folder of the
+    machine that ran the benchmark means nothing in another clone."""
+    resolved = Path(path).expanduser().resolve()
+    return resolved.relative_to(REPO_DIR).as_posix() if resolved.is_relative_to(REPO_DIR) else resolved.name
+
+
+def recorded_config(config: dict) -> dict:
+    """A run's arguments as a result records them: each path given absolute or from the working folder (/, ~, ./, ../)
+    through repo_path, lists included; the rest as given."""
+
+    def recorded(value):
+        if isinstance(value, list):
+            return [recorded(item) for item in value]
+        if isinstance(value, (str, Path)) and str(value).startswith(("/", "~", "./", "../")):
+            return repo_path(value)
+        return value
+
+    return {key: recorded(value) for key, value in config.items()}
+
+
 def save_results(args: argparse.Namespace, name: str, title: str, payload: dict, markdown: str) -> Path:
-    """Write NAME.json (always) and replace this benchmark's section of RESULTS.md (full runs only)."""
+    """Write NAME.json (always) and replace this benchmark's section of RESULTS.md (full runs only). The payload's
+    "config" (the run's arguments) records its paths as repo_path writes them, and the markdown names the repository's
+    files relative to it: results that go into the repository name no folder of this machine."""
     path = Path(args.results_dir) / f"{name}.json"
+    if "config" in payload:
+        payload = {**payload, "config": recorded_config(payload["config"])}
     utils.atomic_write_text(path, json.dumps(payload, indent=1) + "\n")
     print(f"\nwrote {path}")
     if args.results_md and not args.quick:
+        markdown = markdown.replace(f"{REPO_DIR}{os.sep}", "")
         update_results_md(Path(args.results_md), name, f"## {title}\n\n{markdown.strip()}\n")
         print(f"updated {args.results_md} (section {name})")
     return path

@@ -38,7 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import REPO_DIR, add_common_args, machine_info, machine_line, markdown_table, save_results
+from common import REPO_DIR, add_common_args, machine_info, machine_line, markdown_table, repo_path, save_results
 
 SUITES = REPO_DIR / "bench" / "data" / "grader_suites.jsonl"
 CUTS = 4  # --variants: random cuts per response, in its last three quarters
@@ -272,7 +272,7 @@ def main(args: argparse.Namespace) -> dict:
         for d in disagreements
     )
     notes = (
-        f"{len(cases)} cases of {os.path.relpath(args.suites, REPO_DIR)}; agreement = share of grade_math verdicts "
+        f"{len(cases)} cases of {repo_path(args.suites)}; agreement = share of grade_math verdicts "
         "equal to the suite's expected one; 'consistent' = verdicts asserted under the suite grader's default options "
         "(and not against mathematics); seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()) + "."
     )

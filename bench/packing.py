@@ -13,8 +13,8 @@ Reported: micro-batches (forward passes) per epoch; fill = real tokens / (micro-
 the memory budget that does useful work; and for padded, real / computed tokens (the rest is padding the GPU computes).
 
 Length distributions: "synthetic": lognormal (median 5000, sigma 0.5) clipped to [300, 16384], 17k samples, like
-Sky-T1_data_17k (most traces 2k-12k tokens, a tail to 16k). "real": the 254 long-CoT traces of
-../shared/data/cot/sky_t1_style_minerva_math.jsonl (read from the shared folder outside the repo, skipped if absent),
+Sky-T1_data_17k (most traces 2k-12k tokens, a tail to 16k). "real": the 43 long-CoT traces of
+data/sample/sky_t1_minerva_math.jsonl (the paper's own Minerva outputs, data/sample/README.md; or any --real file),
 chat-templated with the Sky-T1 system prompt and tokenized with the tiny tokenizer (these traces are short, ~1.5k
 tokens).
 """
@@ -28,13 +28,22 @@ import statistics
 import sys
 from pathlib import Path
 
-from common import REPO_DIR, add_common_args, machine_info, machine_line, markdown_table, save_results, tiny_model
+from common import (
+    REPO_DIR,
+    add_common_args,
+    machine_info,
+    machine_line,
+    markdown_table,
+    repo_path,
+    save_results,
+    tiny_model,
+)
 
 import markup
 import sft
 import utils
 
-REAL_COT = REPO_DIR.parent / "shared" / "data" / "cot" / "sky_t1_style_minerva_math.jsonl"
+REAL_COT = REPO_DIR / "data" / "sample" / "sky_t1_minerva_math.jsonl"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -176,8 +185,8 @@ def main(args: argparse.Namespace) -> dict:
     notes = (
         f"samples-per-step {args.samples_per_step}; "
         f"synthetic = lognormal(median {args.median:g}, sigma {args.sigma}) clipped to [300, {args.max_length}], "
-        f"seed {args.seed}; real = {args.real} "
-        + ("(read from outside the repo)" if real else "(absent: skipped)")
+        f"seed {args.seed}; real = {repo_path(args.real)}"
+        + ("" if real else " (absent: skipped)")
         + ", chat-templated, tiny tokenizer. fill = real tokens / (micro-batches x budget)."
     )
     markdown = f"{machine_line(machine)}\n\n`python bench/packing.py`: {notes}\n\n{table}\n\nRatios:\n\n{ratio_table}\n"

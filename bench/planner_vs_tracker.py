@@ -33,11 +33,10 @@ allocator's fragmentation) is the 8% a plan keeps free.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 import torch
-from common import REPO_DIR, add_common_args, machine_info, machine_line, markdown_table, save_results
+from common import add_common_args, machine_info, machine_line, markdown_table, save_results
 
 import distributed
 import memory_plan
@@ -314,8 +313,7 @@ def main(args: argparse.Namespace) -> dict:
         "fp32 master weights, FSDP2; both with gradient checkpointing and the chunked loss (1024-token chunks).\n\n"
         f"{table}\n\n{summary}.\n"
     )
-    config = {k: os.path.relpath(v, REPO_DIR) if k.startswith("results_") and v else v for k, v in vars(args).items()}
-    payload = {"machine": machine, "config": config, "rows": rows, "worst_diff": worst}
+    payload = {"machine": machine, "config": vars(args), "rows": rows, "worst_diff": worst}
     save_results(args, "planner_vs_tracker", "8. Memory planner vs PyTorch's MemTracker", payload, markdown)
     return payload
 

@@ -18,7 +18,6 @@ follow the allocator's history rather than the live tensors (measured here: with
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from common import (
@@ -29,6 +28,7 @@ from common import (
     machine_line,
     markdown_table,
     record_of_tokens,
+    repo_path,
     run_measured,
     save_results,
     tiny_model,
@@ -105,7 +105,7 @@ def main(args: argparse.Namespace) -> dict:
     columns = ["sp", "gradient_checkpointing", "tokens", "peak_rss_gib", "base_rss_gib", "step_gib", "loss", "wall_s"]
     table = markdown_table(rows, columns)
     ratio_table = markdown_table(ratios, list(ratios[0]))
-    model_rel = os.path.relpath(model, REPO_DIR)
+    model_rel = repo_path(model)
     notes = (
         f"one step of `train_lora.py --quant none` on one {args.tokens}-token sample, tiny Qwen2 `{model_rel}` (hidden "
         f"{args.hidden_size}), SP 1 in one process vs SP 2 over two gloo ranks; peak RSS of the largest rank; step = "
@@ -115,10 +115,7 @@ def main(args: argparse.Namespace) -> dict:
         f"{machine_line(machine)}\n\n`python bench/sequence_parallel_memory.py`: {notes}\n\n{table}\n\n{ratio_table}\n"
     )
     print(table + "\n\n" + ratio_table)
-    config = {**vars(args), "model": model_rel}
-    for key in ("results_dir", "results_md"):  # what is recorded names no folder of this machine
-        config[key] = os.path.relpath(config[key], REPO_DIR) if config[key] else config[key]
-    payload = {"machine": machine, "config": config, "rows": rows, "ratios": ratios}
+    payload = {"machine": machine, "config": {**vars(args), "model": model_rel}, "rows": rows, "ratios": ratios}
     save_results(args, "sequence_parallel_memory", "9. Sequence parallelism: memory per rank", payload, markdown)
     return payload
 

@@ -54,7 +54,7 @@ def test_prose_responses(case):
             "how working modulo a prime keeps the numbers small.",
             "3",
         ),
-        # The README's example of each prose rule (section "How a math answer is graded"), word for word.
+        # docs/evaluation.md's example of each prose rule ("How a math answer is graded"), word for word.
         ("So the area of the triangle is 12 square units.", "12"),
         ("Thus, the smallest positive integer is *n* = **5**.", "5"),
         ("v/c = z = **0.033**", "0.033"),
@@ -95,7 +95,7 @@ def test_prose_answers(text, expected):
         "<think>\nSo x = 4.\n\nNow let me check the second case: if y = 2 then the sum is 6.",
         "<think>\nThe first two cases give 2 and 4.\n\nHmm, so the total is 6?",
         "So x = 4 in the first case.\n\nNow the second case: if y = 2 then the sum is 6.",
-        "Therefore x = 5. Let me check the other case.",  # the README's example
+        "Therefore x = 5. Let me check the other case.",  # docs/evaluation.md's example
         # A thought cut off after closing-remark-like text: a sentence cut mid-word, a plan, a given.
         "<think>\nSo x = 4.\n\nWhere D is the diameter of the orbit, which is approximatel",
         "<think>\nThe equation is\n\n\\[\\dot{y} + 5y = 10\\]\n\nThis is a linear equation. I can solve it with an "

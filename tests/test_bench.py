@@ -5,6 +5,7 @@ that spawn their own measured subprocesses run as CLIs; the others run in this p
 because importing transformers again costs ~10 s per process on 2 cores.
 """
 
+import argparse
 import importlib
 import json
 import subprocess
@@ -34,6 +35,40 @@ def run_bench(script: str, tmp_path: Path, *extra: str) -> dict:
     assert done.returncode == 0, f"{script} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     assert "| " in done.stdout, "no table printed"
     return json.loads((tmp_path / script.replace(".py", ".json")).read_text())
+
+
+def test_saved_results_record_no_machine_path(tmp_path):
+    """What save_results writes names the repository's files relative to it and others by their name (no run needed):
+    a benchmark's defaults are absolute paths of the machine that runs it."""
+    common = importlib.import_module("common")
+    parser = argparse.ArgumentParser()
+    common.add_common_args(parser)
+    args = parser.parse_args(["--results-dir", str(tmp_path / "results"), "--results-md", str(tmp_path / "R.md")])
+    sample = REPO / "data" / "sample" / "sky_t1_minerva_math.jsonl"
+    config = {
+        **vars(args),
+        "real": str(sample),  # a default: absolute, inside the repository
+        "model": REPO / "out" / "bench" / "tiny",  # a Path
+        "responses": [str(sample), "../elsewhere/b.jsonl", "tests/data/a.jsonl"],  # as given on a command line
+        "baseline": ["HEAD"],
+        "seed": 0,
+    }
+    payload = {"machine": {"cpu": "x"}, "config": config, "rows": [{"answer": "/2"}]}
+    common.save_results(args, "demo", "Demo", payload, f"real = {sample}\n")
+    saved = json.loads((tmp_path / "results" / "demo.json").read_text())
+    assert saved["config"] == {
+        "quick": False,
+        "results_dir": "results",
+        "results_md": "R.md",
+        "real": "data/sample/sky_t1_minerva_math.jsonl",
+        "model": "out/bench/tiny",
+        "responses": ["data/sample/sky_t1_minerva_math.jsonl", "b.jsonl", "tests/data/a.jsonl"],
+        "baseline": ["HEAD"],
+        "seed": 0,
+    }
+    assert saved["rows"] == payload["rows"] and config["real"] == str(sample)  # results as measured; args untouched
+    markdown = (tmp_path / "R.md").read_text()
+    assert "real = data/sample/sky_t1_minerva_math.jsonl\n" in markdown and str(REPO) not in markdown
 
 
 def test_packing_beats_padding(tmp_path, tiny_model_dir):

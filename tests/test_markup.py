@@ -10,9 +10,8 @@ import markup
 import utils
 from markup import convert_style, eval_messages, format_response, in_style, split_reasoning, split_thought
 
-SHARED = next((p for p in (Path("/work/shared"), Path(__file__).resolve().parents[2] / "shared") if p.is_dir()), None)
-SKY_SAMPLE = SHARED / "data" / "cot" / "sky_t1_style_minerva_math.jsonl" if SHARED else None
-needs_shared = pytest.mark.skipif(SKY_SAMPLE is None or not SKY_SAMPLE.exists(), reason="shared/data absent")
+# real long-CoT responses in Sky-T1 markup (data/sample/README.md)
+SKY_SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample" / "sky_t1_minerva_math.jsonl"
 
 THOUGHT, SOLUTION = "Let me think.\nStill thinking.", "The answer is \\boxed{3}."
 # The published layouts, written out by hand so that format_response is checked against them, not against itself.
@@ -162,7 +161,6 @@ def test_convert_style_both_ways_and_round_trip():
         convert_style("just \\boxed{2}", "r1")
 
 
-@needs_shared
 def test_style_round_trip_on_bundled_long_cot_sample():
     responses = [r["response"] for r in utils.read_jsonl(SKY_SAMPLE)]
     untouched = 0
@@ -177,7 +175,7 @@ def test_style_round_trip_on_bundled_long_cot_sample():
         parts = split_thought(response)
         assert parts.markup == "sky-t1" and parts.head + parts.thought + parts.tail == response
         assert parts.thought == thought
-    assert untouched >= 55  # the 59 responses in Sky-T1's exact layout come back byte for byte
+    assert untouched == 12  # the 12 responses in Sky-T1's exact layout come back byte for byte
 
 
 # ----------------------------------------------------------------------------- prompts
