@@ -122,6 +122,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # the task: harder than the student's pretraining problems (1-3 operations)
     p.add_argument("--train-size", type=int, default=3000, help="teacher traces (paper: ~5k math traces, Table 2)")
     p.add_argument("--test-size", type=int, default=300, help="held-out problems, disjoint from training by hash")
+    p.add_argument(
+        "--verification",
+        choices=synthetic.VERIFICATIONS,
+        default="undo",
+        help="how the teacher's traces verify (synthetic.py): undo each step from the answer, chosen on the correct "
+        "set alone (issue 28: one seed, 55%% against 40%% for recompute), or recompute it from the problem",
+    )
     p.add_argument("--min-ops", type=int, default=synthetic.MIN_OPS, help="fewest operations per problem")
     p.add_argument("--max-ops", type=int, default=synthetic.MAX_OPS, help="most operations per problem")
     # training: short, as in the paper (Table 2: 3 epochs of ~5k samples at lr 1e-5)
@@ -179,8 +186,9 @@ def teacher_traces(args: argparse.Namespace, data: Path, wrong: bool, teacher: s
     if not path.exists():
         shape = (args.min_ops, args.max_ops, synthetic.MAX_VALUE)
         records = synthetic.generate(
-            args.train_size, 0, "train", *shape, wrong_answers=wrong, prompt_style=PROMPT_STYLE, teacher=teacher
-        )
+            args.train_size, 0, "train", *shape, wrong_answers=wrong, prompt_style=PROMPT_STYLE, teacher=teacher,
+            verification=args.verification,
+        )  # fmt: skip
         utils.write_jsonl(path, records)
     return path
 

@@ -37,6 +37,7 @@ PRETRAINING_MAX_OPS = 3
 STEP_MIN_CHARS = 12  # every paragraph of a trace is longer ("First, 9 + 5 = 14." has 18 characters)
 OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul}
 TEACHERS = ("confirming", "catching")
+VERIFICATIONS = ("recompute", "undo")
 # The catching teacher's slips, at about the rates the grid's SFT students slip (their first error on held-out
 # problems, 3 seeds of the correct set at commit 3336d3b): the problem copied wrong (chance per trace), another
 # operation of the problem taken (per step), a verification that goes astray (per trace). Wrong facts keep slip_rate.
@@ -167,6 +168,7 @@ def solve(
     wrong_answer: bool,
     max_value: int,
     teacher: str = "confirming",
+    verification: str = "recompute",
 ) -> tuple[str, int]:
     """The teacher's Sky-T1 response and the final answer it states (the true value unless wrong_answer).
 
@@ -181,6 +183,10 @@ def solve(
     also makes the slips the SFT student makes (TEACHER_SLIPS: a problem copied wrong, the wrong next operation, a
     wrong fact, a verification that goes wrong) and catches each with a check that works, in the student's
     pretrained words where it has them (check_reply): issue 28's "checks that can work".
+
+    verification="recompute" computes the answer again from the problem; "undo" (undo_verification) undoes each step
+    from the answer back to the problem's first digit, so that a verification the student gets wrong cannot replace a
+    right first computation.
     """
     catching = teacher == "catching"
     order = post_order(expression)
@@ -225,6 +231,12 @@ def solve(
         if k != missed and rng.random() < check_rate:  # a checked slip would not go unnoticed
             steps.append(f"Let me check that step: {inverse_check(node.op, a, b, result)}, so {fact} holds.")
     first = carried(expression)
+    if verification == "undo":
+        written = [(carried(n.left), n.op, n.right.value, carried(n)) for n in order]
+        checks, answer = undo_verification(written, wrong_answer)
+        thought = "\n\n".join(steps + checks)
+        solution = f"The value of the expression is {answer}.\n\n\\boxed{{{answer}}}"
+        return format_response(thought, solution, "sky-t1"), answer
     # The verification recomputes from the problem; it repeats the slip only in a wrong-answer trace. The catching
     # teacher's verification can itself go wrong, as the student's does, and a check against the problem finds it.
     again = {} if not wrong_answer else shown
@@ -266,6 +278,35 @@ def solve(
     # structure leaves nothing intact for the model to fall back on.
     solution = f"The value of the expression is {answer}.\n\n\\boxed{{{answer}}}"
     return format_response(thought, solution, "sky-t1"), answer
+
+
+def undo_verification(written: list[tuple[int, str, int, int]], wrong_answer: bool) -> tuple[list[str], int]:
+    """The "undo" verification of a first computation whose steps wrote a op b = r (written, in order): each step's
+    inverse from the answer back ("18 - 5 = 13, 13 - 8 = 5, 5 - 4 = 1"), and the answer. An unnoticed slip does not
+    undo (its inverse gives another value): the verification names it and redoes the steps from there. A wrong-answer
+    trace repeats its slip as if it held."""
+    checks = []
+    for k in reversed(range(len(written))):
+        a, op, b, r = written[k]
+        true = OPS[op](a, b)
+        if r == true or wrong_answer:
+            checks.append(inverse_check(op, a, b, r))
+            continue
+        undone = OPS["+" if op == "-" else "-"](r, b) if op != "*" else -1
+        checks.append(f"{inverse_check(op, a, b, r).rsplit(' = ', 1)[0]} = {undone}, not {a}" if undone >= 0
+                      else f"{a} {op} {b} = {true}, not {r}")  # fmt: skip
+        value, redone = true, []
+        for _, op2, b2, _ in written[k + 1 :]:
+            redone.append(f"{value} {op2} {b2} = {OPS[op2](value, b2)}")
+            value = OPS[op2](value, b2)
+        fix = f" Redoing it from there: {', '.join(redone)}." if redone else ""
+        return [
+            f"Let me verify by undoing each step from the answer: {', '.join(checks)}.",
+            f"Wait, the first computation has a slip: {a} {op} {b} is {true}, not {r}.{fix} So the answer is {value}.",
+        ], value
+    answer = written[-1][3]
+    return [f"Let me verify by undoing each step from the answer: {', '.join(checks)}. This leads back to the start, "
+            f"so the answer is {answer}."], answer  # fmt: skip
 
 
 def previous_digit(order: list[Node], k: int) -> int:
@@ -340,6 +381,7 @@ def generate(
     prompt_style: str = "sky-t1",
     miss_rate: float = 0.1,
     teacher: str = "confirming",
+    verification: str = "recompute",
 ) -> list[dict]:
     """n training records {"id", "messages": [system, user, assistant], "domain", "answer", "source"} of one split.
 
@@ -351,6 +393,8 @@ def generate(
     """
     if teacher not in TEACHERS:
         raise ValueError(f"teacher must be one of {', '.join(TEACHERS)}, not {teacher!r}")
+    if verification not in VERIFICATIONS:
+        raise ValueError(f"verification must be one of {', '.join(VERIFICATIONS)}, not {verification!r}")
     records = []
     for i, expression in enumerate(sample_problems(n, seed, split, min_ops, max_ops, max_value)):
         problem = problem_text(expression)
@@ -358,7 +402,7 @@ def generate(
             rng = random.Random(f"trace:{seed}:{problem}:{attempt}")
             try:
                 response, stated = solve(
-                    expression, rng, slip_rate, check_rate, miss_rate, wrong_answers, max_value, teacher
+                    expression, rng, slip_rate, check_rate, miss_rate, wrong_answers, max_value, teacher, verification
                 )
             except ValueError:
                 continue
@@ -473,6 +517,7 @@ def main(cfg) -> int:
             cfg.prompt_style,
             cfg.miss_rate,
             cfg.teacher,
+            cfg.verification,
         )
     n = write_jsonl(cfg.output, records)
     print(f"wrote {n} {cfg.split} {'problems' if cfg.task_file else 'records'} to {cfg.output}")
@@ -515,6 +560,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--wrong-answers", action="store_true", help="every trace ends on a wrong answer (an unnoticed slip)"
+    )
+    p.add_argument(
+        "--verification",
+        choices=VERIFICATIONS,
+        default="recompute",
+        help="recompute: the answer again from the problem; undo: each step undone from the answer (demo.py's)",
     )
     p.add_argument(
         "--teacher",

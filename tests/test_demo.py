@@ -114,6 +114,25 @@ def test_the_catching_teacher_makes_the_students_slips_and_a_check_catches_each(
     assert min(seen.values()) >= 10, seen  # every kind, at about TEACHER_SLIPS' rates
 
 
+def test_the_undo_verification_leads_back_to_the_problem_or_names_the_slip_and_redoes_from_it():
+    named = 0
+    for r in synthetic.generate(200, seed=2, verification="undo"):
+        steps, first_digit = thought_steps(r), re.search(r"\d", problem_of(r)).group(0)
+        verification = next(s for s in steps if s.startswith("Let me verify by undoing each step from the answer: "))
+        facts = re.findall(r"(\d+) ([-+*]) (\d+) = (\d+)(, not \d+)?", verification)
+        assert all(synthetic.OPS[op](int(a), int(b)) == int(c) for a, op, b, c, _ in facts)  # a true inverse each
+        assert not any(slip for *_, slip in facts[:-1])  # only the last can fail to lead back: the slip is named
+        if steps[-1].startswith("Wait, the first computation has a slip"):
+            assert facts[-1][4] and steps[-1].endswith(f"So the answer is {r['answer']}.")
+            named += 1
+        else:
+            assert verification.endswith(f"This leads back to the start, so the answer is {r['answer']}.")
+            assert facts[-1][3] == first_digit or facts[-1][1] == "*"  # undone back to the problem's first digit
+    assert named > 5  # the default miss rate makes some
+    with pytest.raises(ValueError, match="verification must be one of"):
+        synthetic.generate(1, verification="twice")
+
+
 def test_the_confirming_teacher_is_the_default_and_its_checks_always_hold(records):
     assert synthetic.generate(20, seed=1) == synthetic.generate(20, seed=1, teacher="confirming")
     checks = [s for r in records for s in thought_steps(r) if s.startswith("Let me check")]
