@@ -92,7 +92,8 @@ def compare(
         if fixed and len(lines) == 1:  # one example, from the first task
             problem = next(p for p in problems if p["id"] == fixed[0])
             first = {n: next(s for s in samples[n] if (s["task"], s["id"]) == (task, fixed[0])) for n in runs}
-            print(f"\none problem the training fixed ({task} {fixed[0]}): {problem['problem']}")
+            answer = f" (answer {problem['answer']})" if "answer" in problem else ""
+            print(f"\none problem the training fixed ({task} {fixed[0]}): {problem['problem']}{answer}")
             for name in runs:
                 print(f"--- {name} training ---\n{shown(first[name]['response'])}")
     utils.atomic_write_text(folder / "before_after.json", json.dumps(lists) + "\n")

@@ -89,6 +89,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu-offload", action="store_true", help="FSDP with weights, grads, Adam state in CPU memory")
     p.add_argument("--sequence-parallel", type=int, default=1, help="split each packed row over N ranks (Ulysses)")
     p.add_argument("--dist-timeout", type=float, default=120, help="minutes ranks may wait for rank 0 (loads, saves)")
+    p.add_argument(
+        "--cpu-threads",
+        type=int,
+        default=0,
+        help="torch's CPU threads (0: its default); a tiny model gains nothing from more than 1 (--demo's)",
+    )
     # output
     p.add_argument("--output-dir", default="out/full", help="metrics.jsonl, step-NNNNNN/ (sharded), final/ model")
     p.add_argument(
@@ -185,6 +191,8 @@ def main(args: argparse.Namespace) -> dict:
     say(f"device {device} x {world} | {sharding} | compute {dtype}, fp32 master weights | attention {attn}")
     if world > 1:
         say(f"sequence parallel {layout.size} x data parallel {layout.dp_size}")
+    if args.cpu_threads:  # on a tiny model, a second thread waiting for a busy core stalls every op (demo.py)
+        torch.set_num_threads(args.cpu_threads)
     torch.manual_seed(args.seed)
     if args.demo:
         utils.require_demo_student(args.model)
@@ -356,9 +364,8 @@ def main(args: argparse.Namespace) -> dict:
     say("done:", json.dumps(summary))
     distributed.finish()
     if args.eval_tasks and is_main:  # the base model and the trained one on held-out problems
-        trained, tasks = str(out / "final"), args.eval_tasks
-        template = (args.chat_template, args.chat_template_kwargs)
-        summary["eval"] = before_after.compare(args.model, trained, tasks, args.eval_args, out, *template)
+        tasks, template = (args.eval_tasks, args.eval_args), (args.chat_template, args.chat_template_kwargs)
+        summary["eval"] = before_after.compare(args.model, str(out / "final"), *tasks, out, *template)
     return summary
 
 

@@ -91,6 +91,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu-offload", action="store_true", help="--fsdp with the shards in CPU memory (paper: ZeRO-3)")
     p.add_argument("--sequence-parallel", type=int, default=1, help="split each packed row over N ranks (Ulysses)")
     p.add_argument("--dist-timeout", type=float, default=120, help="minutes ranks may wait for rank 0 (loads, saves)")
+    p.add_argument(
+        "--cpu-threads",
+        type=int,
+        default=0,
+        help="torch's CPU threads (0: its default); a tiny model gains nothing from more than 1 (--demo's)",
+    )
     # output
     p.add_argument("--output-dir", default="out/lora", help="metrics.jsonl, step-NNNNNN/, final/ adapter, merged/")
     p.add_argument("--save-every", type=int, default=50, help="steps between checkpoints (0: only at the end)")
@@ -186,18 +192,10 @@ def main(args: argparse.Namespace) -> dict:
         summary["merged"] = merge_adapter(args.model, out / "final", out / "merged", args.precision)
     print("done:", json.dumps(summary))
     if args.eval_tasks:  # the base model and the trained one on held-out problems (the merged model, if there is one)
-        out = Path(args.output_dir)
+        out, template = Path(args.output_dir), (args.chat_template, args.chat_template_kwargs)
         trained, adapter = (summary["merged"], None) if args.merge else (args.model, summary["adapter"])
-        summary["eval"] = before_after.compare(
-            args.model,
-            trained,
-            args.eval_tasks,
-            args.eval_args,
-            out,
-            args.chat_template,
-            args.chat_template_kwargs,
-            adapter,
-        )
+        tasks = (args.eval_tasks, args.eval_args)
+        summary["eval"] = before_after.compare(args.model, trained, *tasks, out, *template, adapter)
     return summary
 
 
@@ -216,6 +214,8 @@ def train(args: argparse.Namespace) -> dict | None:
     say(f"device {device} x {world} | FSDP2 {args.fsdp} | compute {dtype} | attention {attn} | quant {args.quant}")
     if world > 1:
         say(f"sequence parallel {layout.size} x data parallel {layout.dp_size}")
+    if args.cpu_threads:  # on a tiny model, a second thread waiting for a busy core stalls every op (demo.py)
+        torch.set_num_threads(args.cpu_threads)
     torch.manual_seed(args.seed)  # the same adapter initialisation on every rank and for any rank count
     if args.demo:
         utils.require_demo_student(args.model)
