@@ -70,9 +70,10 @@ def compare(
     summary, lists, lines = {}, {}, []
     for spec in tasks.split(","):
         task, problems = evaluate.load_task(spec.strip())
-        ids = [p["id"] for p in problems if any(s["id"] == p["id"] for s in samples["after"] if s["task"] == task)]
+        answered = {s["id"] for s in samples["after"] if s["task"] == task}  # all, or evaluate.py's --limit
+        ids = [p["id"] for p in problems if p["id"] in answered]
         before, after = (per_problem(samples[name], task, ids) for name in ("before", "after"))
-        answers = [p["answer"] for p in problems if p["id"] in ids and "answer" in p]
+        answers = [p["answer"] for p in problems if p["id"] in answered and "answer" in p]
         majority = task_results.majority_baseline(answers) if answers else None
         summary[task] = {
             "problems": len(ids),

@@ -204,7 +204,7 @@ def test_lora_demo_lifts_the_student_beyond_its_own_accuracy_and_the_majority_an
     cmd = [sys.executable, str(REPO / "train_lora.py"), "--demo", "--output-dir", str(out)]
     run = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert run.returncode == 0, run.stderr[-3000:]
-    shown = [line for line in re.split(r"[\r\n]", run.stdout + run.stderr) if line.strip()]
+    shown = [line for line in re.split(r"[\r\n]|\x1b\[A", run.stdout + run.stderr) if line.strip()]  # tqdm's rewrites
     shown = [line for line in shown if not re.match(r"\s*step \d+/\d+ \|", line) and not PROGRESS_BAR.search(line)]
     assert len(shown) <= 60, "\n".join(shown)
     assert not [line for line in shown if re.search(r"warn|failed|deprecat", line, re.I)], "\n".join(shown)
