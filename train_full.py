@@ -186,7 +186,7 @@ def main(args: argparse.Namespace) -> dict:
     out = Path(args.output_dir)
     dtype = utils.pick_dtype(device, args.precision)
     attn = utils.pick_attention(args.attn, device)
-    say(utils.changed_settings(args, parser()), f"(all: {out / 'run_config.json'})")
+    say(utils.changed_settings(args, parser(), out / "run_config.json"))
     sharding = ("FSDP2 + CPU offload" if args.cpu_offload else "FSDP2") if sharded else "single process"
     say(f"device {device} x {world} | {sharding} | compute {dtype}, fp32 master weights | attention {attn}")
     if world > 1:

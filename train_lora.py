@@ -210,7 +210,7 @@ def train(args: argparse.Namespace) -> dict | None:
     is_main, say = rank == 0, distributed.say
     dtype = utils.pick_dtype(device, args.precision)
     attn = utils.pick_attention(args.attn, device)
-    say(utils.changed_settings(args, parser()), f"(all: {out / 'run_config.json'})")
+    say(utils.changed_settings(args, parser(), out / "run_config.json"))
     say(f"device {device} x {world} | FSDP2 {args.fsdp} | compute {dtype} | attention {attn} | quant {args.quant}")
     if world > 1:
         say(f"sequence parallel {layout.size} x data parallel {layout.dp_size}")

@@ -347,12 +347,12 @@ def require_demo_student(path: str) -> None:
         )
 
 
-def changed_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
+def changed_settings(args: argparse.Namespace, parser: argparse.ArgumentParser, run_config: Path) -> str:
     """The settings of args that differ from the parser's defaults, wrapped to a few lines: what a run's log starts
-    with (run_config.json holds them all)."""
+    with; run_config holds them all."""
     defaults = vars(parser.parse_args([]))
     changed = [f"{key} {value}" for key, value in vars(args).items() if defaults.get(key, value) != value]
-    text = "settings: " + (", ".join(changed) or "the defaults")
+    text = f"settings: {', '.join(changed) or 'the defaults'} (all: {run_config})"
     return textwrap.fill(text, 120, subsequent_indent="  ", break_on_hyphens=False)
 
 
