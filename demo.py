@@ -132,22 +132,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--min-ops", type=int, default=synthetic.MIN_OPS, help="fewest operations per problem")
     p.add_argument("--max-ops", type=int, default=synthetic.MAX_OPS, help="most operations per problem")
     # training: short, as in the paper (Table 2: 3 epochs of ~5k samples at lr 1e-5)
-    sft_cfg = tiny_model.DEMO_SFT  # shared with the trainers' --demo
+    full, lora = (utils.demo_arguments(script) for script in ("train_full.py", "train_lora.py"))  # their --demo's
     p.add_argument(
-        "--full-steps", type=int, default=sft_cfg["full_steps"], help="train_full.py steps per run (paper: 3 epochs)"
+        "--full-steps", type=int, default=full["max_steps"], help="train_full.py steps per run (paper: 3 epochs)"
     )
     p.add_argument(
-        "--lora-steps", type=int, default=sft_cfg["lora_steps"], help="train_lora.py steps per run (paper: as full SFT)"
+        "--lora-steps", type=int, default=lora["max_steps"], help="train_lora.py steps per run (paper: as full SFT)"
     )
-    p.add_argument("--samples-per-step", type=int, default=sft_cfg["samples_per_step"], help="global batch (paper: 96)")
+    p.add_argument("--samples-per-step", type=int, default=full["samples_per_step"], help="global batch (paper: 96)")
+    p.add_argument("--full-lr", type=float, default=full["lr"], help="train_full.py peak rate (below pretraining's)")
+    p.add_argument("--lora-lr", type=float, default=lora["lr"], help="train_lora.py peak rate (paper: 10x full SFT's)")
     p.add_argument(
-        "--full-lr", type=float, default=sft_cfg["full_lr"], help="train_full.py peak rate (below pretraining's)"
-    )
-    p.add_argument(
-        "--lora-lr", type=float, default=sft_cfg["lora_lr"], help="train_lora.py peak rate (paper: 10x full SFT's)"
-    )
-    p.add_argument(
-        "--lora-rank", type=int, default=sft_cfg["lora_rank"], help="adapter rank, alpha = 2 x rank (paper: 64 on 5120)"
+        "--lora-rank", type=int, default=lora["lora_rank"], help="adapter rank, alpha = 2 x rank (paper: 64 on 5120)"
     )
     p.add_argument("--max-new-tokens", type=int, default=600, help="generation budget per held-out problem")
     args = p.parse_args(argv)
@@ -223,7 +219,7 @@ def train(args: argparse.Namespace, cell: Cell, train_file: Path, run_dir: Path,
     argv = ["--data", str(train_file), "--model", args.student, "--output-dir", str(run_dir), "--seed", str(seed)]
     argv += ["--max-steps", str(steps), "--samples-per-step", str(args.samples_per_step)]
     # Samples are a few hundred tokens: recomputing activations would only cost time.
-    max_length = tiny_model.DEMO_SFT["max_length"]
+    max_length = utils.demo_arguments("train_full.py")["max_length"]
     argv += ["--max-length", str(max_length), "--micro-batch-tokens", str(max_length)]
     argv += ["--no-gradient-checkpointing", "--save-every", "0", "--keep-checkpoints", "1"]
     if cell.recipe == "full":
@@ -377,40 +373,6 @@ def prior_report(out: Path, args: argparse.Namespace, report_dir: Path) -> list[
     utils.atomic_write_text(out / "prior_results.json", json.dumps(kept, indent=2, default=str) + "\n")
     print(text)
     return kept
-
-
-DEMO_HELD_OUT = 200  # held-out problems the trainers' --demo grades before and after SFT
-
-
-def before_after(student: str, trained: Path, output_dir: Path, n: int = DEMO_HELD_OUT) -> dict:
-    """The trainers' --demo ends here: held-out accuracy of the student before and after SFT, against always giving
-    the commonest answer, and one problem with both answers."""
-    task_file = output_dir / "heldout.jsonl"
-    problems = synthetic.task_records(n)
-    utils.write_jsonl(task_file, problems)
-    ids = [p["id"] for p in problems]
-    right, answers = {}, {}
-    for name, model in (("before", Path(student)), ("after", trained)):
-        shutil.rmtree(output_dir / f"eval_{name}", ignore_errors=True)  # a new run's model: nothing to resume
-        evaluate_model(model, task_file, output_dir / f"eval_{name}", 600)
-        samples = output_dir / f"eval_{name}" / "samples.jsonl"
-        right[name] = demo_report.correctness(samples, ids)
-        answers[name] = {s["id"]: s["response"] for s in utils.read_jsonl(samples)}
-    learned = [i for i, b, a in zip(ids, right["before"], right["after"]) if a and not b]
-    shown = learned[0] if learned else ids[0]
-    problem = next(p for p in problems if p["id"] == shown)
-    print(f"\nheld-out problem: {problem['problem']} (answer {problem['answer']})")
-    for name in ("before", "after"):
-        print(f"\n--- the student {name} SFT ---\n{answers[name][shown]}")
-    majority = demo_report.majority_baseline([p["answer"] for p in problems])
-    gain = demo_report.bootstrap(right["after"][None, :], right["before"][None, :])
-    print(
-        f"\nheld-out accuracy, {n} problems: before SFT {100 * right['before'].mean():.1f}% -> after "
-        f"{100 * right['after'].mean():.1f}% (change {demo_report.percent_interval(*gain, signed=True)} points, 95% "
-        f"CI); always answering the commonest answer: {100 * majority:.1f}%"
-    )
-    # lists, not arrays: the trainers print their summary as JSON
-    return {"before": right["before"].tolist(), "after": right["after"].tolist(), "majority": majority}
 
 
 def main(args: argparse.Namespace) -> list[dict]:

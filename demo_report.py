@@ -22,8 +22,8 @@ import markup
 import perturb
 import synthetic
 import utils
+from task_results import BOOTSTRAP_DRAWS, bootstrap, majority_baseline, percent_interval  # noqa: F401 (demo.py)
 
-BOOTSTRAP_DRAWS = 2000
 REFLECTION = re.compile(r"\b(?:wait|check|verify)\b", re.I)  # the teacher's reflection words (synthetic.py)
 FACT = re.compile(r"(?<!\d)(-?\d+) ([-+*]) (\d+) = (-?\d+)")  # "14 - 5 = 9", as synthetic.py writes a fact
 # The paper's Table 2 (v1; average of MATH500, AIME24, AMC23, OlympiadBench), full SFT of Qwen2.5-32B-Instruct on
@@ -44,30 +44,6 @@ def correctness(samples_file: Path, problem_ids: list[str]) -> np.ndarray:
     return np.array([right.get(i, False) for i in problem_ids], dtype=float)
 
 
-def bootstrap(
-    cell: np.ndarray, reference: np.ndarray | None = None, draws: int = BOOTSTRAP_DRAWS, seed: int = 0
-) -> tuple[float, float, float]:
-    """Mean and 95% interval of cell (seeds x problems) or, with reference (seeds x problems, same problems), of
-    mean(cell) - mean(reference). Problems are resampled once per draw for both (paired); seeds per cell."""
-    rng = np.random.default_rng(seed)
-    n_problems = cell.shape[1]
-    stats = np.empty(draws)
-    for d in range(draws):
-        problems = rng.integers(0, n_problems, n_problems)
-        value = cell[rng.integers(0, len(cell), len(cell))][:, problems].mean()
-        if reference is not None:
-            value -= reference[rng.integers(0, len(reference), len(reference))][:, problems].mean()
-        stats[d] = value
-    point = cell.mean() - (reference.mean() if reference is not None else 0.0)
-    low, high = np.percentile(stats, [2.5, 97.5])
-    return float(point), float(low), float(high)
-
-
-def majority_baseline(answers: list[str]) -> float:
-    """Accuracy of always answering the commonest held-out answer: the floor any claim of learning must clear."""
-    return max(answers.count(a) for a in set(answers)) / len(answers)
-
-
 def response_structure(samples_file: Path) -> dict:
     """What the model writes: mean tokens, thought steps (blank-line paragraphs, as perturb.py splits them),
     reflection words per response, the share of its arithmetic facts that are true (nan if it writes none: is its
@@ -86,11 +62,6 @@ def response_structure(samples_file: Path) -> dict:
         "facts_right": float(np.mean(facts)) if facts else float("nan"),
         "final_answer": float(np.mean(["\\boxed{" in s["response"] for s in samples])),
     }
-
-
-def percent_interval(point: float, low: float, high: float, signed: bool = False) -> str:
-    sign = "+" if signed else ""
-    return f"{100 * point:{sign}.1f} [{100 * low:{sign}.1f}, {100 * high:{sign}.1f}]"
 
 
 def summarise(cells: list[dict], before: np.ndarray, runs: dict[str, list[np.ndarray]]) -> list[dict]:

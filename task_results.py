@@ -1,13 +1,18 @@
 """What a task's scored samples add up to: results.json's numbers per task (accuracy, pass@k, avg@n with its error
 bar and the per-sample-index accuracies, the shares with no answer or cut off, grader errors, LiveCodeBench's
-difficulty levels) and the table evaluate.py prints."""
+difficulty levels), the table evaluate.py prints, and the statistics that compare two runs on the same problems
+(a paired bootstrap interval: the trainers' --eval-tasks, demo_report.py)."""
 
 from __future__ import annotations
 
 import math
 from statistics import fmean, stdev
 
+import numpy as np
+
 import utils
+
+BOOTSTRAP_DRAWS = 2000
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -89,3 +94,32 @@ def results_table(results: dict) -> str:
 
 def _percent(fraction: float) -> str:
     return f"{100 * fraction:.1f}"
+
+
+def bootstrap(
+    cell: np.ndarray, reference: np.ndarray | None = None, draws: int = BOOTSTRAP_DRAWS, seed: int = 0
+) -> tuple[float, float, float]:
+    """Mean and 95% interval of cell (seeds x problems) or, with reference (seeds x problems, same problems), of
+    mean(cell) - mean(reference). Problems are resampled once per draw for both (paired); seeds per cell."""
+    rng = np.random.default_rng(seed)
+    n_problems = cell.shape[1]
+    stats = np.empty(draws)
+    for d in range(draws):
+        problems = rng.integers(0, n_problems, n_problems)
+        value = cell[rng.integers(0, len(cell), len(cell))][:, problems].mean()
+        if reference is not None:
+            value -= reference[rng.integers(0, len(reference), len(reference))][:, problems].mean()
+        stats[d] = value
+    point = cell.mean() - (reference.mean() if reference is not None else 0.0)
+    low, high = np.percentile(stats, [2.5, 97.5])
+    return float(point), float(low), float(high)
+
+
+def majority_baseline(answers: list[str]) -> float:
+    """Accuracy of always answering the commonest held-out answer: the floor any claim of learning must clear."""
+    return max(answers.count(a) for a in set(answers)) / len(answers)
+
+
+def percent_interval(point: float, low: float, high: float, signed: bool = False) -> str:
+    sign = "+" if signed else ""
+    return f"{100 * point:{sign}.1f} [{100 * low:{sign}.1f}, {100 * high:{sign}.1f}]"

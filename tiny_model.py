@@ -30,23 +30,11 @@ from utils import DATA_DIR, read_jsonl, save_dir_atomically, write_jsonl
 
 TOKENIZER_CORPUS = [DATA_DIR / "sample" / "openmathinstruct2_sft.jsonl", DATA_DIR / "sky_t1_system_prompt.txt"]
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-# Qwen2's pre-tokenizer split: single digits (so arithmetic is learnable), words, punctuation runs, newlines.
-# What the trainers' --demo runs on: the shipped student and the teacher's traces of its task.
-STUDENT_DIR = str(DATA_DIR / "tiny-student")
-DEMO_DATA = str(DATA_DIR / "sample" / "synthetic_longcot.jsonl")  # the teacher's traces (synthetic.py), bundled
-# The student: its shape and how it was pretrained (its task: synthetic.py).
+STUDENT_DIR = str(DATA_DIR / "tiny-student")  # the shipped student, what demo.py and the trainers' --demo train
+# The student: its shape and how it was pretrained (its task: synthetic.py). Its long-CoT SFT: data/demo_sft.json.
 STUDENT_SHAPE = {"vocab_size": 512, "hidden_size": 128, "layers": 3}
 STUDENT_PRETRAINING = {"short_problems": 6000, "steps": 1200, "samples_per_step": 32, "lr": 3e-3}
-# Long-CoT SFT of the student, the same in the trainers' --demo and every cell of demo.py's grid, chosen on the correct
-# set alone before any grid ran (issue 17; 300 held-out problems, one seed): 300 x 8 full SFT 40%, LoRA 27% (from 13%),
-# but LoRA on the bundled traces went 12.5% -> 11.5% or -> 30.5% by seed, and 47% at 500 steps; full SFT at 500 steps:
-# 44% (one seed). 300 x 4: much less (21%, 8%). So LoRA runs 500 steps and full SFT 300 (the grid's 3 seeds: 32% [22,
-# 41]): that way the 3-seed grid (20 full-SFT runs per seed) takes 95 minutes on 2 cores, not ~2 h. Short as in the
-# paper (Table 2: 3 epochs of ~5k traces); LoRA's rate 10x full SFT's, as the paper's 1e-4 vs 1e-5. max_length holds the
-# longest trace of every perturbed set (insert 100%: 805 tokens; the correct traces: 453), so that no cell loses its
-# longest, most reflective traces; a micro-batch is one max_length row.
-DEMO_SFT = {"full_steps": 300, "lora_steps": 500, "samples_per_step": 8, "full_lr": 1e-3, "lora_lr": 1e-2}
-DEMO_SFT |= {"lora_rank": 16, "max_length": 832}
+# Qwen2's pre-tokenizer split: single digits (so arithmetic is learnable), words, punctuation runs, newlines.
 QWEN2_SPLIT = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""  # noqa: E501
 
 

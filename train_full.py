@@ -27,6 +27,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from contextlib import nullcontext
 from datetime import timedelta
 from functools import partial
@@ -34,15 +35,15 @@ from pathlib import Path
 
 import torch
 
+import before_after
 import distributed
 import memory_plan
 import sequence_parallel
 import sft
-import tiny_model
 import utils
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # data
     p.add_argument("--data", action="append", default=[], help="training JSONL/JSON; repeat for several (shapes mix)")
@@ -88,6 +89,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cpu-offload", action="store_true", help="FSDP with weights, grads, Adam state in CPU memory")
     p.add_argument("--sequence-parallel", type=int, default=1, help="split each packed row over N ranks (Ulysses)")
     p.add_argument("--dist-timeout", type=float, default=120, help="minutes ranks may wait for rank 0 (loads, saves)")
+    p.add_argument(
+        "--cpu-threads",
+        type=int,
+        default=0,
+        help="torch's CPU threads (0: its default); a tiny model gains nothing from more than 1 (--demo's)",
+    )
     # output
     p.add_argument("--output-dir", default="out/full", help="metrics.jsonl, step-NNNNNN/ (sharded), final/ model")
     p.add_argument(
@@ -98,24 +105,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", nargs="?", const="auto", help="'auto' (newest in --output-dir) or a checkpoint folder")
     p.add_argument("--wandb", metavar="PROJECT", help="also log to this Weights & Biases project")
     p.add_argument(
+        "--eval-tasks",
+        metavar="TASKS",
+        help="after training, evaluate.py --tasks TASKS on the base model and the trained one: one line per task, "
+        "accuracy before -> after with a paired 95%% interval (before_after.py)",
+    )
+    p.add_argument("--eval-args", default="", help="more evaluate.py options for --eval-tasks, e.g. '--n 4'")
+    p.add_argument(
         "--demo",
         action="store_true",
-        help="the miniature on CPU: the pretrained tiny student, the bundled teacher traces (no download)",
+        help="the miniature on CPU: data/demo_sft.json's arguments (the pretrained tiny student, the bundled teacher "
+        "traces, 200 held-out problems; no download); flags given with it override them",
     )
     p.add_argument("--dry-run", action="store_true", help="print the memory plan per GPU and exit (no download)")
     p.add_argument("--gpus", type=int, default=0, help="GPUs the --dry-run plan assumes (0: WORLD_SIZE, else 1)")
     p.add_argument("--gpu-memory", type=float, help="GiB of the GPU to plan for (default: this machine's, else 79.6)")
     p.add_argument("--fit", action="store_true", help="pick the longest --micro-batch-tokens that fits, then offloads")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = parser()
+    if p.parse_known_args(argv)[0].demo:  # the miniature (demo.py) on a laptop CPU, the real code path
+        p.set_defaults(**utils.demo_arguments("train_full.py"))
     args = p.parse_args(argv)
-    if args.demo:  # the miniature (demo.py) on a laptop CPU, same code path as the real run
-        args.model, args.data = tiny_model.STUDENT_DIR, [tiny_model.DEMO_DATA]
-        if args.output_dir == p.get_default("output_dir"):  # a folder given on the command line is kept
-            args.output_dir = "out/demo-full"
-        sft_cfg = tiny_model.DEMO_SFT
-        args.lr, args.max_steps = sft_cfg["full_lr"], args.max_steps or sft_cfg["full_steps"]
-        args.samples_per_step, args.max_length = sft_cfg["samples_per_step"], sft_cfg["max_length"]
-        args.micro_batch_tokens, args.save_every = sft_cfg["max_length"], 100
-        args.save_dtype, args.gradient_checkpointing = "fp32", False
     if not args.data and not args.dry_run:
         p.error("--data is required (or --demo, or --dry-run)")
     if args.sequence_parallel < 1:
@@ -173,13 +186,16 @@ def main(args: argparse.Namespace) -> dict:
     out = Path(args.output_dir)
     dtype = utils.pick_dtype(device, args.precision)
     attn = utils.pick_attention(args.attn, device)
-    say("config:", json.dumps(vars(args), indent=1))
+    say(utils.changed_settings(args, parser(), out / "run_config.json"))
     sharding = ("FSDP2 + CPU offload" if args.cpu_offload else "FSDP2") if sharded else "single process"
     say(f"device {device} x {world} | {sharding} | compute {dtype}, fp32 master weights | attention {attn}")
-    say(f"sequence parallel {layout.size} x data parallel {layout.dp_size}")
+    if world > 1:
+        say(f"sequence parallel {layout.size} x data parallel {layout.dp_size}")
+    if args.cpu_threads:  # on a tiny model, a second thread waiting for a busy core stalls every op (demo.py)
+        torch.set_num_threads(args.cpu_threads)
     torch.manual_seed(args.seed)
     if args.demo:
-        tiny_model.ensure_student(args.model)
+        utils.require_demo_student(args.model)
 
     # ---------------------------------------------------------------- data: all validated before the model loads
     data = sft.load_training_data(
@@ -198,6 +214,8 @@ def main(args: argparse.Namespace) -> dict:
     collate = sft.collate_packed if args.packing else partial(sft.collate_padded, pad_id=tokenizer.pad_token_id)
     say(data.report)
     out.mkdir(parents=True, exist_ok=True)  # only now: bad data leaves no empty run folder behind
+    if is_main:
+        utils.atomic_write_text(out / "run_config.json", json.dumps(vars(args), indent=1))
     micro_batches = math.ceil(  # the step's samples are split over the data-parallel replicas
         args.samples_per_step * sum(lengths) / len(lengths) / args.micro_batch_tokens / layout.dp_size
     )
@@ -252,7 +270,9 @@ def main(args: argparse.Namespace) -> dict:
             shutil.rmtree(tmp, ignore_errors=True)
         distributed.barrier()
         model_state, optimizer_state = dcp_state.get_state_dict(model, optimizer)
-        dcp.save({"model": model_state, "optim": optimizer_state}, checkpoint_id=str(tmp))
+        with warnings.catch_warnings():  # in one process, DCP (torch 2.13) warns at every save that it assumes one
+            warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+            dcp.save({"model": model_state, "optim": optimizer_state}, checkpoint_id=str(tmp))
         if is_main:
             state = {"step": step, "scheduler": scheduler.state_dict(), "rng": utils.rng_state()}
             state.update(grad_scaler=scaler.state_dict(), skipped_steps=skipped_steps)
@@ -343,10 +363,9 @@ def main(args: argparse.Namespace) -> dict:
     summary.update(last_loss=losses[-1] if losses else None, model=str(out / "final"), world_size=world)
     say("done:", json.dumps(summary))
     distributed.finish()
-    if args.demo and is_main:  # the student's held-out answers before and after; demo.py imports this module
-        import demo
-
-        summary["held_out"] = demo.before_after(args.model, out / "final", out)
+    if args.eval_tasks and is_main:  # the base model and the trained one on held-out problems
+        tasks, template = (args.eval_tasks, args.eval_args), (args.chat_template, args.chat_template_kwargs)
+        summary["eval"] = before_after.compare(args.model, str(out / "final"), *tasks, out, *template)
     return summary
 
 

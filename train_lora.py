@@ -1,6 +1,6 @@
 """LoRA / QLoRA supervised fine-tuning on long chain-of-thought demonstrations (Sky-T1 recipe).
 
-    python train_lora.py --demo                                 # CPU: the tiny student learns long CoT, ~2 minutes
+    python train_lora.py --demo                                 # CPU: the tiny student learns long CoT, ~5 minutes
     python train_lora.py --data cot17k.jsonl                    # QLoRA, Qwen2.5-32B-Instruct, paper settings, 80 GB GPU
     python train_lora.py --data cot17k.jsonl --model Qwen/Qwen2.5-7B-Instruct --quant none --lora-rank 16
     python train_lora.py --data cot17k.jsonl --output-dir out/lora --resume auto --merge
@@ -33,15 +33,15 @@ from pathlib import Path
 
 import torch
 
+import before_after
 import distributed
 import memory_plan
 import sequence_parallel
 import sft
-import tiny_model
 import utils
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # data
     p.add_argument("--data", action="append", default=[], help="training JSONL/JSON; repeat for several (shapes mix)")
@@ -91,6 +91,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cpu-offload", action="store_true", help="--fsdp with the shards in CPU memory (paper: ZeRO-3)")
     p.add_argument("--sequence-parallel", type=int, default=1, help="split each packed row over N ranks (Ulysses)")
     p.add_argument("--dist-timeout", type=float, default=120, help="minutes ranks may wait for rank 0 (loads, saves)")
+    p.add_argument(
+        "--cpu-threads",
+        type=int,
+        default=0,
+        help="torch's CPU threads (0: its default); a tiny model gains nothing from more than 1 (--demo's)",
+    )
     # output
     p.add_argument("--output-dir", default="out/lora", help="metrics.jsonl, step-NNNNNN/, final/ adapter, merged/")
     p.add_argument("--save-every", type=int, default=50, help="steps between checkpoints (0: only at the end)")
@@ -99,25 +105,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--merge", action="store_true", help="also write merged/ for vLLM, in --precision's dtype")
     p.add_argument("--wandb", metavar="PROJECT", help="also log to this Weights & Biases project")
     p.add_argument(
+        "--eval-tasks",
+        metavar="TASKS",
+        help="after training, evaluate.py --tasks TASKS on the base model and the trained one: one line per task, "
+        "accuracy before -> after with a paired 95%% interval (before_after.py)",
+    )
+    p.add_argument("--eval-args", default="", help="more evaluate.py options for --eval-tasks, e.g. '--n 4'")
+    p.add_argument(
         "--demo",
         action="store_true",
-        help="the miniature on CPU: the pretrained tiny student, the bundled teacher traces (no download)",
+        help="the miniature on CPU: data/demo_sft.json's arguments (the pretrained tiny student, the bundled teacher "
+        "traces, 200 held-out problems; no download); flags given with it override them",
     )
     p.add_argument("--dry-run", action="store_true", help="print the GPU memory plan and exit (no download)")
     p.add_argument("--gpus", type=int, default=0, help="GPUs the --dry-run plan assumes (0: WORLD_SIZE, else 1)")
     p.add_argument("--gpu-memory", type=float, help="GiB of the GPU to plan for (default: this machine's, else 79.6)")
     p.add_argument("--fit", action="store_true", help="pick the longest --micro-batch-tokens that fits, then offload")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = parser()
+    if p.parse_known_args(argv)[0].demo:  # the miniature (demo.py) on a laptop CPU, the real code path (QLoRA too)
+        p.set_defaults(**utils.demo_arguments("train_lora.py"))
     args = p.parse_args(argv)
-    if args.demo:  # the miniature (demo.py) on a laptop CPU, same code path as the real run (QLoRA included)
-        args.model, args.data = tiny_model.STUDENT_DIR, [tiny_model.DEMO_DATA]
-        if args.output_dir == p.get_default("output_dir"):  # a folder given on the command line is kept
-            args.output_dir = "out/lora-demo"
-        sft_cfg = tiny_model.DEMO_SFT
-        args.lr, args.lora_rank, args.lora_alpha = sft_cfg["lora_lr"], sft_cfg["lora_rank"], 2 * sft_cfg["lora_rank"]
-        args.max_steps, args.samples_per_step = args.max_steps or sft_cfg["lora_steps"], sft_cfg["samples_per_step"]
-        args.max_length, args.micro_batch_tokens = sft_cfg["max_length"], sft_cfg["max_length"]
-        args.save_every = 100
-        args.merge, args.gradient_checkpointing = True, False
     if not args.data and not args.dry_run:
         p.error("--data is required (or --demo)")
     args.fsdp = args.fsdp or args.cpu_offload
@@ -179,11 +190,12 @@ def main(args: argparse.Namespace) -> dict:
         torch.cuda.empty_cache()
         out = Path(args.output_dir)
         summary["merged"] = merge_adapter(args.model, out / "final", out / "merged", args.precision)
-    if args.demo:  # the student's held-out answers before and after; imported here, as demo.py imports this module
-        import demo
-
-        summary["held_out"] = demo.before_after(args.model, Path(args.output_dir) / "merged", Path(args.output_dir))
     print("done:", json.dumps(summary))
+    if args.eval_tasks:  # the base model and the trained one on held-out problems (the merged model, if there is one)
+        out, template = Path(args.output_dir), (args.chat_template, args.chat_template_kwargs)
+        trained, adapter = (summary["merged"], None) if args.merge else (args.model, summary["adapter"])
+        tasks = (args.eval_tasks, args.eval_args)
+        summary["eval"] = before_after.compare(args.model, trained, *tasks, out, *template, adapter)
     return summary
 
 
@@ -198,13 +210,15 @@ def train(args: argparse.Namespace) -> dict | None:
     is_main, say = rank == 0, distributed.say
     dtype = utils.pick_dtype(device, args.precision)
     attn = utils.pick_attention(args.attn, device)
-    say("config:", json.dumps(vars(args), indent=1))
+    say(utils.changed_settings(args, parser(), out / "run_config.json"))
     say(f"device {device} x {world} | FSDP2 {args.fsdp} | compute {dtype} | attention {attn} | quant {args.quant}")
-    say(f"sequence parallel {layout.size} x data parallel {layout.dp_size}")
+    if world > 1:
+        say(f"sequence parallel {layout.size} x data parallel {layout.dp_size}")
+    if args.cpu_threads:  # on a tiny model, a second thread waiting for a busy core stalls every op (demo.py)
+        torch.set_num_threads(args.cpu_threads)
     torch.manual_seed(args.seed)  # the same adapter initialisation on every rank and for any rank count
-    if args.demo and is_main:
-        tiny_model.ensure_student(args.model)
-    distributed.barrier()
+    if args.demo:
+        utils.require_demo_student(args.model)
 
     # ---------------------------------------------------------------- data: all validated before the model loads
     data = sft.load_training_data(
@@ -223,14 +237,17 @@ def train(args: argparse.Namespace) -> dict | None:
     collate = sft.collate_packed if args.packing else partial(sft.collate_padded, pad_id=tokenizer.pad_token_id)
     say(data.report)
     out.mkdir(parents=True, exist_ok=True)  # only now: bad data leaves no empty run folder behind
+    if is_main:
+        utils.atomic_write_text(out / "run_config.json", json.dumps(vars(args), indent=1))
     micro_batches = math.ceil(  # the step's samples are split over the data-parallel replicas
         args.samples_per_step * sum(lengths) / len(lengths) / args.micro_batch_tokens / layout.dp_size
     )
     say(f"schedule: {steps_per_epoch} steps/epoch, {total_steps} steps, ~{micro_batches} micro-batches/step per rank")
-    try:
-        say(f"estimated peak GPU memory {plan_memory(args)[0]['total']:.1f} GiB (--dry-run for the breakdown)")
-    except ValueError as e:  # an architecture the planner does not know must not stop training
-        say(f"no memory estimate: {e}")
+    if device.type == "cuda":  # the plan is of GPU memory
+        try:
+            say(f"estimated peak GPU memory {plan_memory(args)[0]['total']:.1f} GiB (--dry-run for the breakdown)")
+        except ValueError as e:  # an architecture the planner does not know must not stop training
+            say(f"no memory estimate: {e}")
 
     # ---------------------------------------------------------------- model
     from peft import LoraConfig, get_peft_model, set_peft_model_state_dict

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import pickle
 import random
 import re
 import shutil
+import textwrap
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -21,6 +24,15 @@ import torch
 
 REPO_DIR = Path(__file__).resolve().parent
 DATA_DIR = REPO_DIR / "data"
+DEMO_PRESET = DATA_DIR / "demo_sft.json"  # the miniature's SFT arguments: the trainers' --demo and demo.py's grid
+
+# Two messages from dependencies, each silenced alone, before any script imports them, so that no user learns to
+# ignore them. bitsandbytes (>= 0.49), when imported (peft imports it), tries on a CPU with AVX512-BF16 to fetch a
+# 4-bit kernel from the Hugging Face Hub (kernels-community) and warns when it cannot (offline, or its publisher check
+# fails), then uses its own kernel; that logger says nothing else. PEFT (0.21) reads transformers' deprecated
+# `is_gradient_checkpointing` each time it wraps a model, which transformers 5 answers with a FutureWarning.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 # ----------------------------------------------------------------------------- JSON / JSONL I/O
@@ -315,6 +327,33 @@ def prepare_qlora(model):
         if param.dtype != loaded[name]:
             param.data = param.data.to(loaded[name])
     return model
+
+
+def demo_arguments(script: str) -> dict:
+    """A trainer's --demo defaults (argparse dests): DEMO_PRESET's shared arguments and the script's own, with its
+    paths, which name files of this repository, made absolute."""
+    preset = json.loads(DEMO_PRESET.read_text(encoding="utf-8"))
+    arguments = preset["both"] | preset[script]
+    arguments["model"], arguments["eval_tasks"] = (str(REPO_DIR / arguments[key]) for key in ("model", "eval_tasks"))
+    arguments["data"] = [str(REPO_DIR / path) for path in arguments["data"]]
+    return arguments
+
+
+def require_demo_student(path: str) -> None:
+    """--demo trains the miniature's pretrained student; if its folder is gone, say how to make it again."""
+    if not (Path(path) / "config.json").exists():
+        raise SystemExit(
+            f"{path}: no tiny student there; make it with `python tiny_model.py --pretrain {path}` (~10 min)"
+        )
+
+
+def changed_settings(args: argparse.Namespace, parser: argparse.ArgumentParser, run_config: Path) -> str:
+    """The settings of args that differ from the parser's defaults, wrapped to a few lines: what a run's log starts
+    with; run_config holds them all."""
+    defaults = vars(parser.parse_args([]))
+    changed = [f"{key} {value}" for key, value in vars(args).items() if defaults.get(key, value) != value]
+    text = f"settings: {', '.join(changed) or 'the defaults'} (all: {run_config})"
+    return textwrap.fill(text, 120, subsequent_indent="  ", break_on_hyphens=False)
 
 
 def cpu_threads_per_rank() -> int | None:

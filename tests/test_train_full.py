@@ -262,8 +262,9 @@ def test_flags_and_their_checks():
     assert not train_full.parse_args(["--data", "x.jsonl", "--no-gradient-checkpointing"]).gradient_checkpointing
     with pytest.raises(SystemExit):
         train_full.parse_args([])  # --data is required (except for --demo and --dry-run)
-    demo = train_full.parse_args(["--demo"])
-    assert demo.model == tiny_model.STUDENT_DIR and demo.output_dir == "out/demo-full"
+    demo = train_full.parse_args(["--demo"])  # data/demo_sft.json's arguments
+    assert demo.model == tiny_model.STUDENT_DIR and demo.output_dir == "out/demo-full" and demo.save_dtype == "fp32"
+    assert train_full.parse_args(["--demo", "--max-steps", "3"]).max_steps == 3  # the command line wins
     with pytest.raises(SystemExit, match="must be >= --max-length"):
         train_full.main(train_full.parse_args(["--data", "x.jsonl", "--micro-batch-tokens", "100"]))
 

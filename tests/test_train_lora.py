@@ -336,8 +336,12 @@ def test_flags_and_their_checks():
     assert train_lora.parse_args(["--data", "a", "--data", "b"]).data == ["a", "b"]
     with pytest.raises(SystemExit):
         train_lora.parse_args([])  # --data is required (except for --demo and --dry-run)
-    demo = train_lora.parse_args(["--demo"])
-    assert demo.data == [tiny_model.DEMO_DATA] and demo.model == tiny_model.STUDENT_DIR and demo.merge
+    demo = train_lora.parse_args(["--demo"])  # data/demo_sft.json's arguments
+    assert demo.data == [str(utils.DATA_DIR / "sample" / "synthetic_longcot.jsonl")] and demo.merge
+    assert demo.model == tiny_model.STUDENT_DIR and demo.lora_alpha == 2 * demo.lora_rank
+    assert demo.eval_tasks == str(utils.DATA_DIR / "sample" / "synthetic_heldout.jsonl")
+    given = train_lora.parse_args(["--demo", "--lr", "0.5", "--output-dir", "o"])
+    assert given.lr == 0.5 and given.output_dir == "o" and given.max_steps == demo.max_steps  # the command line wins
     with pytest.raises(SystemExit, match="must be >= --max-length"):
         train_lora.main(train_lora.parse_args(["--data", "x.jsonl", "--micro-batch-tokens", "100"]))
 
