@@ -1,7 +1,7 @@
 """The miniature's statistics and report: intervals over problems and seeds, what the trained student writes, the
 table and the figures (demo.py calls these; they read only evaluate.py's samples.jsonl and the trainers' metrics).
 
-    python demo_report.py out/grid        # redraw docs-style table and plots from a finished or partial grid
+    python demo.py --grid --report-only   # redraw docs-style table and plots from a finished or partial grid
 
 Accuracy of a cell is the mean over its seeds of the share of held-out problems answered right. Its 95% interval is
 a percentile bootstrap that resamples problems and seeds together (the two sources of noise: which problems were
@@ -11,7 +11,6 @@ bootstrapped paired: the same resampled problems and seeds for both cells, so pr
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 from pathlib import Path
@@ -281,14 +280,3 @@ def plot_losses(metrics_files: dict[str, Path], path: Path) -> None:
     fig.tight_layout()
     utils.save_figure(fig, path, dpi=120)
 
-
-def main(args: argparse.Namespace) -> None:
-    import demo
-
-    demo.report(Path(args.dir), json.loads((Path(args.dir) / "demo_config.json").read_text(encoding="utf-8")))
-
-
-if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("dir", help="a demo.py --output-dir")
-    main(p.parse_args())

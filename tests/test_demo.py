@@ -328,12 +328,21 @@ def test_cost_change_pairs_four_cells_and_finds_a_smaller_cost():
 def test_prior_sweep_pretrains_each_student_and_reports_the_digits_cost_against_it(tmp_path, monkeypatch):
     """--prior-sweep at toy size: a weaker student pretrained in place, the shipped student's runs shared with the
     grid's folder, a table row per student, and a rerun that trains nothing again."""
-    monkeypatch.setattr(demo, "PRIOR_SCALES", (0.25, 1.0))
     monkeypatch.setattr(demo, "PRIOR_CELLS", ("correct", "digits100"))
     monkeypatch.setattr(demo.tiny_model, "STUDENT_PRETRAINING", {"short_problems": 40, "steps": 8,
                                                                  "samples_per_step": 4, "lr": 3e-3})  # fmt: skip
     out = tmp_path / "grid"
-    argv = ["--prior-sweep", "--output-dir", str(out), "--report-dir", str(out), "--train-size", "30"]
+    argv = [
+        "--prior-sweep",
+        "--prior-scales",
+        "0.25",
+        "--output-dir",
+        str(out),
+        "--report-dir",
+        str(out),
+        "--train-size",
+        "30",
+    ]
     argv += [
         "--test-size",
         "10",
