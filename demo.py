@@ -37,6 +37,7 @@ import demo_report
 import evaluate
 import perturb
 import synthetic
+import task_results
 import tiny_model
 import train_full
 import train_lora
@@ -109,8 +110,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--prior-sweep",
         action="store_true",
-        help="students pretrained 1/16x to 4x as long (PRIOR_SCALES), each on the content cells PRIOR_CELLS: does "
-        "the cost of corrupted digits fall as the prior grows? (the paper's explanation of its content result)",
+        help="students pretrained 1/4x, 1x and 4x as long (--prior-scales), each on the content cells PRIOR_CELLS: "
+        "does the cost of corrupted digits fall as the prior grows? (the paper's explanation of its content result)",
     )
     p.add_argument(
         "--prior-scales",
@@ -335,7 +336,7 @@ def report(out: Path, config: dict, report_dir: Path | None = None) -> list[dict
         structures = [demo_report.response_structure(out / "eval" / row["name"] / f"seed{r['seed']}" / "samples.jsonl")
                       for r in mine]  # fmt: skip
         row["structure"] = {k: float(np.mean([s[k] for s in structures])) for k in structures[0]}
-    majority = demo_report.majority_baseline([p["answer"] for p in problems])
+    majority = task_results.majority_baseline([p["answer"] for p in problems])
     train_s = sum(r["train_s"] + r["eval_s"] for rs in results.values() for r in rs)
     student = Path(config["student"]).resolve()
     student = student.relative_to(utils.REPO_DIR) if student.is_relative_to(utils.REPO_DIR) else student
@@ -348,7 +349,7 @@ def report(out: Path, config: dict, report_dir: Path | None = None) -> list[dict
         f"{2 * config['lora_rank']}, lr {config['lora_lr']}, all linear layers. Perturbations: perturb.py defaults "
         f"(the authors' forms), with --min-step-chars {synthetic.STEP_MIN_CHARS}: every paragraph of a trace is one "
         "step.",
-        f"Intervals: 95% percentile bootstrap over problems and seeds ({demo_report.BOOTSTRAP_DRAWS} draws); "
+        f"Intervals: 95% percentile bootstrap over problems and seeds ({task_results.BOOTSTRAP_DRAWS} draws); "
         f"'vs correct' is paired, against the correct set of the same recipe. Compute: "
         f"{utils.format_duration(train_s)} of single-core train + eval time.",
     ]
@@ -374,7 +375,7 @@ def prior_report(out: Path, args: argparse.Namespace, report_dir: Path) -> list[
     students = {1.0: (args, out)} | {s: prior_student(args, out, s)[:2] for s in args.prior_scales if s != 1.0}
     entries = []
     for scale, (student_args, where) in sorted(students.items()):
-        if not (where / "eval" / "before" / "samples.jsonl").exists():
+        if not (where / "eval" / "before" / "results.json").exists():  # as run_all: a finished evaluation only
             continue
         runs = {}
         for cell in cells:
@@ -384,13 +385,13 @@ def prior_report(out: Path, args: argparse.Namespace, report_dir: Path) -> list[
         before = demo_report.correctness(where / "eval" / "before" / "samples.jsonl", ids)
         entries.append({
             "scale": scale,
-            "pretraining_steps": round(tiny_model.STUDENT_PRETRAINING["steps"] * scale),
+            "pretraining_steps": tiny_model.pretraining_steps(scale),
             "facts": demo_report.facts_known(Path(student_args.student)),
-            "before": demo_report.bootstrap(before[None, :]),
+            "before": task_results.bootstrap(before[None, :]),
             "rows": demo_report.summarise(cells, before, runs),
             "runs": runs,
         })  # fmt: skip
-    text = demo_report.prior_table(entries, commit())
+    text = demo_report.prior_table(entries, commit(), len(ids), args.seeds)
     utils.atomic_write_text(report_dir / "prior_sweep.md", text)
     demo_report.plot_prior(entries, report_dir / "prior_sweep.png")
     kept = [{k: v for k, v in e.items() if k != "runs"} for e in entries]
@@ -401,7 +402,8 @@ def prior_report(out: Path, args: argparse.Namespace, report_dir: Path) -> list[
 
 def run_all(args: argparse.Namespace, out: Path, task_file: Path, students: dict) -> None:
     """Every (student, cell, seed) run not finished yet, in a pool of --jobs processes; each student is graded before
-    SFT first, and a missing prior-sweep student is pretrained in the pool while the other runs go on."""
+    SFT first. A missing prior-sweep student is pretrained in the pool, ahead of the runs, which start as workers free
+    up; its own runs wait for it."""
     jobs = max(
         1, min(args.jobs or os.cpu_count() or 1, sum(len(names) for _, _, names in students.values()) * args.seeds)
     )
@@ -434,14 +436,17 @@ def main(args: argparse.Namespace) -> list[dict]:
     out = Path(args.output_dir or ("out/grid" if grid_like else "out/demo"))
     out.mkdir(parents=True, exist_ok=True)
     config = check_config(out, args)
-    tiny_model.ensure_student(args.student)
-
-    # ---------------------------------------------------------------- data: held-out problems, teacher traces
     task_file = out / "data" / "synthetic_test.jsonl"
-    if not task_file.exists():
-        shape = (args.min_ops, args.max_ops, synthetic.MAX_VALUE)
-        utils.write_jsonl(task_file, synthetic.task_records(args.test_size, 0, *shape))
-    teacher_traces(args, out / "data", wrong=False)
+    if args.report_only and not task_file.exists():
+        raise SystemExit(f"{out}: no runs to report (no {task_file.name}); run without --report-only first")
+    if not args.report_only:
+        tiny_model.ensure_student(args.student)
+
+        # ------------------------------------------------------------ data: held-out problems, teacher traces
+        if not task_file.exists():
+            shape = (args.min_ops, args.max_ops, synthetic.MAX_VALUE)
+            utils.write_jsonl(task_file, synthetic.task_records(args.test_size, 0, *shape))
+        teacher_traces(args, out / "data", wrong=False)
 
     # ---------------------------------------------------------------- the students, each before SFT, then every run
     # (args, where its runs go, cell names): the shipped student's runs are the grid's; a prior-sweep student has its

@@ -11,7 +11,6 @@ bootstrapped paired: the same resampled problems and seeds for both cells, so pr
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import markup
 import perturb
 import synthetic
 import utils
-from task_results import BOOTSTRAP_DRAWS, bootstrap, majority_baseline, percent_interval  # noqa: F401 (demo.py)
+from task_results import BOOTSTRAP_DRAWS, bootstrap, percent_interval
 
 REFLECTION = re.compile(r"\b(?:wait|check|verify)\b", re.I)  # the teacher's reflection words (synthetic.py)
 FACT = re.compile(r"(?<!\d)(-?\d+) ([-+*]) (\d+) = (-?\d+)")  # "14 - 5 = 9", as synthetic.py writes a fact
@@ -197,15 +196,15 @@ def cost_change(
     return float((a - b) - (c - e)), float(low), float(high)
 
 
-def prior_table(entries: list[dict], commit: str) -> str:
+def prior_table(entries: list[dict], commit: str, problems: int, seeds: int) -> str:
     """The prior sweep as markdown: one row per student, the digits cells as cost against its own correct set, and
     how much each cost changes from the weakest to the strongest student."""
     names = ["wrong", "digits20", "digits50", "digits100"]
     lines = [
-        f"The prior sweep (`python demo.py --prior-sweep --seeds 3 --jobs 2`, commit {commit}): students pretrained "
+        f"The prior sweep (`python demo.py --prior-sweep --seeds {seeds}`, commit {commit}): students pretrained "
         "for a multiple of the shipped student's steps, each trained with full SFT on the same traces and graded on "
-        "the same 300 held-out problems. Facts known: the share of the task's facts the student completes right "
-        "(greedy), and the mean probability of the right result. Costs are paired against the same student's "
+        f"the same {problems} held-out problems. Facts known: the share of the task's facts the student completes "
+        "right (greedy), and the mean probability of the right result. Costs are paired against the same student's "
         "correct set; 95% bootstrap intervals over problems and seeds.",
         "",
         "| pretraining | facts known % (mean p) | before SFT % | correct % | wrong answers, points | digits 20% | "
@@ -279,4 +278,3 @@ def plot_losses(metrics_files: dict[str, Path], path: Path) -> None:
     ax.legend(fontsize=6, ncol=3)
     fig.tight_layout()
     utils.save_figure(fig, path, dpi=120)
-

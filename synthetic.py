@@ -40,7 +40,8 @@ TEACHERS = ("confirming", "catching")
 VERIFICATIONS = ("recompute", "undo")
 # The catching teacher's slips, at about the rates the grid's SFT students slip (their first error on held-out
 # problems, 3 seeds of the correct set at commit 3336d3b): the problem copied wrong (chance per trace), another
-# operation of the problem taken (per step), a verification that goes astray (per trace). Wrong facts keep slip_rate.
+# operation of the problem taken (per step), a verification that goes astray (per trace; the recompute verification
+# only: the undo one cannot replace the answer). Wrong facts keep slip_rate.
 TEACHER_SLIPS = {"copy": 0.2, "operation": 0.05, "verification": 0.3}
 ORDINALS = ["First", "Next", "Then", "After that", "Now", "Next", "Then", "After that", "Now", "Then"]
 
@@ -181,8 +182,8 @@ def solve(
 
     teacher="confirming" (the grid's teacher) checks only steps it got right, so every check confirms. "catching"
     also makes the slips the SFT student makes (TEACHER_SLIPS: a problem copied wrong, the wrong next operation, a
-    wrong fact, a verification that goes wrong) and catches each with a check that works, in the student's
-    pretrained words where it has them (check_reply): issue 28's "checks that can work".
+    wrong fact, and with verification="recompute" a verification that goes wrong) and catches each with a check that
+    works, in the student's pretrained words where it has them (check_reply): issue 28's "checks that can work".
 
     verification="recompute" computes the answer again from the problem; "undo" (undo_verification) undoes each step
     from the answer back to the problem's first digit, so that a verification the student gets wrong cannot replace a
@@ -340,7 +341,7 @@ def chain_values(order: list[Node], j: int, value: int, max_value: int) -> list[
 
 
 def miscopied(rng: random.Random, expression: Node) -> str:
-    """The problem as the student copies it wrong: one operator or digit changed (another one of the problem's)."""
+    """The problem as the student copies it wrong: one operator or digit changed to another (any of + - * or 1-9)."""
     text = infix(expression)
     spots = [i for i, ch in enumerate(text) if ch in "+-*" or ch.isdigit()]
     i = rng.choice(spots)

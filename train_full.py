@@ -110,7 +110,9 @@ def parser() -> argparse.ArgumentParser:
         help="after training, evaluate.py --tasks TASKS on the base model and the trained one: one line per task, "
         "accuracy before -> after with a paired 95%% interval (before_after.py)",
     )
-    p.add_argument("--eval-args", default="", help="more evaluate.py options for --eval-tasks, e.g. '--n 4'")
+    p.add_argument(
+        "--eval-args", default="", help="evaluate.py options for --eval-tasks, e.g. '--n 4' (replaces --demo's preset)"
+    )
     p.add_argument(
         "--demo",
         action="store_true",
@@ -126,9 +128,12 @@ def parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = parser()
-    if p.parse_known_args(argv)[0].demo:  # the miniature (demo.py) on a laptop CPU, the real code path
-        p.set_defaults(**utils.demo_arguments("train_full.py"))
+    # --demo: the miniature (demo.py) on a laptop CPU, the real code path; its preset's --data only when none is given
+    # (--data appends, so a default list would be added to, not replaced)
+    preset = utils.demo_arguments("train_full.py") if p.parse_known_args(argv)[0].demo else {}
+    p.set_defaults(**{key: value for key, value in preset.items() if key != "data"})
     args = p.parse_args(argv)
+    args.data = args.data or preset.get("data", [])
     if not args.data and not args.dry_run:
         p.error("--data is required (or --demo, or --dry-run)")
     if args.sequence_parallel < 1:

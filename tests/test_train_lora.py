@@ -342,6 +342,7 @@ def test_flags_and_their_checks():
     assert demo.eval_tasks == str(utils.DATA_DIR / "sample" / "synthetic_heldout.jsonl")
     given = train_lora.parse_args(["--demo", "--lr", "0.5", "--output-dir", "o"])
     assert given.lr == 0.5 and given.output_dir == "o" and given.max_steps == demo.max_steps  # the command line wins
+    assert train_lora.parse_args(["--demo", "--data", "mine.jsonl"]).data == ["mine.jsonl"]  # replaced, not appended
     with pytest.raises(SystemExit, match="must be >= --max-length"):
         train_lora.main(train_lora.parse_args(["--data", "x.jsonl", "--micro-batch-tokens", "100"]))
 
