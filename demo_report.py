@@ -279,3 +279,4 @@ def plot_losses(metrics_files: dict[str, Path], path: Path) -> None:
     ax.legend(fontsize=6, ncol=3)
     fig.tight_layout()
     utils.save_figure(fig, path, dpi=120)
+
