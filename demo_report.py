@@ -222,8 +222,7 @@ def prior_table(entries: list[dict], commit: str, problems: int, seeds: int) -> 
             f"({f['mean_probability']:.2f}) | {percent_interval(*e['before'])} | {correct} | {' | '.join(costs)} |"
         )
     done = [e for e in entries if "correct" in e["runs"]]
-    if len(done) >= 2:
-        weak, strong = done[0], done[-1]
+    for weak, strong in zip(done, done[1:]):  # each student against the next weaker one
         lines += ["", f"Change of each cost from the {weak['scale']:g}x to the {strong['scale']:g}x student "
                   "(positive: the stronger prior loses less), points [95% CI]:", ""]  # fmt: skip
         for n in (n for n in names if n in weak["runs"] and n in strong["runs"]):
