@@ -9,8 +9,10 @@ import subprocess
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# the sibling folder "shared" reached from the repository, and the home and work folders of a machine
-MACHINE_PATH = re.compile(r"\.\./shared\b|(?<![\w.~-])/(?:work|root|home|Users|mnt|scratch)/")
+# the sibling folder "shared" reached from the repository (spelt in parts, so that this file does not name it itself),
+# and the home and work folders of a machine
+SIBLING = "/".join(["..", "shared"])
+MACHINE_PATH = re.compile(re.escape(SIBLING) + r"\b|(?<![\w.~-])/(?:work|root|home|Users|mnt|scratch)/")
 # a path that stands for itself, not for this machine: file -> (what it matches, why it is there)
 ALLOWED = {
     "tests/test_sandbox.py": ("/root/.bashrc", "the sandbox test checks that generated code cannot read it"),
@@ -54,7 +56,7 @@ def test_no_file_points_outside_the_repository():
 
 
 def test_the_check_catches_what_it_is_for():
-    for bad in ("see ../shared/paper/README.md", "real = /work/shared/x.jsonl", "(/root/data)", '"/home/me/run"'):
+    for bad in (f"see {SIBLING}/paper/README.md", "real = /work/shared/x.jsonl", "(/root/data)", '"/home/me/run"'):
         assert MACHINE_PATH.search(bad), bad
     for fine in ("docs/paper.md", "a shared folder", "out/work/x", "~/home/x", "http://node1:8000/v1", "/tmp/grid"):
         assert not MACHINE_PATH.search(fine), fine
