@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import before_after
 import demo_report
 import evaluate
 import perturb
@@ -97,6 +98,7 @@ CELLS = _cells()
 # Shorter pretraining than 1/4 teaches no more facts (1/16: 9% of the task's facts known, 1/4: 8%, 1: 87%).
 PRIOR_SCALES = (0.25, 1.0, 4.0)
 PRIOR_CELLS = ("correct", "wrong", "digits20", "digits50", "digits100")
+TASK = "synthetic_test"  # the held-out task file's stem: evaluate.py names each sample's task by it
 PROMPT_STYLE = "none"  # the bare problem, as the student was pretrained: a system prompt would be most of each sample
 
 
@@ -304,6 +306,11 @@ class Inline:
         return None
 
 
+def correct(samples_file: Path, ids: list[str]) -> np.ndarray:
+    """0/1 per held-out problem (one greedy sample each), in ids order; a missing answer counts as wrong."""
+    return before_after.per_problem(utils.read_jsonl(samples_file), TASK, ids)
+
+
 def commit() -> str:
     try:
         return subprocess.run(
@@ -317,16 +324,16 @@ def report(out: Path, config: dict, report_dir: Path | None = None) -> list[dict
     """Table, figures and results.json from whatever (cell, seed) runs have finished in out."""
     report_dir = report_dir or out
     report_dir.mkdir(parents=True, exist_ok=True)
-    task_file = out / "data" / "synthetic_test.jsonl"
+    task_file = out / "data" / f"{TASK}.jsonl"
     problems = utils.read_jsonl(task_file)
     ids = [p["id"] for p in problems]
-    before = demo_report.correctness(out / "eval" / "before" / "samples.jsonl", ids)
+    before = correct(out / "eval" / "before" / "samples.jsonl", ids)
     runs, results = {}, {}
     for cell in CELLS:
         for seed_dir in sorted((out / "eval" / cell.name).glob("seed*")):
             result_file = out / "runs" / cell.name / seed_dir.name / "result.json"
             if result_file.exists():
-                runs.setdefault(cell.name, []).append(demo_report.correctness(seed_dir / "samples.jsonl", ids))
+                runs.setdefault(cell.name, []).append(correct(seed_dir / "samples.jsonl", ids))
                 results.setdefault(cell.name, []).append(json.loads(result_file.read_text(encoding="utf-8")))
     rows = demo_report.summarise([asdict(c) for c in CELLS], before, runs)
     for row in rows:
@@ -370,7 +377,7 @@ def report(out: Path, config: dict, report_dir: Path | None = None) -> list[dict
 def prior_report(out: Path, args: argparse.Namespace, report_dir: Path) -> list[dict]:
     """The prior sweep's table, figure and prior_results.json: per student, the facts it knows and its accuracy
     before SFT, and each content cell against that student's own correct set."""
-    ids = [p["id"] for p in utils.read_jsonl(out / "data" / "synthetic_test.jsonl")]
+    ids = [p["id"] for p in utils.read_jsonl(out / "data" / f"{TASK}.jsonl")]
     cells = [asdict(c) for c in CELLS if c.name in PRIOR_CELLS]
     students = {1.0: (args, out)} | {s: prior_student(args, out, s)[:2] for s in args.prior_scales if s != 1.0}
     entries = []
@@ -381,8 +388,8 @@ def prior_report(out: Path, args: argparse.Namespace, report_dir: Path) -> list[
         for cell in cells:
             for seed_dir in sorted((where / "eval" / cell["name"]).glob("seed*")):
                 if (where / "runs" / cell["name"] / seed_dir.name / "result.json").exists():
-                    runs.setdefault(cell["name"], []).append(demo_report.correctness(seed_dir / "samples.jsonl", ids))
-        before = demo_report.correctness(where / "eval" / "before" / "samples.jsonl", ids)
+                    runs.setdefault(cell["name"], []).append(correct(seed_dir / "samples.jsonl", ids))
+        before = correct(where / "eval" / "before" / "samples.jsonl", ids)
         entries.append({
             "scale": scale,
             "pretraining_steps": tiny_model.pretraining_steps(scale),
@@ -436,7 +443,7 @@ def main(args: argparse.Namespace) -> list[dict]:
     out = Path(args.output_dir or ("out/grid" if grid_like else "out/demo"))
     out.mkdir(parents=True, exist_ok=True)
     config = check_config(out, args)
-    task_file = out / "data" / "synthetic_test.jsonl"
+    task_file = out / "data" / f"{TASK}.jsonl"
     if args.report_only and not task_file.exists():
         raise SystemExit(f"{out}: no runs to report (no {task_file.name}); run without --report-only first")
     if not args.report_only:

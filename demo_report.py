@@ -36,12 +36,6 @@ PAPER_TABLE_2 = {
 }  # fmt: skip
 
 
-def correctness(samples_file: Path, problem_ids: list[str]) -> np.ndarray:
-    """0/1 per held-out problem, in problem_ids order (a missing answer counts as wrong)."""
-    right = {s["id"]: bool(s["correct"]) for s in utils.read_jsonl(samples_file)}
-    return np.array([right.get(i, False) for i in problem_ids], dtype=float)
-
-
 def response_structure(samples_file: Path) -> dict:
     """What the model writes: mean tokens, thought steps (blank-line paragraphs, as perturb.py splits them),
     reflection words per response, the share of its arithmetic facts that are true (nan if it writes none: is its

@@ -445,24 +445,36 @@ def test_two_replicas_give_the_one_engine_greedy_outputs(trained_model, task_fil
     before = engine_processes()
     two = run(tmp_path / "two", task_file, *model, "--data-parallel-size", "2", "--chunk-size", "3")
     assert responses(two) == one
-    time.sleep(5)
-    assert engine_processes() <= before  # the replicas shut their engines down: none outlives the run
+    deadline = time.monotonic() + 60  # the replicas shut their engines down: none outlives the run for long
+    while not engine_processes() <= before and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert engine_processes() <= before
     generated = [(g["id"], g["sample"]) for g in evaluate.read_resumable(tmp_path / "two" / "generations.jsonl")]
     assert sorted(generated) == sorted((f"s{i}", 0) for i in range(len(PAIRS)))  # every sample once
 
 
 def test_two_servers_with_one_killed_mid_run_give_every_sample_once(trained_model, task_file, server, tmp_path, capsys):
-    """--base-url A,B: B is killed (SIGKILL) after its first replies; its requests go to A, every sample is written
-    once, and the greedy samples equal a run against A alone."""
+    """--base-url A,B: B is killed (SIGKILL) after two replies while a third request for it waits; that request goes
+    to A, every sample is written once, and the greedy samples equal a run against A alone."""
     second = Server(trained_model, tmp_path / "second.log")
     second.start()
     flags = ["--model", str(trained_model), "--backend", "openai", "--concurrency", "1"]
     real_completion, served = openai_client.chat_completion, []
+    b_answered_twice, b_third_request, b_dead = threading.Event(), threading.Event(), threading.Event()
 
-    def paced(base_url, *args, **kwargs):  # the tiny model answers in milliseconds: leave time to kill B mid-run
-        time.sleep(0.5)
+    def ordered(base_url, *args, **kwargs):
+        # The order is forced by events, not by timing (a slow first reply once let A take every request and B die
+        # with none left for it): A answers once, then waits until B has answered twice; B's third request waits
+        # until B is dead. One of the two workers waiting on A, the other is sent to B.
+        if base_url == server.base_url and served.count(server.base_url) >= 1:
+            b_answered_twice.wait(STARTUP_S)
+        if base_url == second.base_url and served.count(second.base_url) >= 2:
+            b_third_request.set()
+            b_dead.wait(STARTUP_S)
         reply = real_completion(base_url, *args, **kwargs)
         served.append(base_url)
+        if served.count(second.base_url) >= 2:
+            b_answered_twice.set()
         return reply
 
     out, outcome = tmp_path / "two", {}
@@ -475,19 +487,26 @@ def test_two_servers_with_one_killed_mid_run_give_every_sample_once(trained_mode
 
     try:
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(openai_client, "chat_completion", paced)
+            patch.setattr(openai_client, "chat_completion", ordered)
             worker = threading.Thread(target=evaluate_in_background, daemon=True)
             worker.start()
-            deadline = time.monotonic() + 120
-            while served.count(second.base_url) < 2 and time.monotonic() < deadline:
-                time.sleep(0.05)
+            assert b_third_request.wait(STARTUP_S), (served, outcome)
             os.killpg(second.process.pid, signal.SIGKILL)
             second.process.wait(60)
+            deadline = time.monotonic() + 60  # the engine process held the port too: wait until it is closed
+            while time.monotonic() < deadline:
+                try:
+                    socket.create_connection(("127.0.0.1", second.port), timeout=1).close()
+                except OSError:
+                    break
+                time.sleep(0.1)
+            b_dead.set()
             worker.join(STARTUP_S)
     finally:
+        b_dead.set()  # a failed assertion above must not leave the worker waiting
         second.stop()
     assert not worker.is_alive() and "error" not in outcome, outcome
-    assert 2 <= served.count(second.base_url) < len(PAIRS)
+    assert served.count(second.base_url) == 2  # the third request to B found it dead
     generated = [(g["id"], g["sample"]) for g in evaluate.read_resumable(out / "generations.jsonl")]
     assert sorted(generated) == sorted((f"s{i}", 0) for i in range(len(PAIRS)))  # every sample once
     assert capsys.readouterr().err.count(f"server {second.base_url} left the rotation") == 1
