@@ -8,8 +8,8 @@
 Both trainers' --dry-run print the same plan for their configuration, and their --fit chooses (and, without --dry-run,
 applies) the longest --micro-batch-tokens that fits --gpu-memory, then the fallbacks it needs. The shapes of the
 Qwen2.5 family are built in, so their plans need no download; any other dense decoder is read from its config.json
-(local folder or the hub). Throughput figures are estimates (an assumed MFU) until measured (bench/gpu.py). The
-tables of what fits which GPU (docs/fit.md, docs/long-context.md) are memory_tables.py's.
+(local folder or the hub). Speed is throughput.py's, estimated until measured (bench/gpu.py). The tables of what fits
+which GPU (docs/fit.md, docs/long-context.md) are memory_tables.py's.
 """
 
 from __future__ import annotations
@@ -420,39 +420,6 @@ def fit(model, limit: int = 16384, step: int = FIT_STEP, offload_available: bool
         )
     lines = [f"fit: {line}" for line in lines]
     return {"tokens": tokens, "change": change, "flags": chosen, "plan": plan, "lines": lines}
-
-
-# ----------------------------------------------------------------------------- throughput: an estimate until measured
-
-# Dense (no sparsity) 16-bit tensor-core peaks, TFLOPS, from the vendors' datasheets, matched in this order against
-# torch.cuda.get_device_name(): T4 65 (mixed FP16/FP32; no bf16), L4 121 (242 "with sparsity"), A100 312 (bf16), H100
-# SXM 989 (1,979 with sparsity). bench/gpu.py reads its MFU against the same table.
-PEAK_TFLOPS = [
-    ("H100 PCIe", 756), ("H100 NVL", 835), ("H100", 989), ("H200", 989), ("H800", 989), ("GH200", 989),
-    ("B200", 2250), ("A100", 312), ("A800", 312), ("L40S", 362), ("L40", 181), ("A6000", 155), ("L4", 121),
-    ("A10G", 70), ("RTX 4090", 165), ("T4", 65),
-]  # fmt: skip
-
-
-def peak_tflops(device_name: str) -> float | None:
-    """The dense 16-bit peak of a GPU named like torch.cuda.get_device_name() ("NVIDIA A100-SXM4-40GB"), if known."""
-    return next((tflops for key, tflops in PEAK_TFLOPS if key.lower() in device_name.lower()), None)
-
-
-MFU = 0.35  # assumed model-FLOPs utilisation: what well-tuned bf16 training reaches; an estimate until measured
-MEAN_SAMPLE_TOKENS = 5634  # Sky-T1-like sample lengths (bench/RESULTS.md, benchmark 2)
-
-
-def tokens_per_second(model, peak_tflops: float, mean_sample: float = MEAN_SAMPLE_TOKENS, mfu: float = MFU) -> float:
-    """Estimated training tokens per second: peak x MFU / FLOPs per token. FLOPs per token = 6 x the weights that take
-    part in a matrix multiply (decoder linears and the LM head, not the embedding lookup) + causal attention,
-    6 x layers x hidden x the mean sample length: MFU as bench/gpu.py measures it. 6 = forward 2 + backward 4; LoRA
-    skips the frozen weights' gradients but recomputes the checkpointed forward, which MFU does not count as work."""
-    s = model_shapes(model)
-    flops = (
-        6 * (s["layers"] * linear_params(s) + s["vocab"] * s["hidden"]) + 6 * s["layers"] * s["hidden"] * mean_sample
-    )
-    return peak_tflops * 1e12 * mfu / flops
 
 
 # ----------------------------------------------------------------------------- the trainers' --gpu-memory and --fit

@@ -1,6 +1,6 @@
-"""The tables of what fits which GPU (docs/fit.md, docs/long-context.md): planner estimates (memory_plan.py),
-labelled so until a GPU measures them (bench/gpu.py). Each is generated here, so that it can be regenerated when the
-planner changes; tests/test_memory_plan.py checks that the docs hold the generated tables.
+"""The tables of what fits which GPU (docs/fit.md, docs/long-context.md): planner estimates (memory_plan.py; speed:
+throughput.py), labelled so until a GPU measures them (bench/gpu.py). Each is generated here, so that it can be
+regenerated when the planner changes; tests/test_memory_plan.py checks that the docs hold the generated tables.
 
     python memory_tables.py --fit-table        # QLoRA of Qwen2.5 1.5B-32B on one T4, L4, A100 40/80 GB
     python memory_tables.py --long-context     # bf16 LoRA and full SFT of 7B-32B on 2-8 x 80 GB, with and without SP
@@ -11,17 +11,8 @@ from __future__ import annotations
 import argparse
 
 from memory_activations import sequence_parallel_sizes
-from memory_plan import (
-    DEFAULT_GPU_GIB,
-    FIT_STEP,
-    MEAN_SAMPLE_TOKENS,
-    MFU,
-    fit,
-    longest_fitting,
-    model_shapes,
-    peak_tflops,
-    tokens_per_second,
-)
+from memory_plan import DEFAULT_GPU_GIB, FIT_STEP, fit, longest_fitting, model_shapes
+from throughput import MEAN_SAMPLE_TOKENS, MFU, peak_tflops, tokens_per_second
 
 # Memory as torch reports it (GiB): T4 15,843,721,216 bytes and A100 40 GB 42,405,855,232 bytes (CUDA deviceQuery);
 # L4: nvidia-smi's 23,034 MiB less the ~0.25-0.5 GiB the driver keeps (as on T4 and A100); 80 GB: the planner's default.

@@ -19,9 +19,10 @@ up to exactly that many tokens, all of them targets. Two methods in the same run
             full-vocabulary logits and their fp32 copy
 Reported per cell: peak allocated GPU memory of a step (torch.cuda.max_memory_allocated) beside memory_plan.py's
 estimate for the same run (planned_gib, ours only: the plan is of train_lora.py's recipe), real tokens/s (median of
---repeats timed steps after one warm-up step), and MFU = (6 x matmul params x real tokens + causal attention FLOPs
-6 x layers x hidden x sum(sample_len^2)) / step time / the device's dense bf16 peak. Forward + backward + the LoRA
-optimizer step; recomputation by checkpointing is not counted as useful work, so MFU is the conventional one.
+--repeats timed steps after one warm-up step), and MFU = throughput.training_flops (6 x matmul params x real tokens +
+causal attention FLOPs 6 x layers x hidden x sum(sample_len^2)) / step time / the device's dense bf16 peak. Forward +
+backward + the LoRA optimizer step; recomputation by checkpointing is not counted as useful work, so MFU is the
+conventional one.
   sp        (under torchrun, --sequence-parallel N) ours with the row split over N GPUs (sequence_parallel.py: Ulysses
             all-to-alls, FlashAttention-2 varlen over the whole row); peak memory is the largest rank's, tokens/s the
             whole row's; planned_gib is memory_plan.py's per-GPU estimate where it knows sequence parallelism
@@ -45,6 +46,7 @@ import distributed
 import memory_plan
 import sequence_parallel
 import sft
+import throughput
 import utils
 
 # Qwen2.5-*-Instruct config.json values (vocab 152064 rows, untied LM head, QKV bias, GQA).
@@ -182,37 +184,25 @@ def build_model(shape: dict, device, dtype, quant: str, attn: str):
     return model
 
 
-def matmul_params(shape: dict) -> int:
-    """Weights that take part in a matrix multiply per token (the '6N' of MFU): decoder linears and the LM head, not the
-    embedding lookup.
-    """
-    h, i, heads, kv = (
-        shape["hidden_size"],
-        shape["intermediate_size"],
-        shape["num_attention_heads"],
-        shape["num_key_value_heads"],
-    )
-    kv_dim = h // heads * kv
-    per_layer = h * h + 2 * h * kv_dim + h * h + 3 * h * i
-    return shape["num_hidden_layers"] * per_layer + shape["vocab_size"] * h
-
-
-def attention_flops(shape: dict, sample_lengths: list[int]) -> float:
-    """Causal attention scores and weighted sums, forward + backward: 6 x layers x hidden x len^2 per sample."""
-    return 6 * shape["num_hidden_layers"] * shape["hidden_size"] * sum(n * n for n in sample_lengths)
-
-
-def planned_gib(shape: dict, tokens: int, args: argparse.Namespace) -> float:
-    """memory_plan.py's peak for this cell, as train_lora.py --dry-run prints it (one GPU, AdamW, checkpointing)."""
+def planner_shapes(shape: dict) -> dict:
+    """A SHAPES entry as memory_plan.model_shapes gives shapes, for the planner and throughput.training_flops."""
     heads = shape["num_attention_heads"]
-    shapes = {
+    return {
         "hidden": shape["hidden_size"], "layers": shape["num_hidden_layers"], "heads": heads,
         "kv_heads": shape["num_key_value_heads"], "head_dim": shape["hidden_size"] // heads,
         "intermediate": shape["intermediate_size"], "vocab": shape["vocab_size"], "tied": False, "qkv_bias": True,
     }  # fmt: skip
+
+
+def planned_gib(shape: dict, tokens: int, args: argparse.Namespace) -> float:
+    """memory_plan.py's peak for this cell, as train_lora.py --dry-run prints it (one GPU, AdamW, checkpointing)."""
     mode = "qlora" if args.quant == "nf4" else "lora"
     plan = memory_plan.estimate(
-        shapes, seq_len=tokens, mode=mode, lora_rank=args.lora_rank, loss_chunk_tokens=args.loss_chunk_tokens
+        planner_shapes(shape),
+        seq_len=tokens,
+        mode=mode,
+        lora_rank=args.lora_rank,
+        loss_chunk_tokens=args.loss_chunk_tokens,
     )
     return plan["total"]
 
@@ -220,7 +210,7 @@ def planned_gib(shape: dict, tokens: int, args: argparse.Namespace) -> float:
 def peak_tflops(args: argparse.Namespace, device_name: str) -> float | None:
     if args.peak_tflops:
         return args.peak_tflops
-    return memory_plan.peak_tflops(device_name)
+    return throughput.peak_tflops(device_name)
 
 
 # ----------------------------------------------------------------------------- one training step per method
@@ -368,7 +358,7 @@ def run_model(name: str, args, device, dtype, attn, peak_flops: float | None) ->
     for tokens in [int(t) for t in args.lengths.split(",")]:
         lengths = sample_lengths(tokens, args.median_sample, rng)
         samples = make_samples(lengths, shape["vocab_size"], rng)
-        useful_flops = 6 * matmul_params(shape) * tokens + attention_flops(shape, lengths)
+        useful_flops = throughput.training_flops(planner_shapes(shape), lengths)
         for method in args.methods.split(","):
             print(f"  {name} {tokens} tokens ({len(lengths)} samples) {method} ...", flush=True)
             if method == "sp":
