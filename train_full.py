@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 import before_after
+import checkpoints
 import distributed
 import memory_plan
 import sequence_parallel
@@ -254,18 +255,20 @@ def main(args: argparse.Namespace) -> dict:
     scaler, skipped_steps = distributed.make_grad_scaler(dtype, device), 0  # fp16: loss scaling; else a no-op
 
     start_step = 0
-    resume_dir = utils.resolve_resume(args.resume, out)
+    resume_dir = checkpoints.resolve_resume(args.resume, out)
     if resume_dir:
-        state = utils.load_training_state(resume_dir, data.fingerprint)
+        state = checkpoints.load_training_state(resume_dir, data.fingerprint)
         model_state, optimizer_state = dcp_state.get_state_dict(model, optimizer)
-        utils.load_distributed_checkpoint({"model": model_state, "optim": optimizer_state}, resume_dir)  # reshards
+        checkpoints.load_distributed_checkpoint(
+            {"model": model_state, "optim": optimizer_state}, resume_dir
+        )  # reshards
         dcp_state.set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state)
         scheduler.load_state_dict(state["scheduler"])
         skipped_steps = distributed.restore_grad_scaler(scaler, state)
-        utils.set_rng_state(state["rng"])
+        checkpoints.set_rng_state(state["rng"])
         start_step = state["step"]
         if is_main:
-            utils.truncate_metrics(out, start_step)
+            checkpoints.truncate_metrics(out, start_step)
         say(f"resumed from {resume_dir} at step {start_step} (saved by {state['world_size']} rank(s), now {world})")
 
     def save_checkpoint(folder: Path, step: int):
@@ -279,7 +282,7 @@ def main(args: argparse.Namespace) -> dict:
             warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
             dcp.save({"model": model_state, "optim": optimizer_state}, checkpoint_id=str(tmp))
         if is_main:
-            state = {"step": step, "scheduler": scheduler.state_dict(), "rng": utils.rng_state()}
+            state = {"step": step, "scheduler": scheduler.state_dict(), "rng": checkpoints.rng_state()}
             state.update(grad_scaler=scaler.state_dict(), skipped_steps=skipped_steps)
             state.update(data_fingerprint=data.fingerprint, world_size=world)
             torch.save(state, tmp / "training_state.pt")
@@ -287,7 +290,7 @@ def main(args: argparse.Namespace) -> dict:
             if folder.exists():
                 shutil.rmtree(folder)
             os.replace(tmp, folder)
-            utils.prune_checkpoints(out, args.keep_checkpoints)
+            checkpoints.prune_checkpoints(out, args.keep_checkpoints)
         distributed.barrier()
 
     def save_final(folder: Path):

@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 import before_after
+import checkpoints
 import distributed
 import memory_plan
 import sequence_parallel
@@ -272,7 +273,7 @@ def train(args: argparse.Namespace) -> dict | None:
     if is_main:
         peft_model.print_trainable_parameters()
     start_step = 0
-    resume_dir = utils.resolve_resume(args.resume, out)
+    resume_dir = checkpoints.resolve_resume(args.resume, out)
     if resume_dir and (is_main or not args.fsdp):  # the adapter goes in before sharding, as the weights do
         from safetensors.torch import load_file
 
@@ -288,14 +289,14 @@ def train(args: argparse.Namespace) -> dict | None:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, utils.cosine_schedule(warmup, total_steps))
     scaler, skipped_steps = distributed.make_grad_scaler(dtype, device), 0  # fp16: loss scaling; else a no-op
     if resume_dir:
-        state = utils.load_training_state(resume_dir, data.fingerprint)
+        state = checkpoints.load_training_state(resume_dir, data.fingerprint)
         distributed.load_optimizer_state(model, optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         skipped_steps = distributed.restore_grad_scaler(scaler, state)
-        utils.set_rng_state(state["rng"])
+        checkpoints.set_rng_state(state["rng"])
         start_step = state["step"]
         if is_main:
-            utils.truncate_metrics(out, start_step)
+            checkpoints.truncate_metrics(out, start_step)
         say(f"resumed from {resume_dir} at step {start_step}")
 
     def save_checkpoint(folder: Path, step: int, with_state: bool):
@@ -312,11 +313,11 @@ def train(args: argparse.Namespace) -> dict | None:
             if with_state:
                 state = {"step": step, "optimizer": optimizer_state, "scheduler": scheduler.state_dict()}
                 state.update(grad_scaler=scaler.state_dict(), skipped_steps=skipped_steps)
-                state.update(rng=utils.rng_state(), data_fingerprint=data.fingerprint, world_size=world)
+                state.update(rng=checkpoints.rng_state(), data_fingerprint=data.fingerprint, world_size=world)
                 torch.save(state, tmp / "training_state.pt")
 
         utils.save_dir_atomically(folder, write)
-        utils.prune_checkpoints(out, args.keep_checkpoints)
+        checkpoints.prune_checkpoints(out, args.keep_checkpoints)
 
     # ---------------------------------------------------------------- loop
     from tqdm import tqdm

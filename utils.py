@@ -1,6 +1,6 @@
 """Plumbing shared by the scripts: JSON/JSONL I/O and atomic writes, device, dtype and attention choice, model and
-tokenizer loading, the step logger, checkpoint folders and RNG state, the LR schedule, plotting, tables and the
-OpenAI-compatible client. The decisions that shape training results live in sft.py; markup and prompts in markup.py.
+tokenizer loading, the step logger, the LR schedule, plotting and tables. The decisions that shape training results
+live in sft.py; markup and prompts in markup.py; what a checkpoint holds and how a run resumes in checkpoints.py.
 """
 
 from __future__ import annotations
@@ -10,9 +10,6 @@ import json
 import logging
 import math
 import os
-import pickle
-import random
-import re
 import shutil
 import textwrap
 import time
@@ -114,6 +111,18 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def save_dir_atomically(final_dir: Path, write: Callable[[Path], None]) -> None:
+    """Let write() fill a temporary folder, then rename it into place: a kill never leaves half a folder (a
+    checkpoint, final/, merged/, the tiny student)."""
+    tmp = final_dir.with_name(final_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    if final_dir.exists():
+        shutil.rmtree(final_dir)
+    os.replace(tmp, final_dir)
 
 
 def _json_line(record: dict) -> str:
@@ -418,159 +427,7 @@ class StepLogger:
             self.wandb.finish()
 
 
-# ----------------------------------------------------------------------------- checkpoints and schedule
-
-
-def save_dir_atomically(final_dir: Path, write: Callable[[Path], None]) -> None:
-    """Let write() fill a temporary folder, then rename it into place: a kill never leaves half a checkpoint."""
-    tmp = final_dir.with_name(final_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write(tmp)
-    if final_dir.exists():
-        shutil.rmtree(final_dir)
-    os.replace(tmp, final_dir)
-
-
-def checkpoint_dirs(output_dir: Path) -> list[Path]:
-    return sorted(p for p in output_dir.glob("step-[0-9]*") if p.is_dir() and re.fullmatch(r"step-\d+", p.name))
-
-
-def prune_checkpoints(output_dir: Path, keep: int) -> None:
-    for old in checkpoint_dirs(output_dir)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old)
-
-
-def resolve_resume(resume: str | None, output_dir: Path) -> Path | None:
-    """--resume auto: the newest step-NNNNNN/ in the output folder (None if there is none); else a folder."""
-    if not resume:
-        return None
-    if resume == "auto":
-        found = checkpoint_dirs(output_dir)
-        return found[-1] if found else None
-    path = Path(resume)
-    if not (path / "training_state.pt").exists():
-        raise SystemExit(f"--resume {resume}: not a checkpoint folder (no training_state.pt)")
-    return path
-
-
-def _refuse_unsafe(path: Path, error: Exception, remedy: str) -> SystemExit:
-    """The one line a checkpoint file that holds more than tensors and plain values stops a resumed run with."""
-    why = re.search(r"WeightsUnpickler error: ([^.\n]*)", str(error))
-    reason = why.group(1) if why else " ".join(str(error).split())[:200]
-    return SystemExit(
-        f"--resume: {path} holds more than tensors and plain values, and unpickling it could run code ({reason}); "
-        f"not loaded. {remedy}"
-    )
-
-
-def load_training_state(checkpoint: Path, fingerprint: str) -> dict:
-    """A checkpoint's step, scheduler, RNG and (LoRA) optimizer state; refuses one made on other data.
-
-    The trainers save tensors and plain values only (the state dicts of optimizer, scheduler and grad scaler, the RNG
-    states: tensors and tuples of ints), so it is read with weights_only=True: a file from elsewhere that holds
-    anything else stops the run with one line, never runs code (torch.load's own default since torch 2.6).
-    """
-    path = checkpoint / "training_state.pt"
-    try:
-        state = torch.load(path, weights_only=True)
-    except pickle.UnpicklingError as e:
-        convert = f"python -c \"import torch; p = '{path}'; torch.save(torch.load(p, weights_only=False), p)\""
-        raise _refuse_unsafe(
-            path, e, f"Only if you trust where it came from, convert it once with: {convert}"
-        ) from None
-    except (RuntimeError, EOFError, OSError) as e:  # cut short, or not a torch.save file
-        raise SystemExit(
-            f"--resume: {path}: not a readable training state ({' '.join(str(e).split())[:200]})"
-        ) from None
-    if not isinstance(state, dict) or "data_fingerprint" not in state:
-        raise SystemExit(f"--resume: {path}: not a training state of these trainers")
-    if state["data_fingerprint"] != fingerprint:
-        raise SystemExit(
-            f"--resume: {checkpoint} was trained on different data (fingerprint mismatch); use a new --output-dir"
-        )
-    return state
-
-
-class _MetadataUnpickler(pickle.Unpickler):
-    """Unpickles torch.distributed.checkpoint's .metadata file (plain dataclasses naming each tensor's shards), and
-    refuses any other global, which is what a pickle runs code with (the restriction Python's pickle docs advise)."""
-
-    ALLOWED = {("torch", "Size"), ("torch.serialization", "_get_layout"), ("pathlib", "PosixPath")}
-    ALLOWED |= {("pathlib", "WindowsPath"), ("pathlib._local", "PosixPath"), ("pathlib._local", "WindowsPath")}
-    ALLOWED |= {("torch.distributed.checkpoint.filesystem", "_StorageInfo")}
-    ALLOWED |= {
-        ("torch.distributed.checkpoint.metadata", name)
-        for name in ("Metadata", "MetadataIndex", "StorageMeta", "TensorProperties", "TensorStorageMetadata")
-        + ("BytesStorageMetadata", "ChunkStorageMetadata", "_MEM_FORMAT_ENCODING")
-    }
-
-    def find_class(self, module: str, name: str):
-        if (module, name) in self.ALLOWED or (
-            module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
-        ):
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"WeightsUnpickler error: Unsupported global: GLOBAL {module}.{name}")
-
-
-def load_distributed_checkpoint(state: dict, folder: Path) -> None:
-    """torch.distributed.checkpoint.load of a sharded checkpoint (train_full.py), resharded to this run's ranks, with
-    nothing unpickled but its metadata's own classes, tensors and plain values: DCP itself unpickles its .metadata
-    file and the non-tensor entries (optimizer settings) with plain pickle, so both are checked first."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint._traverse import set_element
-
-    refused = []
-
-    class CheckedPlanner(dcp.DefaultLoadPlanner):
-        def load_bytes(self, read_item, value):
-            try:
-                checked = torch.load(value, weights_only=True)
-            except pickle.UnpicklingError as e:
-                refused.append(_refuse_unsafe(folder, e, "Resume from a checkpoint you made, or start afresh."))
-                raise
-            # Placed as DefaultLoadPlanner.load_bytes places it, which would unpickle it again with weights_only=False.
-            if self.flatten_state_dict:
-                set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], checked)
-            else:
-                self.state_dict[read_item.dest_index.fqn] = checked
-
-    metadata = folder / ".metadata"
-    try:
-        with open(metadata, "rb") as f:
-            _MetadataUnpickler(f).load()
-    except pickle.UnpicklingError as e:
-        raise _refuse_unsafe(metadata, e, "Resume from a checkpoint you made, or start afresh.") from None
-    except (OSError, EOFError) as e:
-        raise SystemExit(f"--resume: {metadata}: not a readable checkpoint ({e})") from None
-    try:
-        no_dist = not torch.distributed.is_initialized()  # one process: what DCP assumes anyway, without its warning
-        dcp.load(state, checkpoint_id=str(folder), planner=CheckedPlanner(), no_dist=no_dist)
-    except dcp.CheckpointException:  # DCP gathers every rank's failure; ours is the one line this rank met
-        if refused:
-            raise refused[0] from None
-        raise
-
-
-def truncate_metrics(output_dir: Path, step: int) -> None:
-    """On resume, drop the logged steps after the checkpoint: they are about to be redone."""
-    path = output_dir / "metrics.jsonl"
-    if path.exists():
-        write_jsonl(path, [r for r in read_jsonl(path) if r["step"] <= step])
-
-
-def rng_state() -> dict:
-    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+# ----------------------------------------------------------------------------- LR schedule
 
 
 def cosine_schedule(warmup_steps: int, total_steps: int) -> Callable[[int], float]:

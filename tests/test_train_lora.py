@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+import checkpoints
 import distributed
 import memory_plan
 import sft
@@ -152,7 +153,7 @@ def cut_with_loss_scale(run: Path, to: Path, at_step: int, scale: float, skipped
     for folder in to.iterdir():
         if folder.name in ("final", "merged") or (folder.name.startswith("step-") and int(folder.name[5:]) > at_step):
             shutil.rmtree(folder)
-    utils.truncate_metrics(to, at_step)
+    checkpoints.truncate_metrics(to, at_step)
     state_file = to / f"step-{at_step:06d}" / "training_state.pt"
     state = torch.load(state_file, weights_only=True)
     state["grad_scaler"]["scale"], state["skipped_steps"] = scale, skipped
