@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 import markup
-import perturb
+import reasoning_steps
 import synthetic
 import utils
 from task_results import BOOTSTRAP_DRAWS, bootstrap, percent_interval
@@ -37,14 +37,14 @@ PAPER_TABLE_2 = {
 
 
 def response_structure(samples_file: Path) -> dict:
-    """What the model writes: mean tokens, thought steps (blank-line paragraphs, as perturb.py splits them),
+    """What the model writes: mean tokens, thought steps (reasoning_steps.split_steps, as perturb.py cuts them),
     reflection words per response, the share of its arithmetic facts that are true (nan if it writes none: is its
     arithmetic what a content perturbation damaged?), and the share that ends with a boxed final answer."""
     samples = utils.read_jsonl(samples_file)
     steps, reflections, facts = [], [], []
     for s in samples:
         thought = markup.split_thought(s["response"]).thought or ""
-        steps.append(len(perturb.split_steps(thought, synthetic.STEP_MIN_CHARS)[0]) if thought.strip() else 0)
+        steps.append(len(reasoning_steps.split_steps(thought, synthetic.STEP_MIN_CHARS)[0]) if thought.strip() else 0)
         reflections.append(len(REFLECTION.findall(s["response"])))
         facts += [synthetic.OPS[op](int(a), int(b)) == int(c) for a, op, b, c in FACT.findall(s["response"])]
     return {

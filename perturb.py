@@ -18,10 +18,11 @@ whole response by default, as the authors did. Kinds and their sources:
             removed / joined by as many steps of other records at random places (own steps keep their order).
   replace   not in the paper (this repo's former `insert`): a --ratio share of the steps is overwritten by steps of
             other records, i.e. delete plus insert.
-Steps are blank-line paragraphs with tiny fragments merged (or --splitter llm). Step counts are stochastically rounded,
-so the expected share is --ratio on any length distribution; the summary prints the realised one. Each record draws
-from random.Random(sha256(seed:id:kind)) and donors from a pool ordered by id: outputs depend neither on file order
-nor on threads. Each record gets a `perturbation` summary; other fields stay (`n_tokens` counts the original text).
+Steps are reasoning_steps.py's: blank-line paragraphs with tiny fragments merged (--min-step-chars), or a model's cuts
+(--splitter llm). Step counts are stochastically rounded, so the expected share is --ratio on any length distribution;
+the summary prints the realised one. Each record draws from random.Random(sha256(seed:id:kind)) and donors from a pool
+ordered by id: outputs depend neither on file order nor on threads. Each record gets a `perturbation` summary; other
+fields stay (`n_tokens` counts the original text).
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ from concurrent.futures import ThreadPoolExecutor
 from tqdm import tqdm
 
 import openai_client
-from markup import BLANK_LINES, split_thought
+from markup import split_thought
+from reasoning_steps import join_steps, llm_split, split_steps
 from sft import to_messages
 from utils import DataError, iter_json_records, write_jsonl
 
@@ -147,103 +149,6 @@ def draw_count(ratio: float, n: int, rng: random.Random) -> int:
     return whole + (rng.random() < exact - whole)
 
 
-# ----------------------------------------------------------------------------- steps
-
-_FORMULA_STARTS = ("\\[", "\\]", "$$", "\\begin", "\\end", "=")
-
-
-def split_steps(thought: str, min_chars: int) -> tuple[list[str], list[str]]:
-    """Steps and the separators between them (len(seps) == len(steps) - 1); join_steps restores the text exactly.
-
-    A blank-line fragment joins the previous step when either is shorter than min_chars, when it is display
-    math, an equation continuation or starts in lower case ("where: ..."), when the previous one ends with ':'
-    (it introduces the fragment), or inside an open ``` fence (code keeps its blank lines).
-    """
-    if not thought:
-        return [], []
-    cuts = [0]
-    for m in BLANK_LINES.finditer(thought):
-        cuts += [m.start(), m.end()]
-    cuts.append(len(thought))
-    spans = list(zip(cuts[::2], cuts[1::2]))
-    merged = [list(spans[0])]
-    for start, stop in spans[1:]:
-        prev, piece = thought[merged[-1][0] : merged[-1][1]], thought[start:stop]
-        if (
-            len(piece.strip()) < min_chars
-            or len(prev.strip()) < min_chars
-            or prev.rstrip().endswith(":")
-            or piece.lstrip().startswith(_FORMULA_STARTS)
-            or piece.lstrip()[:1].islower()
-            or prev.count("```") % 2 == 1
-        ):
-            merged[-1][1] = stop
-        else:
-            merged.append([start, stop])
-    pieces = [thought[a:b] for a, b in merged]
-    return pieces, [thought[merged[i][1] : merged[i + 1][0]] for i in range(len(merged) - 1)]
-
-
-def join_steps(steps: list[str], seps: list[str], kept=None) -> str:
-    """The steps (or the `kept` ones), each followed by its own separator except the last."""
-    kept = range(len(steps)) if kept is None else kept
-    return "".join(steps[i] + (seps[i] if j < len(kept) - 1 else "") for j, i in enumerate(kept))
-
-
-def _squeeze(text: str) -> str:
-    return re.sub(r"\s+", "", text)
-
-
-def align_segments(thought: str, segments: list[str]) -> tuple[list[str], list[str]] | None:
-    """Map a model's segmentation onto the original bytes; None unless it kept every non-space character."""
-    if _squeeze("".join(segments)) != _squeeze(thought):
-        return None
-    spans, pos = [], 0
-    for segment in segments:
-        need = len(_squeeze(segment))
-        if not need:
-            continue
-        while thought[pos].isspace():
-            pos += 1
-        start = pos
-        while need:
-            need -= not thought[pos].isspace()
-            pos += 1
-        spans.append((start, pos))
-    return [thought[a:b] for a, b in spans], [thought[spans[i][1] : spans[i + 1][0]] for i in range(len(spans) - 1)]
-
-
-def ask_llm(cfg, prompt: str, reply_limit: int, **sampling) -> str | None:
-    """One chat turn, or None when the server fails after its retries. max_tokens is explicit: some servers default
-    to a few hundred tokens, and a cut reply fails validation."""
-    limits = {"timeout": cfg.llm_timeout, "retries": cfg.llm_retries, "max_tokens": reply_limit // 2 + 1024}
-    messages = [{"role": "user", "content": prompt}]
-    try:
-        content, _, _ = openai_client.chat_completion(cfg.llm_url, cfg.llm_model, messages, **limits, **sampling)
-    except openai_client.ChatCompletionError:
-        return None
-    return content
-
-
-def llm_split(thought: str, cfg) -> tuple[list[str], list[str]] | None:
-    """Ask an OpenAI-compatible server to cut the thought at backtracking, verification and reflection points.
-
-    The model copies the text with a [STEP] line between steps, rather than returning a JSON list, because
-    LaTeX backslashes inside JSON strings ("\\frac" -> form feed) are the commonest way such answers break.
-    None when the server fails or the copy does not align with the thought (the caller falls back to blank lines).
-    """
-    if not thought:
-        return [], []
-    prompt = (
-        "Split the reasoning below into steps. Start a new step wherever the writer backtracks, verifies, reflects "
-        "(e.g. 'Wait', 'Alternatively', 'Let me check') or moves on to a new sub-goal. Copy the text exactly, without "
-        "changing, adding or dropping any character, and put a line containing only [STEP] between consecutive "
-        f"steps. Output nothing else.\n\n<reasoning>\n{thought}\n</reasoning>"
-    )
-    content = ask_llm(cfg, prompt, len(thought), temperature=0.0)
-    return None if content is None else align_segments(thought, content.split("[STEP]"))
-
-
 # ----------------------------------------------------------------------------- perturbations
 
 
@@ -336,6 +241,19 @@ def remove_reflections(steps: list[str], seps: list[str], transitions: re.Patter
 def reflection_markers(text: str, transitions: re.Pattern) -> int:
     """Sentences that carry a reflection marker."""
     return sum(sentence_role(text[a:b], transitions) in ("reflection", "correction") for a, b in sentence_spans(text))
+
+
+def ask_llm(cfg, prompt: str, reply_limit: int, **sampling) -> str | None:
+    """One chat turn with the --llm-url model (the rewriter's, and reasoning_steps.llm_split's for --splitter llm), or
+    None when the server fails after its retries. max_tokens is explicit: some servers default to a few hundred
+    tokens, and a cut reply fails validation."""
+    limits = {"timeout": cfg.llm_timeout, "retries": cfg.llm_retries, "max_tokens": reply_limit // 2 + 1024}
+    messages = [{"role": "user", "content": prompt}]
+    try:
+        content, _, _ = openai_client.chat_completion(cfg.llm_url, cfg.llm_model, messages, **limits, **sampling)
+    except openai_client.ChatCompletionError:
+        return None
+    return content
 
 
 def llm_rewrite(thought: str, seed: int, cfg) -> str | None:
@@ -448,8 +366,9 @@ def split_all(items: list[dict], cfg, report: dict) -> None:
     """it["steps"], it["seps"] and it["splitter"] for every record."""
     found = [None] * len(items)
     if cfg.splitter == "llm":
+        segment = functools.partial(llm_split, ask=functools.partial(ask_llm, cfg))
         with ThreadPoolExecutor(cfg.llm_workers) as pool:
-            replies = pool.map(functools.partial(llm_split, cfg=cfg), [it["parts"].thought for it in items])
+            replies = pool.map(segment, [it["parts"].thought for it in items])
             found = list(tqdm(replies, total=len(items), desc="llm split"))
         report["llm_fallback"] = sum(f is None for f in found)
     for it, f in zip(items, found):

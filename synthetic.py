@@ -8,8 +8,8 @@ A problem is a bracketed chain of operations on single digits, e.g. "Evaluate ((
 intermediate value lies in 0..max_value and whose products have single-digit factors: each step is then one fact a
 small transformer can learn, and the answer is exact. The assistant turn has the Sky-T1 shape, with the moves that
 make long CoT long: a step that checks an earlier one by the inverse operation, a slip caught by "Wait" and fixed,
-and a final verification, each step a blank-line paragraph: the unit perturb.py acts on (demo.py passes
---min-step-chars STEP_MIN_CHARS, so that no step is merged into its neighbour).
+and a final verification, each step a blank-line paragraph: the unit perturb.py acts on (reasoning_steps.py; demo.py
+passes --min-step-chars STEP_MIN_CHARS, so that no step is merged into its neighbour).
 
 Train and test problems are disjoint by construction: a problem's split is a function of its text's hash.
 Training records follow prepare_data.py's schema; --task-file writes evaluate.py's {"id", "problem", "answer"}.

@@ -13,7 +13,7 @@ import pytest
 import demo
 import demo_report
 import markup
-import perturb
+import reasoning_steps
 import synthetic
 import task_results
 import train_full
@@ -27,7 +27,7 @@ PROGRESS_BAR = re.compile(r"\|\s*\d+/\d+ \[")  # tqdm's "| 12/500 [" (the per-st
 def thought_steps(record: dict) -> list[str]:
     parts = markup.split_thought(record["messages"][-1]["content"])
     assert parts.markup == "sky-t1"
-    return perturb.split_steps(parts.thought, synthetic.STEP_MIN_CHARS)[0]
+    return reasoning_steps.split_steps(parts.thought, synthetic.STEP_MIN_CHARS)[0]
 
 
 def evaluate_expression(problem: str) -> int:

@@ -19,6 +19,7 @@ sys.path.insert(0, str(REPO))
 from conftest import send_json  # noqa: E402
 
 import perturb  # noqa: E402
+import reasoning_steps  # noqa: E402
 from markup import split_thought  # noqa: E402
 
 FIXTURE = REPO / "tests" / "data" / "perturb" / "long_cot.jsonl"
@@ -107,28 +108,7 @@ def assistant(record):
 
 
 def thought_steps(record):
-    return perturb.split_steps(split_thought(assistant(record)).thought, 40)[0]
-
-
-def test_blank_line_splitter_merges_fragments_into_meaningful_steps():
-    parts = [
-        "First we set up the energy balance for the whole system.",
-        "The flux through the surface of the star follows the law below.",
-        "\\[ F = \\sigma T^4 \\quad \\text{with T the effective temperature} \\]",  # display math
-        "where sigma is the Stefan-Boltzmann constant in cgs units here.",  # lower case: same sentence
-        "Ok.",  # under --min-step-chars
-        "Now the code we would run to check all of the arithmetic:",
-        "```python\nX = 1 + 2 + 3 + 4 + 5 + 6 + 7 + 8 + 9 + 10 + 11",  # introduced by ':'
-        "Z = X * 2  # double the sum to compare with the table later\n```",  # inside an open fence
-        "Wait, that seems too large, so let me recompute the radius.",
-    ]
-    thought = "\n\n".join(parts[:4]) + "\n \n\n" + "\n\n".join(parts[4:])
-    steps, seps = perturb.split_steps(thought, 40)
-    assert perturb.join_steps(steps, seps) == thought
-    assert [s.replace("\n \n\n", "\n\n") for s in steps] == [
-        "\n\n".join(p) for p in (parts[:1], parts[1:5], parts[5:8], parts[8:])
-    ]
-    assert seps == ["\n\n"] * 3
+    return reasoning_steps.split_steps(split_thought(assistant(record)).thought, 40)[0]
 
 
 @pytest.mark.parametrize("kind", perturb.KINDS)
@@ -223,7 +203,7 @@ def test_insert_keeps_every_own_step_in_order_and_adds_ratio_of_them(tmp_path):
     added = 0
     for before, after in zip(records, out):
         own, summary = thought_steps(before), after["perturbation"]
-        new_steps = perturb.split_steps(thought_of(after), 40)[0]
+        new_steps = reasoning_steps.split_steps(thought_of(after), 40)[0]
         assert is_subsequence(own, new_steps) and len(new_steps) == len(own) + summary["n_changed"]
         assert summary["n_changed"] in (len(own) // 2, (len(own) + 1) // 2)
         by_id = {r["id"]: r for r in records}
