@@ -1,4 +1,4 @@
-"""Sandboxed execution and grading of model-written Python programs against LiveCodeBench-style tests.
+"""Sandboxed execution of model-written Python programs on LiveCodeBench-style tests, one verdict per test.
 
 Model-written code is treated as hostile. Each problem runs in a bubblewrap sandbox: no network, no view
 of the host's files, its own pid namespace, a read-only system, a size-capped tmpfs as the only writable
@@ -14,8 +14,12 @@ group and, as root, a private uid, and warns once; that fallback is much weaker 
 Design: one sandbox per problem. Inside it this file runs as a small supervisor that forks a fresh child
 per test, so every test gets fresh globals, its own wall-clock timeout, rlimits and verdict, while
 Python start-up and imports (about 70 ms, measured) are paid once per problem instead of once per test.
-Expected outputs never enter the sandbox and comparison happens on the host, so a program cannot forge a
-pass by tampering with the supervisor it shares the sandbox with; at worst it spoils its own verdicts.
+Expected outputs never enter the sandbox: the host judges each program's output with code_grading.py's
+LiveCodeBench rules (outputs_match, values_match), so a program cannot forge a pass by tampering with the
+supervisor it shares the sandbox with; at worst it spoils its own verdicts. grade_code grades a whole
+response: code_grading.extract_code finds the program, run_tests runs and judges it. Imports go
+sandbox -> code_grading, on the host only, inside the functions that need it: in the sandbox this file
+runs alone.
 """
 
 import builtins
@@ -30,7 +34,6 @@ import selectors
 import signal
 import sys
 import time
-from decimal import Decimal, InvalidOperation
 
 # shutil, site, subprocess, tempfile, threading and warnings are imported where the host uses them:
 # this file also starts every sandbox, and those imports would add 20 ms CPU to each start.
@@ -52,76 +55,6 @@ _PRELUDE_MODULES = (
 ).split()
 PRELUDE = "".join(f"from {m} import *\n" for m in [*_PRELUDE_MODULES, "builtins", "typing"])
 PRELUDE += f"import {', '.join(_PRELUDE_MODULES)}\nsys.setrecursionlimit(50000)\n"
-_PYTHON_FENCES = ("", "python", "python3", "py", "py3")
-
-
-def extract_code(response: str) -> str | None:
-    """The last fenced Python block, searched first in the final answer (after the reasoning)."""
-    from markup import solution_part  # host side only: inside the sandbox this file runs alone
-
-    for text in (solution_part(response), response):
-        blocks = [body for lang, body in _FENCE.findall(text or "") if lang.lower() in _PYTHON_FENCES]
-        if blocks and blocks[-1].strip():
-            return blocks[-1]
-    return None
-
-
-# A fence opens and closes at the start of a line, so ``` inside a string literal does not end a block.
-_FENCE = re.compile(r"^[ \t]*```[ \t]*([\w+-]*)[^\n]*\n(.*?)^[ \t]*```", re.MULTILINE | re.DOTALL)
-
-
-def outputs_match(got: str, expected: str, float_tol: float = 0.0) -> bool:
-    """LiveCodeBench's stdout rule: same stripped lines; a differing line still matches when both
-    parse as numbers that are equal as Decimals (so 1.50 == 1.5). float_tol > 0 also accepts
-    non-integer numbers within that absolute-or-relative error, for problems that state one."""
-    got_lines, expected_lines = _stripped_lines(got), _stripped_lines(expected)
-    return len(got_lines) == len(expected_lines) and all(
-        g == e or _numbers_match(g, e, float_tol) for g, e in zip(got_lines, expected_lines)
-    )
-
-
-def _stripped_lines(text: str) -> list[str]:
-    return [line.strip() for line in text.strip().split("\n")]
-
-
-def _numbers_match(got_line: str, expected_line: str, float_tol: float) -> bool:
-    try:
-        got, expected = [Decimal(t) for t in got_line.split()], [Decimal(t) for t in expected_line.split()]
-        return len(got) == len(expected) and all(
-            g == e
-            or (
-                float_tol > 0
-                and g.is_finite()
-                and e.is_finite()
-                # integers stay exact: 10**17 and 10**17+1 are different answers at any tolerance
-                and min(g.as_tuple().exponent, e.as_tuple().exponent) < 0
-                and abs(g - e) <= Decimal(float_tol) * max(1, abs(e))
-            )
-            for g, e in zip(got, expected)
-        )
-    except (InvalidOperation, ArithmeticError):
-        return False
-
-
-def values_match(got, expected, float_tol: float = 0.0) -> bool:
-    """Functional results after a JSON round trip (so tuples already are lists), compared with ==
-    as LiveCodeBench does, recursing so that float_tol can apply inside lists and dicts."""
-    if isinstance(got, list) and isinstance(expected, list):
-        return len(got) == len(expected) and all(values_match(g, e, float_tol) for g, e in zip(got, expected))
-    if isinstance(got, dict) and isinstance(expected, dict):
-        return got.keys() == expected.keys() and all(values_match(got[k], expected[k], float_tol) for k in got)
-    if got == expected:
-        return True
-    try:
-        return (
-            float_tol > 0
-            and isinstance(got, (int, float))
-            and isinstance(expected, (int, float))
-            and (isinstance(got, float) or isinstance(expected, float))
-            and math.isclose(got, expected, rel_tol=float_tol, abs_tol=float_tol)
-        )
-    except OverflowError:
-        return False
 
 
 def method_name(starter_code: str) -> str:
@@ -136,6 +69,8 @@ def grade_code(
     response: str, tests: list[dict], starter_code: str = "", timeout: float = DEFAULT_TIMEOUT, **run_options
 ) -> dict:
     """Extract the answer's code and run it on all tests; run_options go to run_tests."""
+    from code_grading import extract_code  # host side only: inside the sandbox this file runs alone
+
     code = extract_code(response)
     if code is None:
         results = [{"passed": False, "verdict": "no_code", "detail": "no fenced python block"} for _ in tests]
@@ -270,6 +205,8 @@ def _expected_value(index: int, output: str):
 def _collect(proc, expected, functional, float_tol, stop_on_first_failure) -> list[dict]:
     """Read the supervisor's framed results (a JSON header line, then nbytes of output) and judge them.
     Everything read is bounded, since the stream comes from inside the sandbox."""
+    from code_grading import outputs_match, values_match  # host side only: inside the sandbox this file runs alone
+
     results = []
     for want in expected:
         header = proc.stdout.readline(_HEADER_LIMIT)

@@ -21,8 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import code_grading  # noqa: E402
 import grading  # noqa: E402
-import sandbox  # noqa: E402
 import symbolic  # noqa: E402
 
 SCALE = int(os.environ.get("FUZZ_EXAMPLES", "1"))  # > 1: more examples and a random seed, to look for new failures
@@ -212,5 +212,5 @@ def test_megabyte_responses_are_graded_in_linear_time(name):
     with mock.patch.object(symbolic, "symbolic_equal", stub_symbolic):
         result, seconds = timed(grading.grade_math, response, "3")
     assert isinstance(result["correct"], bool)
-    assert sandbox.extract_code(response) is None  # no closed code block in any of them
+    assert code_grading.extract_code(response) is None  # no closed code block in any of them
     assert seconds < 30, f"{name}: {seconds:.1f} s for 1 MB (each took under 1 s when measured; quadratic is hours)"
