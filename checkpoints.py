@@ -39,6 +39,7 @@ import pickle
 import random
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -158,8 +159,10 @@ def load_distributed_checkpoint(state: dict, folder: Path) -> None:
     except (OSError, EOFError) as e:
         raise SystemExit(f"--resume: {metadata}: not a readable checkpoint ({e})") from None
     try:
-        no_dist = not torch.distributed.is_initialized()  # one process: what DCP assumes anyway, without its warning
-        dcp.load(state, checkpoint_id=str(folder), planner=CheckedPlanner(), no_dist=no_dist)
+        no_dist = not torch.distributed.is_initialized()  # one process: no collectives to run
+        with warnings.catch_warnings():  # which DCP (torch 2.13) still warns that it assumes, as at every save
+            warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+            dcp.load(state, checkpoint_id=str(folder), planner=CheckedPlanner(), no_dist=no_dist)
     except dcp.CheckpointException:  # DCP gathers every rank's failure; ours is the one line this rank met
         if refused:
             raise refused[0] from None
