@@ -24,7 +24,6 @@ import json
 import multiprocessing
 import os
 import shutil
-import subprocess
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -311,15 +310,6 @@ def correct(samples_file: Path, ids: list[str]) -> np.ndarray:
     return before_after.per_problem(utils.read_jsonl(samples_file), TASK, ids)
 
 
-def commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "describe", "--always", "--dirty"], cwd=utils.REPO_DIR, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def report(out: Path, config: dict, report_dir: Path | None = None) -> list[dict]:
     """Table, figures and results.json from whatever (cell, seed) runs have finished in out."""
     report_dir = report_dir or out
@@ -348,7 +338,7 @@ def report(out: Path, config: dict, report_dir: Path | None = None) -> list[dict
     student = Path(config["student"]).resolve()
     student = student.relative_to(utils.REPO_DIR) if student.is_relative_to(utils.REPO_DIR) else student
     settings = [
-        f"The miniature (demo.py, commit {commit()}): {len(ids)} held-out problems with {config['min_ops']}-"
+        f"The miniature (demo.py, commit {utils.code_commit()}): {len(ids)} held-out problems with {config['min_ops']}-"
         f"{config['max_ops']} operations, greedy decoding, up to {config['max_new_tokens']} new tokens.",
         f"Student: {student} (tiny_model.py --pretrain). Teacher traces: {config['train_size']} "
         f"(synthetic.py). Full SFT: {config['full_steps']} steps x {config['samples_per_step']} samples at lr "
@@ -368,7 +358,13 @@ def report(out: Path, config: dict, report_dir: Path | None = None) -> list[dict
          if (out / "runs" / r["name"] / "seed0" / "metrics.jsonl").exists()},
         report_dir / "grid_loss_curves.png",
     )  # fmt: skip
-    summary = {"before": before.mean(), "majority": majority, "rows": rows, "config": config, "commit": commit()}
+    summary = {
+        "before": before.mean(),
+        "majority": majority,
+        "rows": rows,
+        "config": config,
+        "commit": utils.code_commit(),
+    }
     utils.atomic_write_text(out / "results.json", json.dumps(summary, indent=2, default=str) + "\n")
     print(text)
     return rows
@@ -398,7 +394,7 @@ def prior_report(out: Path, args: argparse.Namespace, report_dir: Path) -> list[
             "rows": demo_report.summarise(cells, before, runs),
             "runs": runs,
         })  # fmt: skip
-    text = demo_report.prior_table(entries, commit(), len(ids), args.seeds)
+    text = demo_report.prior_table(entries, utils.code_commit(), len(ids), args.seeds)
     utils.atomic_write_text(report_dir / "prior_sweep.md", text)
     demo_report.plot_prior(entries, report_dir / "prior_sweep.png")
     kept = [{k: v for k, v in e.items() if k != "runs"} for e in entries]

@@ -1,6 +1,7 @@
 """Plumbing shared by the scripts: JSON/JSONL I/O and atomic writes, device, dtype and attention choice, model and
-tokenizer loading, the step logger, the LR schedule, plotting and tables. The decisions that shape training results
-live in sft.py; markup and prompts in markup.py; what a checkpoint holds and how a run resumes in checkpoints.py.
+tokenizer loading, the step logger and the commit a result records, the LR schedule, plotting and tables. The decisions
+that shape training results live in sft.py; markup and prompts in markup.py; what a checkpoint holds and how a run
+resumes in checkpoints.py.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import logging
 import math
 import os
 import shutil
+import subprocess
 import textwrap
 import time
 import warnings
@@ -385,6 +387,21 @@ def peak_memory_gb(device: torch.device) -> float:
 
 
 # ----------------------------------------------------------------------------- logging
+
+
+def code_commit() -> str:
+    """The commit whose code made a result (benchmarks, the miniature's tables), so the result can be matched to the
+    code it speaks for; a tracked Python file changed since that commit is said, since the result then belongs to no
+    commit. Results files do not count: the scripts rewrite them while other runs still go on."""
+    try:
+        git = ["git", "-C", str(REPO_DIR)]
+        head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return "unknown (not a git checkout)"
+        changed = subprocess.run([*git, "diff", "--quiet", "HEAD", "--", "*.py"], timeout=10).returncode != 0
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (no git)"
+    return head.stdout.strip() + (" with uncommitted changes to .py files" if changed else "")
 
 
 def format_duration(seconds: float) -> str:

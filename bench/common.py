@@ -69,26 +69,11 @@ def machine_info() -> dict:
         "load_avg_1_5_15": [round(x, 2) for x in os.getloadavg()],
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "commit": code_commit(),
+        "commit": utils.code_commit(),
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
-
-
-def code_commit() -> str:
-    """The commit whose code was measured, so a result can be matched to the code it speaks for; a tracked Python file
-    changed since that commit is said, since the number then belongs to no commit. Results files do not count: the
-    scripts rewrite them while other benchmarks still run."""
-    try:
-        git = ["git", "-C", str(REPO_DIR)]
-        head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
-        if head.returncode != 0:
-            return "unknown (not a git checkout)"
-        changed = subprocess.run([*git, "diff", "--quiet", "HEAD", "--", "*.py"], timeout=10).returncode != 0
-    except (OSError, subprocess.SubprocessError):
-        return "unknown (no git)"
-    return head.stdout.strip() + (" with uncommitted changes to .py files" if changed else "")
 
 
 def meminfo_bytes(field: str) -> int:

@@ -236,3 +236,21 @@ def test_cpu_threads_per_rank_undo_torchruns_one_thread(monkeypatch):
     assert utils.cpu_threads_per_rank() == 1
     monkeypatch.setenv("OMP_NUM_THREADS", "6")  # chosen by hand: kept
     assert utils.cpu_threads_per_rank() is None
+
+
+def test_code_commit_names_the_commit_and_only_python_changes(tmp_path, monkeypatch):
+    import subprocess
+
+    monkeypatch.setattr(utils, "REPO_DIR", tmp_path)
+    assert utils.code_commit() == "unknown (not a git checkout)"
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "train.py").write_text("x = 1\n")
+    (tmp_path / "RESULTS.md").write_text("old\n")
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "c"], check=True)
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    (tmp_path / "RESULTS.md").write_text("rewritten by the run being recorded\n")
+    assert utils.code_commit() == head  # results files do not count
+    (tmp_path / "train.py").write_text("x = 2\n")
+    assert utils.code_commit() == f"{head} with uncommitted changes to .py files"
