@@ -97,6 +97,8 @@ CELLS = _cells()
 # Shorter pretraining than 1/4 teaches no more facts (1/16: 9% of the task's facts known, 1/4: 8%, 1: 87%).
 PRIOR_SCALES = (0.25, 1.0, 4.0)
 PRIOR_CELLS = ("correct", "wrong", "digits20", "digits50", "digits100")
+# What a result depends on besides its settings: the code and the shipped student (retraining it changes every cell).
+MADE_FROM = ("*.py", "data/tiny-student")
 TASK = "synthetic_test"  # the held-out task file's stem: evaluate.py names each sample's task by it
 PROMPT_STYLE = "none"  # the bare problem, as the student was pretrained: a system prompt would be most of each sample
 
@@ -305,7 +307,7 @@ class Inline:
         return None
 
 
-def correct(samples_file: Path, ids: list[str]) -> np.ndarray:
+def problem_scores(samples_file: Path, ids: list[str]) -> np.ndarray:
     """0/1 per held-out problem (one greedy sample each), in ids order; a missing answer counts as wrong."""
     return before_after.per_problem(utils.read_jsonl(samples_file), TASK, ids)
 
@@ -317,13 +319,13 @@ def report(out: Path, config: dict, report_dir: Path | None = None) -> list[dict
     task_file = out / "data" / f"{TASK}.jsonl"
     problems = utils.read_jsonl(task_file)
     ids = [p["id"] for p in problems]
-    before = correct(out / "eval" / "before" / "samples.jsonl", ids)
+    before = problem_scores(out / "eval" / "before" / "samples.jsonl", ids)
     runs, results = {}, {}
     for cell in CELLS:
         for seed_dir in sorted((out / "eval" / cell.name).glob("seed*")):
             result_file = out / "runs" / cell.name / seed_dir.name / "result.json"
             if result_file.exists():
-                runs.setdefault(cell.name, []).append(correct(seed_dir / "samples.jsonl", ids))
+                runs.setdefault(cell.name, []).append(problem_scores(seed_dir / "samples.jsonl", ids))
                 results.setdefault(cell.name, []).append(json.loads(result_file.read_text(encoding="utf-8")))
     rows = demo_report.summarise([asdict(c) for c in CELLS], before, runs)
     for row in rows:
@@ -337,8 +339,9 @@ def report(out: Path, config: dict, report_dir: Path | None = None) -> list[dict
     train_s = sum(r["train_s"] + r["eval_s"] for rs in results.values() for r in rs)
     student = Path(config["student"]).resolve()
     student = student.relative_to(utils.REPO_DIR) if student.is_relative_to(utils.REPO_DIR) else student
+    commit = utils.code_commit(MADE_FROM)
     settings = [
-        f"The miniature (demo.py, commit {utils.code_commit()}): {len(ids)} held-out problems with {config['min_ops']}-"
+        f"The miniature (demo.py, commit {commit}): {len(ids)} held-out problems with {config['min_ops']}-"
         f"{config['max_ops']} operations, greedy decoding, up to {config['max_new_tokens']} new tokens.",
         f"Student: {student} (tiny_model.py --pretrain). Teacher traces: {config['train_size']} "
         f"(synthetic.py). Full SFT: {config['full_steps']} steps x {config['samples_per_step']} samples at lr "
@@ -363,7 +366,7 @@ def report(out: Path, config: dict, report_dir: Path | None = None) -> list[dict
         "majority": majority,
         "rows": rows,
         "config": config,
-        "commit": utils.code_commit(),
+        "commit": commit,
     }
     utils.atomic_write_text(out / "results.json", json.dumps(summary, indent=2, default=str) + "\n")
     print(text)
@@ -384,8 +387,8 @@ def prior_report(out: Path, args: argparse.Namespace, report_dir: Path) -> list[
         for cell in cells:
             for seed_dir in sorted((where / "eval" / cell["name"]).glob("seed*")):
                 if (where / "runs" / cell["name"] / seed_dir.name / "result.json").exists():
-                    runs.setdefault(cell["name"], []).append(correct(seed_dir / "samples.jsonl", ids))
-        before = correct(where / "eval" / "before" / "samples.jsonl", ids)
+                    runs.setdefault(cell["name"], []).append(problem_scores(seed_dir / "samples.jsonl", ids))
+        before = problem_scores(where / "eval" / "before" / "samples.jsonl", ids)
         entries.append({
             "scale": scale,
             "pretraining_steps": tiny_model.pretraining_steps(scale),
@@ -394,7 +397,7 @@ def prior_report(out: Path, args: argparse.Namespace, report_dir: Path) -> list[
             "rows": demo_report.summarise(cells, before, runs),
             "runs": runs,
         })  # fmt: skip
-    text = demo_report.prior_table(entries, utils.code_commit(), len(ids), args.seeds)
+    text = demo_report.prior_table(entries, utils.code_commit(MADE_FROM), len(ids), args.seeds)
     utils.atomic_write_text(report_dir / "prior_sweep.md", text)
     demo_report.plot_prior(entries, report_dir / "prior_sweep.png")
     kept = [{k: v for k, v in e.items() if k != "runs"} for e in entries]

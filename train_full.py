@@ -259,9 +259,8 @@ def main(args: argparse.Namespace) -> dict:
     if resume_dir:
         state = checkpoints.load_training_state(resume_dir, data.fingerprint)
         model_state, optimizer_state = dcp_state.get_state_dict(model, optimizer)
-        checkpoints.load_distributed_checkpoint(
-            {"model": model_state, "optim": optimizer_state}, resume_dir
-        )  # reshards
+        # resharded to this run's ranks: a 2-rank checkpoint resumes in one process, or on 8
+        checkpoints.load_distributed_checkpoint({"model": model_state, "optim": optimizer_state}, resume_dir)
         dcp_state.set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state)
         scheduler.load_state_dict(state["scheduler"])
         skipped_steps = distributed.restore_grad_scaler(scaler, state)

@@ -389,19 +389,19 @@ def peak_memory_gb(device: torch.device) -> float:
 # ----------------------------------------------------------------------------- logging
 
 
-def code_commit() -> str:
+def code_commit(paths: tuple[str, ...] = ("*.py",)) -> str:
     """The commit whose code made a result (benchmarks, the miniature's tables), so the result can be matched to the
-    code it speaks for; a tracked Python file changed since that commit is said, since the result then belongs to no
-    commit. Results files do not count: the scripts rewrite them while other runs still go on."""
+    code it speaks for; a tracked file under paths changed since that commit is said, since the result then belongs to
+    no commit. Results files do not count: the scripts rewrite them while other runs still go on."""
     try:
         git = ["git", "-C", str(REPO_DIR)]
         head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
         if head.returncode != 0:
             return "unknown (not a git checkout)"
-        changed = subprocess.run([*git, "diff", "--quiet", "HEAD", "--", "*.py"], timeout=10).returncode != 0
+        changed = subprocess.run([*git, "diff", "--quiet", "HEAD", "--", *paths], timeout=10).returncode != 0
     except (OSError, subprocess.SubprocessError):
         return "unknown (no git)"
-    return head.stdout.strip() + (" with uncommitted changes to .py files" if changed else "")
+    return head.stdout.strip() + (f" with uncommitted changes to {', '.join(paths)}" if changed else "")
 
 
 def format_duration(seconds: float) -> str:

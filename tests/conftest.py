@@ -2,6 +2,7 @@
 local fake OpenAI-compatible servers."""
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -65,3 +66,13 @@ def send_json(handler, reply, status: int = 200) -> None:
     handler.send_header("Content-Length", str(len(data)))
     handler.end_headers()
     handler.wfile.write(data)
+
+
+def exit_rank(results) -> None:
+    """The end of a spawned gloo rank, after destroy_process_group: flush what it put on the results queue, then exit
+    without interpreter finalization. There gloo's worker threads can still release tensors after every result was
+    sent, and abort the process (SIGABRT, "terminate called without an active exception"; pytorch/pytorch#179291):
+    seen once in CI. A rank that fails earlier still exits non-zero."""
+    results.close()
+    results.join_thread()
+    os._exit(0)

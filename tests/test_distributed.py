@@ -6,6 +6,7 @@ from datetime import timedelta
 
 import pytest
 import torch
+from conftest import exit_rank
 
 import distributed
 import sft
@@ -164,6 +165,7 @@ def _two_ranks(rank: int, world: int, init_file: str, results):
     stepped = fp16_steps_of_fsdp_shards(rank, world)
     results.put((rank, p.grad.tolist(), q.grad.tolist(), norm, totals, peak, stepped))
     dist.destroy_process_group()
+    exit_rank(results)
 
 
 def fp16_steps_of_fsdp_shards(rank: int, world: int) -> list[bool]:

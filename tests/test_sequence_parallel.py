@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import exit_rank
 
 import distributed
 import sequence_parallel
@@ -100,6 +101,7 @@ def _sp_rank(rank: int, world: int, init_file: str, results):
         if variant == "ulysses":
             results.put((rank, shards))
     dist.destroy_process_group()
+    exit_rank(results)
 
 
 @pytest.fixture(scope="module")

@@ -253,4 +253,9 @@ def test_code_commit_names_the_commit_and_only_python_changes(tmp_path, monkeypa
     (tmp_path / "RESULTS.md").write_text("rewritten by the run being recorded\n")
     assert utils.code_commit() == head  # results files do not count
     (tmp_path / "train.py").write_text("x = 2\n")
-    assert utils.code_commit() == f"{head} with uncommitted changes to .py files"
+    assert utils.code_commit() == f"{head} with uncommitted changes to *.py"
+    (tmp_path / "train.py").write_text("x = 1\n")
+    (tmp_path / "RESULTS.md").write_text("old\n")
+    assert utils.code_commit(("*.md",)) == head  # any paths: here the results file is back as committed
+    (tmp_path / "RESULTS.md").write_text("new\n")
+    assert utils.code_commit(("*.py", "*.md")) == f"{head} with uncommitted changes to *.py, *.md"

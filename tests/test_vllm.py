@@ -467,10 +467,12 @@ def test_two_servers_with_one_killed_mid_run_give_every_sample_once(trained_mode
         # with none left for it): A answers once, then waits until B has answered twice; B's third request waits
         # until B is dead. One of the two workers waiting on A, the other is sent to B.
         if base_url == server.base_url and served.count(server.base_url) >= 1:
-            b_answered_twice.wait(STARTUP_S)
+            if not b_answered_twice.wait(STARTUP_S):
+                raise RuntimeError("B never answered twice")
         if base_url == second.base_url and served.count(second.base_url) >= 2:
             b_third_request.set()
-            b_dead.wait(STARTUP_S)
+            if not b_dead.wait(STARTUP_S):
+                raise RuntimeError("B was never killed")
         reply = real_completion(base_url, *args, **kwargs)
         served.append(base_url)
         if served.count(second.base_url) >= 2:
@@ -490,16 +492,19 @@ def test_two_servers_with_one_killed_mid_run_give_every_sample_once(trained_mode
             patch.setattr(openai_client, "chat_completion", ordered)
             worker = threading.Thread(target=evaluate_in_background, daemon=True)
             worker.start()
-            assert b_third_request.wait(STARTUP_S), (served, outcome)
+            deadline = time.monotonic() + STARTUP_S
+            while not b_third_request.wait(1):  # a run that died early fails here at once, not after STARTUP_S
+                assert worker.is_alive() and time.monotonic() < deadline, (served, outcome)
             os.killpg(second.process.pid, signal.SIGKILL)
             second.process.wait(60)
-            deadline = time.monotonic() + 60  # the engine process held the port too: wait until it is closed
-            while time.monotonic() < deadline:
+            deadline, closed = time.monotonic() + 60, False  # the engine process held the port too: wait for it
+            while not closed and time.monotonic() < deadline:
                 try:
                     socket.create_connection(("127.0.0.1", second.port), timeout=1).close()
+                    time.sleep(0.1)
                 except OSError:
-                    break
-                time.sleep(0.1)
+                    closed = True
+            assert closed, "the killed server's port still accepts connections"
             b_dead.set()
             worker.join(STARTUP_S)
     finally:
