@@ -39,7 +39,7 @@ def test_requests_go_to_the_server_with_the_fewest_in_flight():
 
 
 def test_a_failing_server_leaves_the_rotation_once_and_is_tried_again_later(capsys):
-    pool = ServerPool(["good", "bad"], retries=5, cooldown_s=0.3)
+    pool = ServerPool(["good", "bad"], retries=5, cooldown_s=2.0)  # long enough that a loaded CI core cannot outlast it
     tried = []
 
     def request(url):
@@ -53,7 +53,7 @@ def test_a_failing_server_leaves_the_rotation_once_and_is_tried_again_later(caps
     assert [pool.call(request) for _ in range(6)] == ["ok"] * 6
     assert tried.count("bad") == RETRIES_TO_LEAVE
     assert capsys.readouterr().err.count("server bad left the rotation (bad: HTTP 503)") == 1
-    time.sleep(0.35)
+    time.sleep(2.05)
     tried.clear()
     pool.call(request)
     assert tried == ["bad", "good"]  # tried again after the cooldown; one failure sends it away again
@@ -94,7 +94,7 @@ def test_a_request_that_raises_anything_gives_its_server_back():
 
 
 def test_a_reply_sent_before_a_server_left_does_not_bring_it_back(capsys):
-    pool = ServerPool(["a", "b"], retries=5, cooldown_s=0.2)
+    pool = ServerPool(["a", "b"], retries=5, cooldown_s=2.0)  # the straggler must answer inside the cooldown
     release = threading.Event()
     straggler = threading.Thread(target=pool.call, args=(lambda url: release.wait(10) and url,))
     straggler.start()  # a slow request on "a", sent while it is fine
@@ -114,7 +114,7 @@ def test_a_reply_sent_before_a_server_left_does_not_bring_it_back(capsys):
     release.set()
     straggler.join()
     assert capsys.readouterr().err == "" and pool.failures["a"] == RETRIES_TO_LEAVE  # still out: no "back" line
-    time.sleep(0.25)
+    time.sleep(2.05)
     down.clear()
     assert pool.call(request) == "a"  # after the cooldown a reply does bring it back
     assert capsys.readouterr().err.count("server a is back in the rotation") == 1
