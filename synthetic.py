@@ -231,20 +231,39 @@ def solve(
         steps.append(step_sentence(k, node, a, b, result, ordinal))
         if k != missed and rng.random() < check_rate:  # a checked slip would not go unnoticed
             steps.append(f"Let me check that step: {inverse_check(node.op, a, b, result)}, so {fact} holds.")
-    first = carried(expression)
     if verification == "undo":
         written = [(carried(n.left), n.op, n.right.value, carried(n)) for n in order]
         checks, answer = undo_verification(written, wrong_answer)
-        thought = "\n\n".join(steps + checks)
-        solution = f"The value of the expression is {answer}.\n\n\\boxed{{{answer}}}"
-        return format_response(thought, solution, "sky-t1"), answer
-    # The verification recomputes from the problem; it repeats the slip only in a wrong-answer trace. The catching
-    # teacher's verification can itself go wrong, as the student's does, and a check against the problem finds it.
+    else:  # the catching teacher's verification can itself go wrong, as the student's does
+        astray = catching and missed < 0 and rng.random() < TEACHER_SLIPS["verification"]
+        astray = rng.randrange(len(order)) if astray else -1
+        checks, answer = recompute_verification(order, shown, slipped, wrong_answer, astray, rng, max_value)
+    thought = "\n\n".join(steps + checks)
+    # The solution states only the result: the derivation lives in the thought, so perturbing the thought's
+    # structure leaves nothing intact for the model to fall back on.
+    solution = f"The value of the expression is {answer}.\n\n\\boxed{{{answer}}}"
+    return format_response(thought, solution, "sky-t1"), answer
+
+
+def recompute_verification(
+    order: list[Node],
+    shown: dict[int, int],
+    slipped: tuple | None,
+    wrong_answer: bool,
+    astray: int,
+    rng: random.Random,
+    max_value: int,
+) -> tuple[list[str], int]:
+    """The "recompute" verification of a first computation (order: its operations; shown: the values it wrote where
+    an unnoticed slip changed them; slipped: that slip): the answer computed again from the problem, and the answer.
+    It repeats the slip only in a wrong-answer trace; otherwise it disagrees, names the slip and repairs the answer.
+    astray: the operation the verification itself takes wrongly (another operation of the problem; -1: none), which
+    a check against the problem then finds."""
+    expression = order[-1]
+    first = shown.get(id(expression), expression.value)
     again = {} if not wrong_answer else shown
-    astray = catching and missed < 0 and rng.random() < TEACHER_SLIPS["verification"]
-    astray = rng.randrange(len(order)) if astray else -1
     facts, mistaken = [], None
-    for j, node in enumerate(post_order(expression)):
+    for j, node in enumerate(order):
         a, b = again.get(id(node.left), node.left.value), again.get(id(node.right), node.right.value)
         value = again.get(id(node), OPS[node.op](a, b))
         wrong = j == astray and wrong_operation(rng, order, j, a, max_value)
@@ -259,26 +278,19 @@ def solve(
     verify = f"Let me verify by computing it again from the start: {', '.join(facts)}."
     if mistaken:
         j, node, (op, digit, _) = mistaken
-        steps.append(f"{verify} This gives {answer}, not {first}.")
-        steps.append(
+        return [
+            f"{verify} This gives {answer}, not {first}.",
             f"Let me check the verification against the problem. Wait, that is not right: after "
             f"{previous_digit(order, j)} it has {node.op} {node.right.value}, not {op} {digit}. So the answer is "
-            f"{first}."
-        )
-        answer = first
-    elif answer == first:
-        steps.append(f"{verify} This also gives {answer}, so the answer is {answer}.")
-    else:
-        operation, true, wrong = slipped
-        steps.append(f"{verify} This gives {answer}, not {first}.")
-        steps.append(
-            f"Wait, the first computation has a slip: {operation} is {true}, not {wrong}. So the answer is {answer}."
-        )
-    thought = "\n\n".join(steps)
-    # The solution states only the result: the derivation lives in the thought, so perturbing the thought's
-    # structure leaves nothing intact for the model to fall back on.
-    solution = f"The value of the expression is {answer}.\n\n\\boxed{{{answer}}}"
-    return format_response(thought, solution, "sky-t1"), answer
+            f"{first}.",
+        ], first
+    if answer == first:
+        return [f"{verify} This also gives {answer}, so the answer is {answer}."], answer
+    operation, true, wrong = slipped
+    return [
+        f"{verify} This gives {answer}, not {first}.",
+        f"Wait, the first computation has a slip: {operation} is {true}, not {wrong}. So the answer is {answer}.",
+    ], answer
 
 
 def undo_verification(written: list[tuple[int, str, int, int]], wrong_answer: bool) -> tuple[list[str], int]:
