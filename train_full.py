@@ -129,12 +129,7 @@ def parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = parser()
-    # --demo: the miniature (demo.py) on a laptop CPU, the real code path; its preset's --data only when none is given
-    # (--data appends, so a default list would be added to, not replaced)
-    preset = utils.demo_arguments("train_full.py") if p.parse_known_args(argv)[0].demo else {}
-    p.set_defaults(**{key: value for key, value in preset.items() if key != "data"})
-    args = p.parse_args(argv)
-    args.data = args.data or preset.get("data", [])
+    args = utils.parse_with_demo(p, argv, "train_full.py")  # --demo: the miniature (demo.py), the real code path
     if not args.data and not args.dry_run:
         p.error("--data is required (or --demo, or --dry-run)")
     if args.sequence_parallel < 1:

@@ -1,6 +1,6 @@
 """LoRA / QLoRA supervised fine-tuning on long chain-of-thought demonstrations (Sky-T1 recipe).
 
-    python train_lora.py --demo                                 # CPU: the tiny student learns long CoT, ~5 minutes
+    python train_lora.py --demo                                 # CPU: the tiny student learns long CoT, ~2.5 minutes
     python train_lora.py --data cot17k.jsonl                    # QLoRA, Qwen2.5-32B-Instruct, paper settings, 80 GB GPU
     python train_lora.py --data cot17k.jsonl --model Qwen/Qwen2.5-7B-Instruct --quant none --lora-rank 16
     python train_lora.py --data cot17k.jsonl --output-dir out/lora --resume auto --merge
@@ -129,12 +129,7 @@ def parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = parser()
-    # --demo: the miniature (demo.py) on a laptop CPU, the real code path; its preset's --data only when none is given
-    # (--data appends, so a default list would be added to, not replaced)
-    preset = utils.demo_arguments("train_lora.py") if p.parse_known_args(argv)[0].demo else {}
-    p.set_defaults(**{key: value for key, value in preset.items() if key != "data"})
-    args = p.parse_args(argv)
-    args.data = args.data or preset.get("data", [])
+    args = utils.parse_with_demo(p, argv, "train_lora.py")  # --demo: the miniature (demo.py), the real code path
     if not args.data and not args.dry_run:
         p.error("--data is required (or --demo)")
     args.fsdp = args.fsdp or args.cpu_offload

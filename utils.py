@@ -350,6 +350,16 @@ def demo_arguments(script: str) -> dict:
     return arguments
 
 
+def parse_with_demo(parser: argparse.ArgumentParser, argv: list[str] | None, script: str) -> argparse.Namespace:
+    """parser.parse_args(argv), where --demo makes demo_arguments(script) the defaults, so that flags given with it
+    override them; the preset's --data only when none is given (--data appends: a default list would be added to)."""
+    preset = demo_arguments(script) if parser.parse_known_args(argv)[0].demo else {}
+    parser.set_defaults(**{key: value for key, value in preset.items() if key != "data"})
+    args = parser.parse_args(argv)
+    args.data = args.data or preset.get("data", [])
+    return args
+
+
 def require_demo_student(path: str) -> None:
     """--demo trains the miniature's pretrained student; if its folder is gone, say how to make it again."""
     if not (Path(path) / "config.json").exists():
