@@ -20,7 +20,7 @@ import markup
 import reasoning_steps
 import synthetic
 import utils
-from task_results import BOOTSTRAP_DRAWS, bootstrap, percent_interval
+from task_results import BOOTSTRAP_DRAWS, bootstrap, paired_bootstrap, percent_interval
 
 REFLECTION = re.compile(r"\b(?:wait|check|verify)\b", re.I)  # the teacher's reflection words (synthetic.py)
 FACT = re.compile(r"(?<!\d)(-?\d+) ([-+*]) (\d+) = (-?\d+)")  # "14 - 5 = 9", as synthetic.py writes a fact
@@ -177,17 +177,8 @@ def cost_change(
     """How much a perturbation's cost (cell - its correct set) differs between two students: (strong cell - strong
     correct) - (weak cell - weak correct), with a 95% interval; problems resampled once per draw for all four
     (paired), seeds per matrix."""
-    rng = np.random.default_rng(0)
-    matrices = [*strong, *weak]
-    n = matrices[0].shape[1]
-    stats = np.empty(draws)
-    for d in range(draws):
-        problems = rng.integers(0, n, n)
-        a, b, c, e = (m[rng.integers(0, len(m), len(m))][:, problems].mean() for m in matrices)
-        stats[d] = (a - b) - (c - e)
-    a, b, c, e = (m.mean() for m in matrices)
-    low, high = np.percentile(stats, [2.5, 97.5])
-    return float((a - b) - (c - e)), float(low), float(high)
+    (cell, correct), (weak_cell, weak_correct) = strong, weak
+    return paired_bootstrap([(cell, 1.0), (correct, -1.0), (weak_cell, -1.0), (weak_correct, 1.0)], draws)
 
 
 def prior_table(entries: list[dict], commit: str, problems: int, seeds: int) -> str:

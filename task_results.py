@@ -101,16 +101,22 @@ def bootstrap(
 ) -> tuple[float, float, float]:
     """Mean and 95% interval of cell (seeds x problems) or, with reference (seeds x problems, same problems), of
     mean(cell) - mean(reference). Problems are resampled once per draw for both (paired); seeds per cell."""
+    return paired_bootstrap([(cell, 1.0)] + ([(reference, -1.0)] if reference is not None else []), draws, seed)
+
+
+def paired_bootstrap(
+    terms: list[tuple[np.ndarray, float]], draws: int = BOOTSTRAP_DRAWS, seed: int = 0
+) -> tuple[float, float, float]:
+    """Mean and 95% interval of sum(weight x mean(matrix)) over terms, each matrix seeds x problems on the same
+    problems: the problems are resampled once per draw for every term (paired, so their difficulty cancels in a
+    difference), the seeds per matrix."""
     rng = np.random.default_rng(seed)
-    n_problems = cell.shape[1]
+    n_problems = terms[0][0].shape[1]
     stats = np.empty(draws)
     for d in range(draws):
         problems = rng.integers(0, n_problems, n_problems)
-        value = cell[rng.integers(0, len(cell), len(cell))][:, problems].mean()
-        if reference is not None:
-            value -= reference[rng.integers(0, len(reference), len(reference))][:, problems].mean()
-        stats[d] = value
-    point = cell.mean() - (reference.mean() if reference is not None else 0.0)
+        stats[d] = sum(weight * m[rng.integers(0, len(m), len(m))][:, problems].mean() for m, weight in terms)
+    point = sum(weight * m.mean() for m, weight in terms)
     low, high = np.percentile(stats, [2.5, 97.5])
     return float(point), float(low), float(high)
 
