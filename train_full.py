@@ -187,7 +187,7 @@ def main(args: argparse.Namespace) -> dict:
     out = Path(args.output_dir)
     dtype = utils.pick_dtype(device, args.precision)
     attn = utils.pick_attention(args.attn, device)
-    say(utils.changed_settings(args, parser(), out / "run_config.json"))
+    say(utils.changed_settings(args, parser(), out))
     sharding = ("FSDP2 + CPU offload" if args.cpu_offload else "FSDP2") if sharded else "single process"
     say(f"device {device} x {world} | {sharding} | compute {dtype}, fp32 master weights | attention {attn}")
     if world > 1:
@@ -216,7 +216,7 @@ def main(args: argparse.Namespace) -> dict:
     say(data.report)
     out.mkdir(parents=True, exist_ok=True)  # only now: bad data leaves no empty run folder behind
     if is_main:
-        utils.atomic_write_text(out / "run_config.json", json.dumps(vars(args), indent=1))
+        utils.write_run_config(out, args)
     micro_batches = math.ceil(  # the step's samples are split over the data-parallel replicas
         args.samples_per_step * sum(lengths) / len(lengths) / args.micro_batch_tokens / layout.dp_size
     )
@@ -280,7 +280,7 @@ def main(args: argparse.Namespace) -> dict:
             state.update(grad_scaler=scaler.state_dict(), skipped_steps=skipped_steps)
             state.update(data_fingerprint=data.fingerprint, world_size=world)
             torch.save(state, tmp / "training_state.pt")
-            utils.atomic_write_text(tmp / "run_config.json", json.dumps(vars(args), indent=1))
+            utils.write_run_config(tmp, args)
             if folder.exists():
                 shutil.rmtree(folder)
             os.replace(tmp, folder)
@@ -306,7 +306,7 @@ def main(args: argparse.Namespace) -> dict:
                     pass
                 clean.save_pretrained(tmp)
                 tokenizer.save_pretrained(tmp)
-                utils.atomic_write_text(tmp / "run_config.json", json.dumps(vars(args), indent=1))
+                utils.write_run_config(tmp, args)
 
             utils.save_dir_atomically(folder, write)
         distributed.barrier()

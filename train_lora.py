@@ -211,7 +211,7 @@ def train(args: argparse.Namespace) -> dict | None:
     is_main, say = rank == 0, distributed.say
     dtype = utils.pick_dtype(device, args.precision)
     attn = utils.pick_attention(args.attn, device)
-    say(utils.changed_settings(args, parser(), out / "run_config.json"))
+    say(utils.changed_settings(args, parser(), out))
     say(f"device {device} x {world} | FSDP2 {args.fsdp} | compute {dtype} | attention {attn} | quant {args.quant}")
     if world > 1:
         say(f"sequence parallel {layout.size} x data parallel {layout.dp_size}")
@@ -239,7 +239,7 @@ def train(args: argparse.Namespace) -> dict | None:
     say(data.report)
     out.mkdir(parents=True, exist_ok=True)  # only now: bad data leaves no empty run folder behind
     if is_main:
-        utils.atomic_write_text(out / "run_config.json", json.dumps(vars(args), indent=1))
+        utils.write_run_config(out, args)
     micro_batches = math.ceil(  # the step's samples are split over the data-parallel replicas
         args.samples_per_step * sum(lengths) / len(lengths) / args.micro_batch_tokens / layout.dp_size
     )
@@ -304,7 +304,7 @@ def train(args: argparse.Namespace) -> dict | None:
         def write(tmp: Path):
             peft_model.save_pretrained(tmp, state_dict=adapter)  # PEFT's own format: what from_pretrained reads
             tokenizer.save_pretrained(tmp)
-            utils.atomic_write_text(tmp / "run_config.json", json.dumps(vars(args), indent=1))
+            utils.write_run_config(tmp, args)
             if with_state:
                 state = {"step": step, "optimizer": optimizer_state, "scheduler": scheduler.state_dict()}
                 state.update(grad_scaler=scaler.state_dict(), skipped_steps=skipped_steps)

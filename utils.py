@@ -368,12 +368,17 @@ def require_demo_student(path: str) -> None:
         )
 
 
-def changed_settings(args: argparse.Namespace, parser: argparse.ArgumentParser, run_config: Path) -> str:
+def write_run_config(folder: Path, args: argparse.Namespace) -> None:
+    """Every setting of a run, as parsed: run_config.json in its output folder, each checkpoint and final/."""
+    atomic_write_text(folder / "run_config.json", json.dumps(vars(args), indent=1))
+
+
+def changed_settings(args: argparse.Namespace, parser: argparse.ArgumentParser, output_dir: Path) -> str:
     """The settings of args that differ from the parser's defaults, wrapped to a few lines: what a run's log starts
-    with; run_config holds them all."""
+    with; output_dir's run_config.json (write_run_config) holds them all."""
     defaults = vars(parser.parse_args([]))
     changed = [f"{key} {value}" for key, value in vars(args).items() if defaults.get(key, value) != value]
-    text = f"settings: {', '.join(changed) or 'the defaults'} (all: {run_config})"
+    text = f"settings: {', '.join(changed) or 'the defaults'} (all: {output_dir / 'run_config.json'})"
     return textwrap.fill(text, 120, subsequent_indent="  ", break_on_hyphens=False)
 
 
